@@ -1,0 +1,129 @@
+// Package backends defines the block devices blockferry reads from and writes to.
+//
+// A Source is what a backup reads: a point-in-time disk image with its allocation
+// and, for an incremental backup, a dirty bitmap. A Target is what a restore writes.
+// Implementations live in subpackages (nbd, file) and register a URI scheme with
+// Register; callers open devices with OpenSource and OpenTarget and never branch on
+// the kind of device.
+package backends
+
+import (
+	"context"
+	"errors"
+	"io"
+)
+
+// Extent is a run of bytes that share allocation and dirty state, as the seed's
+// get_dirty_extents reports it: a dirty range that reads as zero has Zero set, so a
+// backup can store a zero marker instead of reading it.
+type Extent struct {
+	Start  int64
+	Length int64
+	// Dirty is true when the range changed since the bitmap was created. Without a
+	// bitmap every range is dirty.
+	Dirty bool
+	// Zero is true when the range reads as zeroes (a hole or a zeroed range).
+	Zero bool
+}
+
+// End is the offset just past the extent.
+func (e Extent) End() int64 { return e.Start + e.Length }
+
+// Capabilities says what a device can do.
+type Capabilities struct {
+	// DirtyBitmap is true when the source was opened with a bitmap and serves it.
+	DirtyBitmap bool
+	// Allocation is true when the source knows which ranges are holes; without it
+	// every range is reported allocated and data.
+	Allocation bool
+	// Zero is true when a target writes zeroes without sending them (NBD
+	// WRITE_ZEROES, punching holes in a file).
+	Zero bool
+	// Flush is true when Flush makes writes durable.
+	Flush bool
+	// MultiConn is true when the server allows several connections to one export.
+	MultiConn bool
+	// ReadOnly is true when the device refuses writes.
+	ReadOnly bool
+}
+
+// Source is a disk image to back up. ReadAt may be called from many goroutines.
+type Source interface {
+	io.ReaderAt
+	// Size is the image size in bytes.
+	Size() int64
+	// Extents describes [start, start+length): the extents returned are contiguous,
+	// start at start and cover at least one byte of the window, but may stop short
+	// of its end; callers loop. Length is clipped to the image size.
+	Extents(ctx context.Context, start, length int64) ([]Extent, error)
+	Capabilities() Capabilities
+	Close() error
+}
+
+// Target is a disk image to restore into. WriteAt may be called from many goroutines.
+type Target interface {
+	io.WriterAt
+	// Size is the image size in bytes.
+	Size() int64
+	// Zero makes [off, off+length) read as zeroes, without sending zero bytes where
+	// the device can.
+	Zero(ctx context.Context, off, length int64) error
+	// Flush makes all completed writes durable.
+	Flush(ctx context.Context) error
+	Capabilities() Capabilities
+	Close() error
+}
+
+// SourceOptions are the settings OpenSource passes to an implementation.
+type SourceOptions struct {
+	// Bitmap names the dirty bitmap of an incremental backup; empty for a full one.
+	Bitmap string
+	// Connections is the most connections to open when the server allows several.
+	Connections int
+	// MaxInFlight bounds the bytes of outstanding read requests per connection.
+	MaxInFlight int64
+}
+
+// SourceOption sets a SourceOptions field.
+type SourceOption func(*SourceOptions)
+
+// WithBitmap asks the source for the dirty bitmap name.
+func WithBitmap(name string) SourceOption { return func(o *SourceOptions) { o.Bitmap = name } }
+
+// WithConnections sets the most connections the source may open.
+func WithConnections(n int) SourceOption { return func(o *SourceOptions) { o.Connections = n } }
+
+// WithMaxInFlight bounds the bytes of outstanding reads per connection.
+func WithMaxInFlight(n int64) SourceOption { return func(o *SourceOptions) { o.MaxInFlight = n } }
+
+// TargetOptions are the settings OpenTarget passes to an implementation.
+type TargetOptions struct {
+	// Size is the size the target must have; a file target is created or grown to
+	// it, an NBD export must be at least as large.
+	Size int64
+	// Connections is the most connections to open when the server allows several.
+	Connections int
+}
+
+// TargetOption sets a TargetOptions field.
+type TargetOption func(*TargetOptions)
+
+// WithSize sets the size a target must have.
+func WithSize(n int64) TargetOption { return func(o *TargetOptions) { o.Size = n } }
+
+// WithTargetConnections sets the most connections a target may open.
+func WithTargetConnections(n int) TargetOption {
+	return func(o *TargetOptions) { o.Connections = n }
+}
+
+// Errors an implementation wraps so that callers can classify failures.
+var (
+	// ErrUnsupportedScheme: no implementation is registered for the URI scheme.
+	ErrUnsupportedScheme = errors.New("unsupported device URI scheme")
+	// ErrNoBitmap: the source has no dirty bitmap of that name, or cannot have one.
+	ErrNoBitmap = errors.New("dirty bitmap not available")
+	// ErrUnreachable: the device could not be reached (no socket, refused, DNS).
+	ErrUnreachable = errors.New("device unreachable")
+	// ErrTooSmall: a target is smaller than the image to restore.
+	ErrTooSmall = errors.New("target too small")
+)

@@ -1,0 +1,187 @@
+// Package file implements backends.Source and backends.Target on raw image files
+// ("file:///var/lib/images/vda.raw" or a plain path). Allocation comes from
+// SEEK_DATA/SEEK_HOLE; a file has no dirty bitmap, so asking for one is an error.
+package file
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/blockferry/blockferry/backends"
+)
+
+func init() {
+	backends.Register(openSource, openTarget, "file", "")
+}
+
+// Image is a raw image file.
+type Image struct {
+	f        *os.File
+	size     int64
+	writable bool
+}
+
+var (
+	_ backends.Source = (*Image)(nil)
+	_ backends.Target = (*Image)(nil)
+)
+
+func pathOf(u *url.URL) (string, error) {
+	if u.Host != "" && u.Host != "localhost" {
+		return "", fmt.Errorf("file URI %q: remote host %q", u, u.Host)
+	}
+	if u.Path == "" {
+		return "", fmt.Errorf("file URI %q: no path", u)
+	}
+	return u.Path, nil
+}
+
+func openSource(_ context.Context, u *url.URL, o backends.SourceOptions) (backends.Source, error) {
+	p, err := pathOf(u)
+	if err != nil {
+		return nil, err
+	}
+	if o.Bitmap != "" {
+		return nil, fmt.Errorf("%s: %w: a raw file has no dirty bitmap (%q)", p, backends.ErrNoBitmap, o.Bitmap)
+	}
+	return OpenSource(p)
+}
+
+// OpenSource opens a raw image file for reading.
+func OpenSource(path string) (*Image, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("%w: %v", backends.ErrUnreachable, err)
+		}
+		return nil, err
+	}
+	size, err := f.Seek(0, io.SeekEnd)
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return &Image{f: f, size: size}, nil
+}
+
+func openTarget(_ context.Context, u *url.URL, o backends.TargetOptions) (backends.Target, error) {
+	p, err := pathOf(u)
+	if err != nil {
+		return nil, err
+	}
+	return OpenTarget(p, o.Size)
+}
+
+// OpenTarget opens or creates a raw image file for writing and sets its size: a new
+// file is sparse, so a restore leaves zero chunks as holes.
+func OpenTarget(path string, size int64) (*Image, error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	// A block device has a fixed size; a regular file is sized to the image.
+	if st.Mode().IsRegular() {
+		if err := f.Truncate(size); err != nil {
+			f.Close()
+			return nil, err
+		}
+	}
+	cur, err := f.Seek(0, io.SeekEnd)
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	if cur < size {
+		f.Close()
+		return nil, fmt.Errorf("%s: %w: %d bytes, need %d", path, backends.ErrTooSmall, cur, size)
+	}
+	return &Image{f: f, size: size, writable: true}, nil
+}
+
+// Size is the image size.
+func (i *Image) Size() int64 { return i.size }
+
+// ReadAt reads from the image; bytes past its end read as an error, as io.ReaderAt
+// requires.
+func (i *Image) ReadAt(p []byte, off int64) (int, error) { return i.f.ReadAt(p, off) }
+
+// WriteAt writes to the image.
+func (i *Image) WriteAt(p []byte, off int64) (int, error) { return i.f.WriteAt(p, off) }
+
+// Capabilities of a raw file.
+func (i *Image) Capabilities() backends.Capabilities {
+	return backends.Capabilities{Allocation: true, Zero: true, Flush: true, MultiConn: true, ReadOnly: !i.writable}
+}
+
+// Extents reports data and holes with SEEK_DATA/SEEK_HOLE. Every range is dirty:
+// a file has no bitmap.
+func (i *Image) Extents(ctx context.Context, start, length int64) ([]backends.Extent, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	end := min(start+length, i.size)
+	if start >= end {
+		return nil, nil
+	}
+	var out []backends.Extent
+	fd := int(i.f.Fd())
+	for pos := start; pos < end; {
+		data, err := unix.Seek(fd, pos, unix.SEEK_DATA)
+		if errors.Is(err, unix.ENXIO) { // no data from pos to the end of the file
+			data = end
+		} else if err != nil {
+			return nil, fmt.Errorf("%s: SEEK_DATA: %w", i.f.Name(), err)
+		}
+		if data > pos {
+			out = append(out, backends.Extent{Start: pos, Length: min(data, end) - pos, Dirty: true, Zero: true})
+			pos = min(data, end)
+			continue
+		}
+		hole, err := unix.Seek(fd, pos, unix.SEEK_HOLE)
+		if err != nil {
+			return nil, fmt.Errorf("%s: SEEK_HOLE: %w", i.f.Name(), err)
+		}
+		hole = min(hole, end)
+		out = append(out, backends.Extent{Start: pos, Length: hole - pos, Dirty: true})
+		pos = hole
+	}
+	return out, nil
+}
+
+// Zero punches a hole, so the range reads as zeroes and takes no space.
+func (i *Image) Zero(_ context.Context, off, length int64) error {
+	err := unix.Fallocate(int(i.f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, length)
+	if errors.Is(err, unix.EOPNOTSUPP) { // e.g. a block device or an old filesystem
+		return i.writeZeroes(off, length)
+	}
+	return err
+}
+
+func (i *Image) writeZeroes(off, length int64) error {
+	buf := make([]byte, min(length, 1<<20))
+	for length > 0 {
+		n := min(length, int64(len(buf)))
+		if _, err := i.f.WriteAt(buf[:n], off); err != nil {
+			return err
+		}
+		off, length = off+n, length-n
+	}
+	return nil
+}
+
+// Flush makes the writes durable.
+func (i *Image) Flush(context.Context) error { return i.f.Sync() }
+
+// Close closes the file.
+func (i *Image) Close() error { return i.f.Close() }
