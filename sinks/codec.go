@@ -1,0 +1,164 @@
+package sinks
+
+import (
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/zeebo/blake3"
+)
+
+// Object envelope (docs/FORMAT.md): the first byte says how the rest is stored.
+const (
+	envelopePlain     byte = 1 // 1 | compression | payload
+	envelopeEncrypted byte = 2 // 2 | nonce(12) | AES-256-GCM(compression | payload)
+)
+
+// Compression of a payload inside the envelope.
+const (
+	compressionNone byte = 0
+	compressionZstd byte = 1
+)
+
+// ChunkID is the BLAKE3-256 hash of a chunk's plaintext, keyed when the repository
+// is encrypted.
+type ChunkID [32]byte
+
+// String is the lower-case hex form used in object names and manifests.
+func (id ChunkID) String() string { return hex.EncodeToString(id[:]) }
+
+// ParseChunkID reads the hex form.
+func ParseChunkID(s string) (ChunkID, error) {
+	var id ChunkID
+	if len(s) != 64 {
+		return id, fmt.Errorf("chunk id %q: want 64 hex digits", s)
+	}
+	if _, err := hex.Decode(id[:], []byte(s)); err != nil {
+		return id, fmt.Errorf("chunk id %q: %w", s, err)
+	}
+	return id, nil
+}
+
+// ErrCorrupt: an object does not decode, or a chunk's content does not match its id.
+var ErrCorrupt = errors.New("corrupt object")
+
+// ErrWrongKey: the key given does not open the repository.
+var ErrWrongKey = errors.New("wrong encryption key")
+
+// ErrKeyRequired: the repository is encrypted and no key was given.
+var ErrKeyRequired = errors.New("repository is encrypted: an encryption key is required")
+
+// codec turns plaintext into stored objects and back. It is safe for concurrent use.
+type codec struct {
+	idKey []byte      // nil: unkeyed BLAKE3
+	aead  cipher.AEAD // nil: no encryption
+	enc   *zstd.Encoder
+	dec   *zstd.Decoder
+}
+
+func newCodec(keys *dataKeys) (*codec, error) {
+	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1))
+	if err != nil {
+		return nil, err
+	}
+	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(0), zstd.WithDecoderMaxMemory(1<<30))
+	if err != nil {
+		return nil, err
+	}
+	c := &codec{enc: enc, dec: dec}
+	if keys != nil {
+		block, err := aes.NewCipher(keys.Encryption[:])
+		if err != nil {
+			return nil, err
+		}
+		if c.aead, err = cipher.NewGCM(block); err != nil {
+			return nil, err
+		}
+		c.idKey = keys.ID[:]
+	}
+	return c, nil
+}
+
+// ID hashes a chunk's plaintext.
+func (c *codec) ID(data []byte) ChunkID {
+	var id ChunkID
+	if c.idKey != nil {
+		h, _ := blake3.NewKeyed(c.idKey) // the key is always 32 bytes
+		h.Write(data)
+		h.Sum(id[:0])
+		return id
+	}
+	return ChunkID(blake3.Sum256(data))
+}
+
+// Seal encodes plaintext as a stored object, appending to dst. aad binds the object
+// to its name, so that one object cannot be swapped for another.
+func (c *codec) Seal(dst, plaintext []byte, aad string, compress bool) []byte {
+	comp, payload := compressionNone, plaintext
+	if compress {
+		z := c.enc.EncodeAll(plaintext, make([]byte, 0, len(plaintext)/2))
+		// Incompressible data is stored as it is: reading it back then costs nothing.
+		if len(z) < len(plaintext)-len(plaintext)/32 {
+			comp, payload = compressionZstd, z
+		}
+	}
+	if c.aead == nil {
+		dst = append(dst, envelopePlain, comp)
+		return append(dst, payload...)
+	}
+	nonce := make([]byte, c.aead.NonceSize())
+	if _, err := rand.Read(nonce); err != nil {
+		panic(fmt.Sprintf("crypto/rand: %v", err)) // never fails on Linux
+	}
+	dst = append(dst, envelopeEncrypted)
+	dst = append(dst, nonce...)
+	inner := make([]byte, 0, 1+len(payload))
+	inner = append(append(inner, comp), payload...)
+	return c.aead.Seal(dst, nonce, inner, []byte(aad))
+}
+
+// Open decodes a stored object into its plaintext.
+func (c *codec) Open(obj []byte, aad string) ([]byte, error) {
+	if len(obj) < 2 {
+		return nil, fmt.Errorf("%w: %d bytes", ErrCorrupt, len(obj))
+	}
+	var inner []byte
+	switch obj[0] {
+	case envelopePlain:
+		if c.aead != nil {
+			return nil, fmt.Errorf("%w: unencrypted object in an encrypted repository", ErrCorrupt)
+		}
+		inner = obj[1:]
+	case envelopeEncrypted:
+		if c.aead == nil {
+			return nil, ErrKeyRequired
+		}
+		ns := c.aead.NonceSize()
+		if len(obj) < 1+ns+c.aead.Overhead()+1 {
+			return nil, fmt.Errorf("%w: short encrypted object", ErrCorrupt)
+		}
+		var err error
+		inner, err = c.aead.Open(nil, obj[1:1+ns], obj[1+ns:], []byte(aad))
+		if err != nil {
+			return nil, fmt.Errorf("%w: authentication failed", ErrCorrupt)
+		}
+	default:
+		return nil, fmt.Errorf("%w: unknown envelope %d", ErrCorrupt, obj[0])
+	}
+	switch inner[0] {
+	case compressionNone:
+		return inner[1:], nil
+	case compressionZstd:
+		out, err := c.dec.DecodeAll(inner[1:], nil)
+		if err != nil {
+			return nil, fmt.Errorf("%w: zstd: %v", ErrCorrupt, err)
+		}
+		return out, nil
+	default:
+		return nil, fmt.Errorf("%w: unknown compression %d", ErrCorrupt, inner[0])
+	}
+}

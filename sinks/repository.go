@@ -1,0 +1,312 @@
+package sinks
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"path"
+	"regexp"
+	"sort"
+	"sync"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+	"golang.org/x/sync/singleflight"
+)
+
+// Object names inside a store (docs/FORMAT.md).
+const (
+	configName    = "config"
+	chunksPrefix  = "chunks/"
+	backupsPrefix = "backups/"
+)
+
+func chunkName(id ChunkID) string {
+	h := id.String()
+	return chunksPrefix + h[:2] + "/" + h
+}
+
+func manifestName(id string) string { return backupsPrefix + id }
+
+// Additional authenticated data: binds an encrypted object to what it is.
+func chunkAAD(id ChunkID) string   { return "chunk:" + id.String() }
+func manifestAAD(id string) string { return "manifest:" + id }
+
+var backupIDPattern = regexp.MustCompile(`^[0-9A-Za-z][0-9A-Za-z._-]{0,127}$`)
+
+// ValidBackupID reports whether s can name a backup.
+func ValidBackupID(s string) bool { return backupIDPattern.MatchString(s) }
+
+// ErrBackupNotFound: no manifest of that id.
+var ErrBackupNotFound = errors.New("backup not found")
+
+// Repository is a chunk repository on a Store.
+type Repository struct {
+	store Store
+	cfg   *Config
+	codec *codec
+	// known holds chunk ids this process has stored or seen stored, so that a
+	// chunk is looked up in the store at most once.
+	known    sync.Map
+	inflight singleflight.Group
+}
+
+// InitOptions are the parameters of a new repository.
+type InitOptions struct {
+	// Key, when not empty, makes the repository encrypted with this key material.
+	Key         []byte
+	ChunkSize   int64
+	Compression string
+}
+
+// Init creates a repository on store. It fails with ErrExists if one is there.
+func Init(ctx context.Context, store Store, o InitOptions) (*Repository, error) {
+	if o.ChunkSize == 0 {
+		o.ChunkSize = DefaultChunkSize
+	}
+	if o.Compression == "" {
+		o.Compression = "zstd"
+	}
+	id := make([]byte, 16)
+	rand.Read(id)
+	cfg := &Config{
+		Version: FormatVersion, ID: hex.EncodeToString(id), Created: time.Now().UTC(),
+		ChunkHash: hashBLAKE3, Compression: o.Compression, ChunkSize: o.ChunkSize,
+	}
+	var keys *dataKeys
+	if len(o.Key) > 0 {
+		var err error
+		if cfg.Encryption, keys, err = newEncryption(o.Key); err != nil {
+			return nil, err
+		}
+	}
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	data, err := json.MarshalIndent(cfg, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	if err := store.PutIfAbsent(ctx, configName, data); err != nil {
+		return nil, fmt.Errorf("%s: create repository: %w", store.Location(), err)
+	}
+	return newRepository(store, cfg, keys)
+}
+
+// Open opens the repository on store. key is needed when it is encrypted and
+// ignored otherwise.
+func Open(ctx context.Context, store Store, key []byte) (*Repository, error) {
+	data, err := store.Get(ctx, configName)
+	if errors.Is(err, ErrNotFound) {
+		return nil, fmt.Errorf("%s: %w (no config object)", store.Location(), ErrNoRepository)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", store.Location(), err)
+	}
+	cfg, err := parseConfig(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", store.Location(), err)
+	}
+	var keys *dataKeys
+	if cfg.Encryption != nil {
+		if keys, err = cfg.Encryption.unwrap(key); err != nil {
+			return nil, fmt.Errorf("%s: %w", store.Location(), err)
+		}
+	}
+	return newRepository(store, cfg, keys)
+}
+
+// OpenOrInit opens the repository on store, creating it first when there is none.
+// A backup uses it, so that the first backup to a new location just works.
+func OpenOrInit(ctx context.Context, store Store, o InitOptions) (*Repository, error) {
+	r, err := Open(ctx, store, o.Key)
+	if !errors.Is(err, ErrNoRepository) {
+		return r, err
+	}
+	// A missing bucket also reads as "no repository"; creating the config then
+	// fails with the store's own clear error, so that case needs no special care.
+	r, err = Init(ctx, store, o)
+	if errors.Is(err, ErrExists) { // another worker created it first
+		return Open(ctx, store, o.Key)
+	}
+	return r, err
+}
+
+func newRepository(store Store, cfg *Config, keys *dataKeys) (*Repository, error) {
+	c, err := newCodec(keys)
+	if err != nil {
+		return nil, err
+	}
+	return &Repository{store: store, cfg: cfg, codec: c}, nil
+}
+
+// Config returns the repository's parameters.
+func (r *Repository) Config() Config { return *r.cfg }
+
+// Encrypted reports whether the repository encrypts its content.
+func (r *Repository) Encrypted() bool { return r.cfg.Encryption != nil }
+
+// Location names the store, for messages.
+func (r *Repository) Location() string { return r.store.Location() }
+
+// ChunkID computes the id of a chunk's plaintext.
+func (r *Repository) ChunkID(data []byte) ChunkID { return r.codec.ID(data) }
+
+// PutResult says what PutChunk did.
+type PutResult struct {
+	ID ChunkID
+	// Stored is the size of the object uploaded, 0 when the chunk was already there.
+	Stored int
+}
+
+// PutChunk stores a chunk unless the repository already has it. Concurrent puts of
+// the same content upload it once. compress asks for zstd; a chunk it does not
+// shrink is stored as it is.
+func (r *Repository) PutChunk(ctx context.Context, data []byte, compress bool) (PutResult, error) {
+	id := r.codec.ID(data)
+	if _, ok := r.known.Load(id); ok {
+		return PutResult{ID: id}, nil
+	}
+	v, err, shared := r.inflight.Do(id.String(), func() (any, error) {
+		name := chunkName(id)
+		ok, err := r.store.Exists(ctx, name)
+		if err != nil {
+			return 0, err
+		}
+		if ok {
+			r.known.Store(id, struct{}{})
+			return 0, nil
+		}
+		obj := r.codec.Seal(nil, data, chunkAAD(id), compress)
+		if err := r.store.Put(ctx, name, obj); err != nil {
+			return 0, err
+		}
+		r.known.Store(id, struct{}{})
+		return len(obj), nil
+	})
+	if err != nil {
+		return PutResult{ID: id}, fmt.Errorf("store chunk %s: %w", id, err)
+	}
+	if shared {
+		// Only the caller that ran the upload counts the bytes.
+		return PutResult{ID: id}, nil
+	}
+	return PutResult{ID: id, Stored: v.(int)}, nil
+}
+
+// GetChunk reads a chunk and checks it against its id.
+func (r *Repository) GetChunk(ctx context.Context, id ChunkID) ([]byte, error) {
+	obj, err := r.store.Get(ctx, chunkName(id))
+	if err != nil {
+		return nil, fmt.Errorf("chunk %s: %w", id, err)
+	}
+	data, err := r.codec.Open(obj, chunkAAD(id))
+	if err != nil {
+		return nil, fmt.Errorf("chunk %s: %w", id, err)
+	}
+	if r.codec.ID(data) != id {
+		return nil, fmt.Errorf("chunk %s: %w: content does not match its id", id, ErrCorrupt)
+	}
+	return data, nil
+}
+
+// HasChunk reports whether the chunk is stored, without reading it.
+func (r *Repository) HasChunk(ctx context.Context, id ChunkID) (bool, error) {
+	return r.store.Exists(ctx, chunkName(id))
+}
+
+// PutManifest writes a backup's manifest. It never overwrites one: a second write
+// of the same id fails with ErrExists.
+func (r *Repository) PutManifest(ctx context.Context, m *Manifest) error {
+	if !ValidBackupID(m.ID) {
+		return fmt.Errorf("backup id %q is not valid", m.ID)
+	}
+	m.Version = ManifestVersion
+	if err := m.validate(); err != nil {
+		return err
+	}
+	data, err := m.marshal()
+	if err != nil {
+		return err
+	}
+	obj := r.codec.Seal(nil, data, manifestAAD(m.ID), true)
+	if err := r.store.PutIfAbsent(ctx, manifestName(m.ID), obj); err != nil {
+		return fmt.Errorf("write manifest %s: %w", m.ID, err)
+	}
+	return nil
+}
+
+// Manifest reads a backup's manifest.
+func (r *Repository) Manifest(ctx context.Context, id string) (*Manifest, error) {
+	if !ValidBackupID(id) {
+		return nil, fmt.Errorf("backup id %q is not valid", id)
+	}
+	obj, err := r.store.Get(ctx, manifestName(id))
+	if errors.Is(err, ErrNotFound) {
+		return nil, fmt.Errorf("backup %s in %s: %w", id, r.Location(), ErrBackupNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("backup %s: %w", id, err)
+	}
+	data, err := r.codec.Open(obj, manifestAAD(id))
+	if err != nil {
+		return nil, fmt.Errorf("backup %s: manifest: %w", id, err)
+	}
+	var m Manifest
+	if err := json.Unmarshal(data, &m); err != nil {
+		return nil, fmt.Errorf("backup %s: manifest: %w: %v", id, ErrCorrupt, err)
+	}
+	if m.ID != id {
+		return nil, fmt.Errorf("backup %s: %w: manifest names %q", id, ErrCorrupt, m.ID)
+	}
+	if err := m.validate(); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrCorrupt, err)
+	}
+	return &m, nil
+}
+
+// Backups lists the backups of a disk, or of all disks when disk is empty, oldest
+// first.
+func (r *Repository) Backups(ctx context.Context, disk string) ([]*Manifest, error) {
+	var ids []string
+	err := r.store.List(ctx, backupsPrefix, func(name string) error {
+		id := path.Base(name)
+		if ValidBackupID(id) {
+			ids = append(ids, id)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list backups: %w", err)
+	}
+	all := make([]*Manifest, len(ids))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(16)
+	for i, id := range ids {
+		g.Go(func() error {
+			m, err := r.Manifest(gctx, id)
+			all[i] = m
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	var out []*Manifest
+	for _, m := range all {
+		if disk == "" || m.Disk == disk {
+			m.Chunks = nil // a listing does not need the index
+			out = append(out, m)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if !out[i].Started.Equal(out[j].Started) {
+			return out[i].Started.Before(out[j].Started)
+		}
+		return out[i].ID < out[j].ID
+	})
+	return out, nil
+}

@@ -1,0 +1,42 @@
+// Package sinks holds where backups are kept: an object Store interface with file
+// and S3 implementations in subpackages, and the repository format (chunks,
+// manifests, config) built on top of any Store.
+package sinks
+
+import (
+	"context"
+	"errors"
+)
+
+// Store is a flat namespace of immutable objects, addressed by slash-separated
+// names such as "chunks/ab/abcdef…". Implementations must be safe for concurrent use.
+type Store interface {
+	// Put stores data under name, replacing what is there.
+	Put(ctx context.Context, name string, data []byte) error
+	// PutIfAbsent stores data under name only if nothing is there yet; it returns
+	// ErrExists otherwise. Manifests and the config are written this way.
+	PutIfAbsent(ctx context.Context, name string, data []byte) error
+	// Get returns the whole object; ErrNotFound if there is none.
+	Get(ctx context.Context, name string) ([]byte, error)
+	// Exists reports whether an object is stored under name.
+	Exists(ctx context.Context, name string) (bool, error)
+	// List calls fn with the name of every object whose name starts with prefix, in
+	// no particular order. fn returning an error stops the listing with that error.
+	List(ctx context.Context, prefix string, fn func(name string) error) error
+	// Delete removes the object; deleting a missing object is not an error.
+	Delete(ctx context.Context, name string) error
+	// Location is the store's URI without credentials, for messages.
+	Location() string
+}
+
+var (
+	// ErrNotFound: no object of that name.
+	ErrNotFound = errors.New("object not found")
+	// ErrExists: a conditional put found an object already there.
+	ErrExists = errors.New("object already exists")
+	// ErrNoRepository: the store holds no repository (no config object), or the
+	// bucket or directory does not exist.
+	ErrNoRepository = errors.New("repository does not exist")
+	// ErrAccessDenied: the store refused our credentials.
+	ErrAccessDenied = errors.New("access denied")
+)
