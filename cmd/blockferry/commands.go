@@ -1,0 +1,244 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/blockferry/blockferry/jobs"
+	"github.com/blockferry/blockferry/sinks"
+)
+
+func newInitCommand(g *globals) *cobra.Command {
+	var chunkSize int64
+	var compression string
+	cmd := &cobra.Command{
+		Use:   "init",
+		Short: "Create a repository (encrypted when a key is given); backup also creates one on first use",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			key, err := g.key()
+			if err != nil {
+				return err
+			}
+			if g.repository == "" {
+				return fmt.Errorf("--repository is required")
+			}
+			store, err := sinks.OpenStore(cmd.Context(), g.repository)
+			if err != nil {
+				return err
+			}
+			repo, err := sinks.Init(cmd.Context(), store, sinks.InitOptions{Key: key, ChunkSize: chunkSize, Compression: compression})
+			if err != nil {
+				return err
+			}
+			cfg := repo.Config()
+			return g.print(cmd.OutOrStdout(), map[string]any{"repository": repo.Location(), "id": cfg.ID, "encrypted": repo.Encrypted(), "chunk_size": cfg.ChunkSize},
+				fmt.Sprintf("created repository %s at %s (encrypted: %t)\n", cfg.ID, repo.Location(), repo.Encrypted()))
+		},
+	}
+	cmd.Flags().Int64Var(&chunkSize, "chunk-size", sinks.DefaultChunkSize, "default chunk size in bytes (power of two, 64 KiB to 64 MiB)")
+	cmd.Flags().StringVar(&compression, "compression", "zstd", "zstd or none")
+	return cmd
+}
+
+func newBackupCommand(g *globals) *cobra.Command {
+	var s jobs.Spec
+	src := &jobs.Endpoint{}
+	var labels []string
+	cmd := &cobra.Command{
+		Use:   "backup",
+		Short: "Back up a disk exported over NBD (full, or incremental with --bitmap and --parent)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			s.SpecVersion, s.ID, s.Kind, s.Source = jobs.SpecVersion, cliJobID(), jobs.KindBackup, src
+			var err error
+			if s.Labels, err = parseLabels(labels); err != nil {
+				return err
+			}
+			res, err := runJob(cmd.Context(), g, s)
+			if err != nil {
+				return err
+			}
+			m := res.Backup
+			st := m.Stats
+			human := fmt.Sprintf("backup %s of %s (%s): %s read, %s written, %s deduplicated, %s reused from parent, %s zero, in %.1fs\n",
+				m.ID, m.Disk, m.Kind, bytesText(st.BytesRead), bytesText(st.BytesWritten), bytesText(st.BytesDeduplicated),
+				bytesText(st.BytesReused), bytesText(st.BytesZero), st.DurationSeconds)
+			return g.print(cmd.OutOrStdout(), backupView(m), human)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&src.URI, "source", "", "NBD URI of the disk (nbd://, nbd+unix://, nbds://) or a raw file")
+	f.StringVar(&src.Bitmap, "bitmap", "", "dirty bitmap of an incremental backup")
+	f.StringVar(&s.Parent, "parent", "", "backup id the incremental is taken against")
+	f.StringVar(&s.Disk, "disk", "", "name of the disk, e.g. vm1/vda")
+	f.Int64Var(&s.Options.ChunkSize, "chunk-size", 0, "chunk size in bytes (default: the repository's)")
+	f.StringVar(&s.Options.Compression, "compression", "", "zstd or none (default: the repository's)")
+	f.IntVar(&s.Options.Concurrency, "concurrency", 0, "chunks in flight (default 8)")
+	f.StringVar(&s.Options.RateLimit, "rate-limit", "", "cap on source reads, e.g. 200MiB (per second)")
+	f.StringSliceVar(&labels, "label", nil, "key=value label recorded with the backup (repeatable)")
+	cmd.MarkFlagRequired("source")
+	cmd.MarkFlagRequired("disk")
+	return cmd
+}
+
+func newRestoreCommand(g *globals) *cobra.Command {
+	var s jobs.Spec
+	tgt := &jobs.Endpoint{}
+	cmd := &cobra.Command{
+		Use:   "restore",
+		Short: "Restore a backup to a raw file or a writable NBD export",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			s.SpecVersion, s.ID, s.Kind, s.Target = jobs.SpecVersion, cliJobID(), jobs.KindRestore, tgt
+			res, err := runJob(cmd.Context(), g, s)
+			if err != nil {
+				return err
+			}
+			r := res.Restore
+			return g.print(cmd.OutOrStdout(), r, fmt.Sprintf("restored backup %s to %s: %s written, %s zero, in %.1fs\n",
+				r.Backup, tgt.URI, bytesText(r.BytesWritten), bytesText(r.BytesZero), r.DurationSeconds))
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&s.Backup, "backup", "", "backup id to restore")
+	f.StringVar(&tgt.URI, "target", "", "file:///path/disk.raw (created sparse) or a writable nbd:// export")
+	f.IntVar(&s.Options.Concurrency, "concurrency", 0, "chunks in flight (default 8)")
+	cmd.MarkFlagRequired("backup")
+	cmd.MarkFlagRequired("target")
+	return cmd
+}
+
+func newVerifyCommand(g *globals) *cobra.Command {
+	var s jobs.Spec
+	cmd := &cobra.Command{
+		Use:   "verify",
+		Short: "Re-read and re-hash every chunk of a backup; names missing and corrupt chunks",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			s.SpecVersion, s.ID, s.Kind = jobs.SpecVersion, cliJobID(), jobs.KindVerify
+			res, err := runJob(cmd.Context(), g, s)
+			if res.Verify != nil {
+				r := res.Verify
+				human := fmt.Sprintf("backup %s: %d chunks checked, %d missing, %d corrupt\n", r.Backup, r.ChunksChecked, len(r.Missing), len(r.Corrupt))
+				for _, c := range r.Missing {
+					human += "missing " + c + "\n"
+				}
+				for _, c := range r.Corrupt {
+					human += "corrupt " + c + "\n"
+				}
+				if perr := g.print(cmd.OutOrStdout(), r, human); perr != nil && err == nil {
+					err = perr
+				}
+			}
+			return err
+		},
+	}
+	cmd.Flags().StringVar(&s.Backup, "backup", "", "backup id to verify")
+	cmd.Flags().IntVar(&s.Options.Concurrency, "concurrency", 0, "chunks in flight (default 8)")
+	cmd.MarkFlagRequired("backup")
+	return cmd
+}
+
+func newLsCommand(g *globals) *cobra.Command {
+	var disk string
+	cmd := &cobra.Command{
+		Use:   "ls",
+		Short: "List the backups in a repository",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			key, err := g.key()
+			if err != nil {
+				return err
+			}
+			if g.repository == "" {
+				return fmt.Errorf("--repository is required")
+			}
+			store, err := sinks.OpenStore(cmd.Context(), g.repository)
+			if err != nil {
+				return err
+			}
+			repo, err := sinks.Open(cmd.Context(), store, key)
+			if err != nil {
+				return err
+			}
+			list, err := repo.Backups(cmd.Context(), disk)
+			if err != nil {
+				return err
+			}
+			views := make([]map[string]any, 0, len(list))
+			var b strings.Builder
+			tw := tabwriter.NewWriter(&b, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "BACKUP\tDISK\tKIND\tPARENT\tCOMPLETED\tSIZE\tWRITTEN")
+			for _, m := range list {
+				views = append(views, backupView(m))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.ID, m.Disk, m.Kind, orDash(m.Parent),
+					m.Completed.Format(time.RFC3339), bytesText(m.Size), bytesText(m.Stats.BytesWritten))
+			}
+			tw.Flush()
+			return g.print(cmd.OutOrStdout(), map[string]any{"backups": views}, b.String())
+		},
+	}
+	cmd.Flags().StringVar(&disk, "disk", "", "only the backups of this disk")
+	return cmd
+}
+
+func runJob(ctx context.Context, g *globals, s jobs.Spec) (jobs.Result, error) {
+	r, err := g.runner()
+	if err != nil {
+		return jobs.Result{}, err
+	}
+	if s.Repository == "" && g.repository == "" {
+		return jobs.Result{}, fmt.Errorf("--repository is required")
+	}
+	return r.Run(ctx, s, nil)
+}
+
+// backupView is what commands print of a backup: the manifest without its index.
+func backupView(m *sinks.Manifest) map[string]any {
+	return map[string]any{
+		"backup": m.ID, "disk": m.Disk, "kind": m.Kind, "parent": m.Parent, "bitmap": m.Bitmap,
+		"size": m.Size, "chunk_size": m.ChunkSize, "started": m.Started, "completed": m.Completed,
+		"labels": m.Labels, "stats": m.Stats,
+	}
+}
+
+func parseLabels(kv []string) (map[string]string, error) {
+	if len(kv) == 0 {
+		return nil, nil
+	}
+	out := make(map[string]string, len(kv))
+	for _, l := range kv {
+		k, v, ok := strings.Cut(l, "=")
+		if !ok || k == "" {
+			return nil, fmt.Errorf("label %q: want key=value", l)
+		}
+		out[k] = v
+	}
+	return out, nil
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func bytesText(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}

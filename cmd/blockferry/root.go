@@ -1,0 +1,84 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/blockferry/blockferry/jobs"
+)
+
+// globals are the flags every command takes.
+type globals struct {
+	json       bool
+	repository string
+	keyFile    string
+}
+
+func newRootCommand() *cobra.Command {
+	g := &globals{}
+	root := &cobra.Command{
+		Use:           "blockferry",
+		Short:         "Block-level backup of virtual disks over NBD into a deduplicated repository",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	pf := root.PersistentFlags()
+	pf.BoolVar(&g.json, "json", false, "print one JSON object as the result")
+	pf.StringVar(&g.repository, "repository", os.Getenv("BLOCKFERRY_REPOSITORY"),
+		"repository URI: file:///srv/bf or s3://bucket/prefix?endpoint=…&region=… (env BLOCKFERRY_REPOSITORY)")
+	pf.StringVar(&g.keyFile, "key-file", os.Getenv("BLOCKFERRY_KEY_FILE"),
+		"file holding the repository encryption key (env BLOCKFERRY_KEY_FILE; or the key itself in BLOCKFERRY_KEY)")
+	root.AddCommand(
+		newInitCommand(g), newBackupCommand(g), newRestoreCommand(g), newVerifyCommand(g), newLsCommand(g),
+	)
+	return root
+}
+
+// key reads the encryption key: from --key-file, else from BLOCKFERRY_KEY. Jobs
+// never carry keys.
+func (g *globals) key() ([]byte, error) {
+	if g.keyFile != "" {
+		b, err := os.ReadFile(g.keyFile)
+		if err != nil {
+			return nil, fmt.Errorf("key file: %w", err)
+		}
+		k := []byte(strings.TrimRight(string(b), "\r\n"))
+		if len(k) == 0 {
+			return nil, fmt.Errorf("key file %s is empty", g.keyFile)
+		}
+		return k, nil
+	}
+	if k := os.Getenv("BLOCKFERRY_KEY"); k != "" {
+		return []byte(k), nil
+	}
+	return nil, nil
+}
+
+func (g *globals) runner(extra ...jobs.RunnerOption) (*jobs.Runner, error) {
+	key, err := g.key()
+	if err != nil {
+		return nil, err
+	}
+	opts := append([]jobs.RunnerOption{jobs.WithDefaultRepository(g.repository), jobs.WithKey(key)}, extra...)
+	return jobs.NewRunner(opts...), nil
+}
+
+// print writes v as JSON with --json, else the human text.
+func (g *globals) print(w io.Writer, v any, human string) error {
+	if g.json {
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(v)
+	}
+	_, err := io.WriteString(w, human)
+	return err
+}
+
+func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
+
+func cliJobID() string { return "cli-" + jobs.NewBackupID() }

@@ -1,0 +1,247 @@
+package jobs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/blockferry/blockferry/backends"
+	"github.com/blockferry/blockferry/sinks"
+)
+
+// BackupParams describe one backup run.
+type BackupParams struct {
+	ID     string // the new backup's id; NewBackupID() when empty
+	JobID  string
+	Disk   string
+	Bitmap string // dirty bitmap the source was opened with; empty for a full backup
+	// Parent is the backup an incremental is taken against; nil for a full backup.
+	Parent *sinks.Manifest
+	Labels map[string]string
+	// ChunkSize of a full backup; 0 takes the repository's. An incremental always
+	// uses its parent's.
+	ChunkSize int64
+	// Concurrency is the number of chunks in flight (read, hash, compress, upload).
+	Concurrency int
+	// Compress chunks with zstd (incompressible ones are stored as they are).
+	Compress bool
+}
+
+// Errors of a backup that no retry can fix.
+var (
+	ErrParentMismatch = errors.New("parent backup does not match")
+	ErrInvalid        = errors.New("invalid request")
+)
+
+// chunkAction is what the planner decided for one chunk position.
+type chunkAction uint8
+
+const (
+	actionRead  chunkAction = iota // read, hash, store
+	actionZero                     // reads as zeroes: store a marker, never read
+	actionReuse                    // clean in the bitmap: the parent's entry holds
+)
+
+type chunkTask struct {
+	index  int
+	action chunkAction
+}
+
+// Backup reads src and stores it in repo as a new backup. Only after every chunk
+// the manifest names is stored is the manifest written; a backup that fails or is
+// cancelled leaves no manifest, and its stored chunks are reused by the next try.
+func Backup(ctx context.Context, repo *sinks.Repository, src backends.Source, p BackupParams, progress *Progress) (*sinks.Manifest, error) {
+	if progress == nil {
+		progress = NewProgress()
+	}
+	started := time.Now().UTC()
+	m := &sinks.Manifest{
+		Version: sinks.ManifestVersion, ID: p.ID, JobID: p.JobID, Disk: p.Disk, Kind: "full",
+		Labels: p.Labels, Started: started, Size: src.Size(), ChunkSize: p.ChunkSize,
+	}
+	if m.ID == "" {
+		m.ID = NewBackupID()
+	}
+	if m.ChunkSize == 0 {
+		m.ChunkSize = repo.Config().ChunkSize
+	}
+	parent := p.Parent
+	if (p.Bitmap == "") != (parent == nil) {
+		return nil, fmt.Errorf("%w: an incremental backup needs both a bitmap and a parent", ErrInvalid)
+	}
+	if parent != nil {
+		switch {
+		case parent.Disk != p.Disk:
+			return nil, fmt.Errorf("%w: parent %s is a backup of disk %q, not %q", ErrParentMismatch, parent.ID, parent.Disk, p.Disk)
+		case parent.Size != m.Size:
+			return nil, fmt.Errorf("%w: parent %s has size %d, the disk now has %d: take a full backup", ErrParentMismatch, parent.ID, parent.Size, m.Size)
+		}
+		m.Kind, m.Parent, m.Bitmap, m.ChunkSize = "incremental", parent.ID, p.Bitmap, parent.ChunkSize
+	}
+	if !sinks.ValidChunkSize(m.ChunkSize) {
+		return nil, fmt.Errorf("%w: chunk size %d: want a power of two from %d to %d", ErrInvalid, m.ChunkSize, sinks.MinChunkSize, sinks.MaxChunkSize)
+	}
+	m.Chunks = make([]string, sinks.ChunkCount(m.Size, m.ChunkSize))
+	progress.bytesTotal.Store(m.Size)
+
+	var st backupCounters
+	g, gctx := errgroup.WithContext(ctx)
+	tasks := make(chan chunkTask, 2*max(p.Concurrency, 1))
+	g.Go(func() error {
+		defer close(tasks)
+		return planChunks(gctx, src, m, parent != nil, tasks)
+	})
+	for range max(p.Concurrency, 1) {
+		g.Go(func() error {
+			buf := make([]byte, m.ChunkSize)
+			for t := range tasks {
+				if err := backupChunk(gctx, repo, src, m, p, t, buf, &st, progress); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	m.Completed = time.Now().UTC()
+	m.Stats = st.stats(m)
+	if err := repo.PutManifest(ctx, m); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// planChunks walks the source's extents window by window and sends one task per
+// chunk position, in order. It never asks for the whole disk's map at once.
+func planChunks(ctx context.Context, src backends.Source, m *sinks.Manifest, incremental bool, tasks chan<- chunkTask) error {
+	const windowChunks = 256 // 1 GiB of 4 MiB chunks per block status window
+	window := m.ChunkSize * windowChunks
+	var pending []backends.Extent // extents not yet consumed, starting at pos
+	pos := int64(0)
+	for i := range m.Chunks {
+		start := int64(i) * m.ChunkSize
+		end := min(start+m.ChunkSize, m.Size)
+		dirty, data := false, false
+		for start < end {
+			if len(pending) == 0 {
+				ext, err := src.Extents(ctx, pos, window)
+				if err != nil {
+					return fmt.Errorf("extents at %d: %w", pos, err)
+				}
+				if len(ext) == 0 || ext[0].Start != pos {
+					return fmt.Errorf("extents at %d: source returned no extent for the position", pos)
+				}
+				pending = ext
+			}
+			e := &pending[0]
+			n := min(e.End(), end) - start
+			dirty = dirty || e.Dirty
+			data = data || !e.Zero
+			start += n
+			pos = start
+			e.Start, e.Length = e.Start+n, e.Length-n
+			if e.Length == 0 {
+				pending = pending[1:]
+			}
+		}
+		t := chunkTask{index: i, action: actionRead}
+		switch {
+		case incremental && !dirty:
+			t.action = actionReuse
+		case !data:
+			t.action = actionZero
+		}
+		select {
+		case tasks <- t:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+type backupCounters struct {
+	read, written, deduped, reused, zero      atomic.Int64
+	nUploaded, nDeduped, nReused, nZero, nAll atomic.Int64
+}
+
+func (c *backupCounters) stats(m *sinks.Manifest) sinks.BackupStats {
+	d := m.Completed.Sub(m.Started).Seconds()
+	s := sinks.BackupStats{
+		BytesTotal: m.Size, BytesRead: c.read.Load(), BytesWritten: c.written.Load(),
+		BytesDeduplicated: c.deduped.Load(), BytesReused: c.reused.Load(), BytesZero: c.zero.Load(),
+		ChunksTotal: len(m.Chunks), ChunksUploaded: int(c.nUploaded.Load()), ChunksDeduped: int(c.nDeduped.Load()),
+		ChunksReused: int(c.nReused.Load()), ChunksZero: int(c.nZero.Load()), DurationSeconds: d,
+	}
+	if d > 0 {
+		s.ReadBytesPerSec = float64(s.BytesRead) / d
+		s.StoredBytesPerSec = float64(s.BytesTotal) / d
+	}
+	return s
+}
+
+func backupChunk(ctx context.Context, repo *sinks.Repository, src backends.Source, m *sinks.Manifest, p BackupParams,
+	t chunkTask, buf []byte, st *backupCounters, progress *Progress) error {
+	n := m.ChunkLen(t.index)
+	defer progress.bytesDone.Add(n)
+	switch t.action {
+	case actionReuse:
+		m.Chunks[t.index] = p.Parent.Chunks[t.index]
+		st.reused.Add(n)
+		st.nReused.Add(1)
+		return nil
+	case actionZero:
+		st.zero.Add(n)
+		st.nZero.Add(1)
+		return nil
+	}
+	data := buf[:n]
+	off := int64(t.index) * m.ChunkSize
+	if _, err := src.ReadAt(data, off); err != nil {
+		return fmt.Errorf("read chunk %d at offset %d: %w", t.index, off, err)
+	}
+	st.read.Add(n)
+	progress.bytesRead.Add(n)
+	if isZero(data) { // allocated, or dirty, but zeroes: a marker is enough
+		st.zero.Add(n)
+		st.nZero.Add(1)
+		return nil
+	}
+	res, err := repo.PutChunk(ctx, data, p.Compress)
+	if err != nil {
+		return err
+	}
+	m.Chunks[t.index] = res.ID.String()
+	if res.Stored == 0 {
+		st.deduped.Add(n)
+		st.nDeduped.Add(1)
+		progress.bytesDeduplicated.Add(n)
+		return nil
+	}
+	st.written.Add(int64(res.Stored))
+	st.nUploaded.Add(1)
+	progress.bytesWritten.Add(int64(res.Stored))
+	return nil
+}
+
+var zeroPage [64 << 10]byte
+
+func isZero(b []byte) bool {
+	for len(b) > 0 {
+		n := min(len(b), len(zeroPage))
+		if string(b[:n]) != string(zeroPage[:n]) { // compiles to memequal, no allocation
+			return false
+		}
+		b = b[n:]
+	}
+	return true
+}

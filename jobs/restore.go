@@ -1,0 +1,92 @@
+package jobs
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/blockferry/blockferry/backends"
+	"github.com/blockferry/blockferry/sinks"
+)
+
+// RestoreStats are the figures of one restore.
+type RestoreStats struct {
+	Backup          string  `json:"backup"`
+	BytesTotal      int64   `json:"bytes_total"`
+	BytesWritten    int64   `json:"bytes_written"`
+	BytesZero       int64   `json:"bytes_zero"`
+	BytesFetched    int64   `json:"bytes_fetched"`
+	DurationSeconds float64 `json:"duration_seconds"`
+}
+
+// Restore writes backup id into tgt. Every chunk is checked against its id before it
+// is written: a corrupt or missing chunk fails the restore, it is never written.
+func Restore(ctx context.Context, repo *sinks.Repository, m *sinks.Manifest, tgt backends.Target, concurrency int, progress *Progress) (RestoreStats, error) {
+	if progress == nil {
+		progress = NewProgress()
+	}
+	start := time.Now()
+	progress.bytesTotal.Store(m.Size)
+	var written, zero, fetched atomic.Int64
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(max(concurrency, 1))
+	for i := 0; i < len(m.Chunks) && gctx.Err() == nil; i++ {
+		off, n := int64(i)*m.ChunkSize, m.ChunkLen(i)
+		// Runs of zero chunks become one zero request.
+		if m.Chunks[i] == "" {
+			j := i
+			for j+1 < len(m.Chunks) && m.Chunks[j+1] == "" {
+				j++
+			}
+			n = int64(j)*m.ChunkSize + m.ChunkLen(j) - off
+			i = j
+			g.Go(func() error {
+				if err := tgt.Zero(gctx, off, n); err != nil {
+					return fmt.Errorf("zero %d bytes at %d: %w", n, off, err)
+				}
+				zero.Add(n)
+				progress.bytesDone.Add(n)
+				return nil
+			})
+			continue
+		}
+		id, err := sinks.ParseChunkID(m.Chunks[i])
+		if err != nil {
+			return RestoreStats{}, err
+		}
+		g.Go(func() error {
+			data, err := repo.GetChunk(gctx, id)
+			if err != nil {
+				return err
+			}
+			if int64(len(data)) != n {
+				return fmt.Errorf("chunk %s: %w: %d bytes, the manifest needs %d at offset %d", id, sinks.ErrCorrupt, len(data), n, off)
+			}
+			fetched.Add(n)
+			progress.bytesRead.Add(n)
+			if _, err := tgt.WriteAt(data, off); err != nil {
+				return fmt.Errorf("write %d bytes at %d: %w", n, off, err)
+			}
+			written.Add(n)
+			progress.bytesWritten.Add(n)
+			progress.bytesDone.Add(n)
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return RestoreStats{}, err
+	}
+	if err := ctx.Err(); err != nil {
+		return RestoreStats{}, err
+	}
+	if err := tgt.Flush(ctx); err != nil {
+		return RestoreStats{}, fmt.Errorf("flush: %w", err)
+	}
+	return RestoreStats{
+		Backup: m.ID, BytesTotal: m.Size, BytesWritten: written.Load(), BytesZero: zero.Load(),
+		BytesFetched: fetched.Load(), DurationSeconds: time.Since(start).Seconds(),
+	}, nil
+}

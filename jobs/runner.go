@@ -1,0 +1,158 @@
+package jobs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"go.uber.org/zap"
+	"golang.org/x/time/rate"
+
+	"github.com/blockferry/blockferry/backends"
+	"github.com/blockferry/blockferry/sinks"
+)
+
+// Result is the outcome of a job that succeeded; one field is set, by kind.
+type Result struct {
+	Backup  *sinks.Manifest `json:"backup,omitempty"`
+	Restore *RestoreStats   `json:"restore,omitempty"`
+	Verify  *VerifyReport   `json:"verify,omitempty"`
+}
+
+// Runner runs jobs: it opens what a spec names and hands it to the engine. The
+// command line and the queue worker both run jobs through it.
+type Runner struct {
+	cfg runnerConfig
+}
+
+type runnerConfig struct {
+	repository  string
+	key         []byte
+	concurrency int
+	limiter     *rate.Limiter
+	log         *zap.Logger
+}
+
+// RunnerOption configures a Runner.
+type RunnerOption func(*runnerConfig)
+
+// WithDefaultRepository is used by jobs that name no repository.
+func WithDefaultRepository(uri string) RunnerOption {
+	return func(c *runnerConfig) { c.repository = uri }
+}
+
+// WithKey is the encryption key material: it opens encrypted repositories, and a
+// repository created by a backup is encrypted with it.
+func WithKey(key []byte) RunnerOption { return func(c *runnerConfig) { c.key = key } }
+
+// WithConcurrency is the default number of chunks in flight per job.
+func WithConcurrency(n int) RunnerOption { return func(c *runnerConfig) { c.concurrency = n } }
+
+// WithRateLimiter caps the source reads of all jobs of this runner together.
+func WithRateLimiter(l *rate.Limiter) RunnerOption {
+	return func(c *runnerConfig) { c.limiter = l }
+}
+
+// WithLogger sets the logger.
+func WithLogger(l *zap.Logger) RunnerOption { return func(c *runnerConfig) { c.log = l } }
+
+// NewRunner makes a runner.
+func NewRunner(opts ...RunnerOption) *Runner {
+	c := runnerConfig{concurrency: 8, log: zap.NewNop()}
+	for _, o := range opts {
+		o(&c)
+	}
+	return &Runner{cfg: c}
+}
+
+// Run validates and runs one job. progress may be nil.
+func (r *Runner) Run(ctx context.Context, s Spec, progress *Progress) (Result, error) {
+	if err := s.Validate(); err != nil {
+		return Result{}, err
+	}
+	if progress == nil {
+		progress = NewProgress()
+	}
+	repoURI := s.Repository
+	if repoURI == "" {
+		repoURI = r.cfg.repository
+	}
+	if repoURI == "" {
+		return Result{}, fmt.Errorf("%w: job %s names no repository and the worker has no default", ErrInvalid, s.ID)
+	}
+	store, err := sinks.OpenStore(ctx, repoURI)
+	if err != nil {
+		return Result{}, err
+	}
+	concurrency := s.Options.Concurrency
+	if concurrency == 0 {
+		concurrency = r.cfg.concurrency
+	}
+	switch s.Kind {
+	case KindBackup:
+		return r.backup(ctx, store, s, concurrency, progress)
+	case KindRestore, KindVerify:
+		repo, err := sinks.Open(ctx, store, r.cfg.key)
+		if err != nil {
+			return Result{}, err
+		}
+		m, err := repo.Manifest(ctx, s.Backup)
+		if err != nil {
+			return Result{}, err
+		}
+		if s.Kind == KindVerify {
+			rep, err := Verify(ctx, repo, m, concurrency, progress)
+			return Result{Verify: &rep}, err
+		}
+		tgt, err := backends.OpenTarget(ctx, s.Target.URI, backends.WithSize(m.Size))
+		if err != nil {
+			return Result{}, err
+		}
+		st, err := Restore(ctx, repo, m, tgt, concurrency, progress)
+		if cerr := tgt.Close(); err == nil && cerr != nil {
+			err = fmt.Errorf("close target: %w", cerr)
+		}
+		if err != nil {
+			return Result{}, err
+		}
+		return Result{Restore: &st}, nil
+	}
+	return Result{}, fmt.Errorf("%w: unknown kind %q", ErrInvalid, s.Kind)
+}
+
+func (r *Runner) backup(ctx context.Context, store sinks.Store, s Spec, concurrency int, progress *Progress) (Result, error) {
+	repo, err := sinks.OpenOrInit(ctx, store, sinks.InitOptions{Key: r.cfg.key, ChunkSize: s.Options.ChunkSize, Compression: s.Options.Compression})
+	if err != nil {
+		return Result{}, err
+	}
+	// The parent is checked before the source is opened, so that a bad parent is
+	// reported as such even when the source is gone.
+	var parent *sinks.Manifest
+	if s.Parent != "" {
+		if parent, err = repo.Manifest(ctx, s.Parent); err != nil {
+			if errors.Is(err, sinks.ErrBackupNotFound) {
+				err = fmt.Errorf("%w: %w", ErrParentNotFound, err)
+			}
+			return Result{}, err
+		}
+	}
+	src, err := backends.OpenSource(ctx, s.Source.URI, backends.WithBitmap(s.Source.Bitmap))
+	if err != nil {
+		return Result{}, err
+	}
+	defer src.Close()
+	src = backends.RateLimited(src, r.cfg.limiter)
+	if s.Options.RateLimit != "" {
+		bps, _ := ParseByteSize(s.Options.RateLimit) // validated with the spec
+		src = backends.RateLimited(src, backends.NewLimiter(bps))
+	}
+	m, err := Backup(ctx, repo, src, BackupParams{
+		JobID: s.ID, Disk: s.Disk, Bitmap: s.Source.Bitmap, Parent: parent, Labels: s.Labels,
+		ChunkSize: s.Options.ChunkSize, Concurrency: concurrency,
+		Compress: s.Options.Compression != "none" && (s.Options.Compression == "zstd" || repo.Config().Compression == "zstd"),
+	}, progress)
+	if err != nil {
+		return Result{}, err
+	}
+	return Result{Backup: m}, nil
+}

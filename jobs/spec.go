@@ -1,0 +1,210 @@
+package jobs
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"regexp"
+	"strings"
+
+	"github.com/blockferry/blockferry/sinks"
+)
+
+// SpecVersion is the job contract version this code implements (docs/JOBS.md).
+const SpecVersion = 1
+
+// Job kinds.
+const (
+	KindBackup  = "backup"
+	KindRestore = "restore"
+	KindVerify  = "verify"
+)
+
+// Limits of a job document.
+const (
+	MaxSpecBytes   = 64 << 10
+	maxIDLength    = 128
+	maxDiskLength  = 256
+	maxURILength   = 4096
+	maxLabels      = 64
+	maxLabelLength = 256
+	maxConcurrency = 256
+)
+
+// Spec is a job as orchestrators submit it. It carries no secrets: credentials come
+// from the worker's configuration.
+type Spec struct {
+	SpecVersion int               `json:"spec_version"`
+	ID          string            `json:"id"`
+	Kind        string            `json:"kind"`
+	Disk        string            `json:"disk,omitempty"`
+	Source      *Endpoint         `json:"source,omitempty"`
+	Parent      string            `json:"parent,omitempty"`
+	Backup      string            `json:"backup,omitempty"`
+	Target      *Endpoint         `json:"target,omitempty"`
+	Repository  string            `json:"repository,omitempty"`
+	Options     Options           `json:"options,omitzero"`
+	Labels      map[string]string `json:"labels,omitempty"`
+}
+
+// Endpoint is a device a job reads or writes.
+type Endpoint struct {
+	URI    string `json:"uri"`
+	Bitmap string `json:"bitmap,omitempty"`
+}
+
+// Options tune a job; zero values take the worker's defaults.
+type Options struct {
+	ChunkSize   int64  `json:"chunk_size,omitempty"`
+	Compression string `json:"compression,omitempty"`
+	Concurrency int    `json:"concurrency,omitempty"`
+	RateLimit   string `json:"rate_limit,omitempty"` // bytes per second: "200MiB", "50M", "1000000"
+}
+
+var (
+	idPattern   = regexp.MustCompile(`^[0-9A-Za-z][0-9A-Za-z._-]*$`)
+	diskPattern = regexp.MustCompile(`^[0-9A-Za-z][0-9A-Za-z._:/@-]*$`)
+)
+
+// DecodeSpec parses a job strictly: unknown fields, trailing data and oversized
+// documents are errors wrapping ErrInvalid. The spec is validated too. When the
+// document names an id, it is returned even on error so that the failure can be
+// reported against it.
+func DecodeSpec(data []byte) (Spec, error) {
+	var s Spec
+	if len(data) > MaxSpecBytes {
+		return s, fmt.Errorf("%w: job is %d bytes, at most %d are accepted", ErrInvalid, len(data), MaxSpecBytes)
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&s); err != nil {
+		s.ID = peekID(data)
+		return s, fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return s, fmt.Errorf("%w: data after the job object", ErrInvalid)
+	}
+	return s, s.Validate()
+}
+
+// peekID reads the id of a job that does not decode, if it can, and only if it is a
+// valid id: a failure event may then name it.
+func peekID(data []byte) string {
+	var v struct {
+		ID string `json:"id"`
+	}
+	if json.Unmarshal(data, &v) != nil || validID(v.ID) != nil {
+		return ""
+	}
+	return v.ID
+}
+
+func validID(id string) error {
+	switch {
+	case id == "":
+		return fmt.Errorf("%w: id is required", ErrInvalid)
+	case len(id) > maxIDLength:
+		return fmt.Errorf("%w: id is %d characters, at most %d", ErrInvalid, len(id), maxIDLength)
+	case !idPattern.MatchString(id):
+		return fmt.Errorf("%w: id %q: only letters, digits, '.', '_' and '-' are allowed", ErrInvalid, id)
+	}
+	return nil
+}
+
+// Validate checks a spec's fields and their combination.
+func (s *Spec) Validate() error {
+	if s.SpecVersion != SpecVersion {
+		return fmt.Errorf("%w: spec_version %d is not supported (want %d)", ErrInvalid, s.SpecVersion, SpecVersion)
+	}
+	if err := validID(s.ID); err != nil {
+		return err
+	}
+	bad := func(format string, a ...any) error {
+		return fmt.Errorf("%w: job %s: %s", ErrInvalid, s.ID, fmt.Sprintf(format, a...))
+	}
+	if s.Disk != "" && (len(s.Disk) > maxDiskLength || !diskPattern.MatchString(s.Disk) || strings.Contains(s.Disk, "..")) {
+		return bad("disk %q: want letters, digits and . _ : / @ -, at most %d characters", s.Disk, maxDiskLength)
+	}
+	for _, e := range []*Endpoint{s.Source, s.Target} {
+		if e != nil && (e.URI == "" || len(e.URI) > maxURILength) {
+			return bad("a source or target needs a uri of at most %d characters", maxURILength)
+		}
+		if e != nil && e.Bitmap != "" && (len(e.Bitmap) > maxIDLength || strings.ContainsAny(e.Bitmap, "\x00/")) {
+			return bad("bitmap %q is not a valid name", e.Bitmap)
+		}
+	}
+	if len(s.Repository) > maxURILength {
+		return bad("repository uri too long")
+	}
+	for _, ref := range []string{s.Parent, s.Backup} {
+		if ref != "" && !sinks.ValidBackupID(ref) {
+			return bad("backup id %q is not valid", ref)
+		}
+	}
+	if len(s.Labels) > maxLabels {
+		return bad("%d labels, at most %d", len(s.Labels), maxLabels)
+	}
+	for k, v := range s.Labels {
+		if k == "" || len(k) > maxLabelLength || len(v) > maxLabelLength {
+			return bad("label %q: keys and values of 1 to %d characters", k, maxLabelLength)
+		}
+	}
+	if err := s.Options.validate(); err != nil {
+		return bad("%v", err)
+	}
+	switch s.Kind {
+	case KindBackup:
+		switch {
+		case s.Disk == "":
+			return bad("a backup needs a disk")
+		case s.Source == nil:
+			return bad("a backup needs a source")
+		case s.Target != nil || s.Backup != "":
+			return bad("a backup takes no target or backup")
+		case (s.Source.Bitmap == "") != (s.Parent == ""):
+			return bad("an incremental backup needs both source.bitmap and parent; a full backup neither")
+		}
+	case KindRestore:
+		switch {
+		case s.Backup == "":
+			return bad("a restore needs a backup id")
+		case s.Target == nil:
+			return bad("a restore needs a target")
+		case s.Source != nil || s.Parent != "":
+			return bad("a restore takes no source or parent")
+		}
+	case KindVerify:
+		switch {
+		case s.Backup == "":
+			return bad("a verify needs a backup id")
+		case s.Target != nil || s.Parent != "":
+			return bad("a verify takes no target or parent")
+		case s.Source != nil && s.Source.Bitmap != "":
+			return bad("a verify compares with a source, it takes no bitmap")
+		}
+	case "":
+		return bad("kind is required")
+	default:
+		return bad("unknown kind %q (want backup, restore or verify)", s.Kind)
+	}
+	return nil
+}
+
+func (o Options) validate() error {
+	if o.ChunkSize != 0 && !sinks.ValidChunkSize(o.ChunkSize) {
+		return fmt.Errorf("chunk_size %d: want a power of two from %d to %d", o.ChunkSize, sinks.MinChunkSize, sinks.MaxChunkSize)
+	}
+	if o.Compression != "" && o.Compression != "zstd" && o.Compression != "none" {
+		return fmt.Errorf("compression %q: want zstd or none", o.Compression)
+	}
+	if o.Concurrency < 0 || o.Concurrency > maxConcurrency {
+		return fmt.Errorf("concurrency %d: want 1 to %d", o.Concurrency, maxConcurrency)
+	}
+	if o.RateLimit != "" {
+		if _, err := ParseByteSize(o.RateLimit); err != nil {
+			return fmt.Errorf("rate_limit: %w", err)
+		}
+	}
+	return nil
+}
