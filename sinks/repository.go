@@ -170,7 +170,12 @@ func (r *Repository) PutChunk(ctx context.Context, data []byte, compress bool) (
 	if _, ok := r.known.Load(id); ok {
 		return PutResult{ID: id}, nil
 	}
-	v, err, shared := r.inflight.Do(id.String(), func() (any, error) {
+	// Only the caller whose function runs uploads; the others share its result and
+	// count the chunk as deduplicated. (singleflight's shared flag is set for the
+	// leader too, so it cannot tell them apart.)
+	leader := false
+	v, err, _ := r.inflight.Do(id.String(), func() (any, error) {
+		leader = true
 		name := chunkName(id)
 		ok, err := r.store.Exists(ctx, name)
 		if err != nil {
@@ -190,8 +195,7 @@ func (r *Repository) PutChunk(ctx context.Context, data []byte, compress bool) (
 	if err != nil {
 		return PutResult{ID: id}, fmt.Errorf("store chunk %s: %w", id, err)
 	}
-	if shared {
-		// Only the caller that ran the upload counts the bytes.
+	if !leader {
 		return PutResult{ID: id}, nil
 	}
 	return PutResult{ID: id, Stored: v.(int)}, nil
