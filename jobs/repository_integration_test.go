@@ -1,0 +1,217 @@
+package jobs_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"io/fs"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/blockferry/blockferry/jobs"
+	"github.com/blockferry/blockferry/sinks"
+)
+
+const marker = "BLOCKFERRY-KNOWN-PLAINTEXT-0123456789 "
+
+// rawDisk makes a sparse raw image with a text region, a random region and holes,
+// and returns its path and sha256.
+func rawDisk(t *testing.T, size int64) (string, string) {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "disk.raw")
+	f, err := os.Create(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := f.Truncate(size); err != nil {
+		t.Fatal(err)
+	}
+	text := bytes.Repeat([]byte(marker), int(2*mib)/len(marker))
+	if _, err := f.WriteAt(text, 1*mib+100); err != nil {
+		t.Fatal(err)
+	}
+	noise := make([]byte, 3*mib)
+	rng := rand.NewChaCha8([32]byte{1})
+	rng.Read(noise)
+	if _, err := f.WriteAt(noise, size-3*mib-7); err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(data)
+	return p, hex.EncodeToString(sum[:])
+}
+
+func runSpec(t *testing.T, r *jobs.Runner, s jobs.Spec) (jobs.Result, error) {
+	t.Helper()
+	s.SpecVersion = jobs.SpecVersion
+	return r.Run(context.Background(), s, nil)
+}
+
+func fullBackupOfFile(t *testing.T, r *jobs.Runner, path string) *sinks.Manifest {
+	t.Helper()
+	res, err := runSpec(t, r, jobs.Spec{ID: "b", Kind: jobs.KindBackup, Disk: "vm1/vda", Source: &jobs.Endpoint{URI: "file://" + path},
+		Options: jobs.Options{ChunkSize: chunkSize}})
+	if err != nil {
+		t.Fatalf("backup: %v", err)
+	}
+	return res.Backup
+}
+
+func restoreToFile(t *testing.T, r *jobs.Runner, backup string) (string, error) {
+	t.Helper()
+	out := filepath.Join(t.TempDir(), "out.raw")
+	_, err := runSpec(t, r, jobs.Spec{ID: "r", Kind: jobs.KindRestore, Backup: backup, Target: &jobs.Endpoint{URI: "file://" + out}})
+	return out, err
+}
+
+func fileSum(t *testing.T, p string) string {
+	t.Helper()
+	data, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(data)
+	return hex.EncodeToString(sum[:])
+}
+
+func TestEncryptedRepository(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "repo")
+	key := []byte("correct horse battery staple")
+	r := jobs.NewRunner(jobs.WithDefaultRepository("file://"+dir), jobs.WithKey(key))
+	disk, want := rawDisk(t, 16*mib+4096)
+	m := fullBackupOfFile(t, r, disk)
+	out, err := restoreToFile(t, r, m.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := fileSum(t, out); got != want {
+		t.Fatalf("restored sha256 %s, want %s", got, want)
+	}
+
+	// Nothing stored reveals the content or the disk's name, and chunk ids are not
+	// the plain hashes of the content.
+	var objects int
+	filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		objects++
+		data, _ := os.ReadFile(p)
+		for _, s := range []string{marker[:16], "vm1/vda"} {
+			if bytes.Contains(data, []byte(s)) {
+				t.Errorf("%s holds plaintext %q", p, s)
+			}
+		}
+		return nil
+	})
+	if objects < 3 {
+		t.Fatalf("only %d objects stored", objects)
+	}
+
+	for name, k := range map[string][]byte{"wrong key": []byte("not the right key!"), "no key": nil} {
+		t.Run(name, func(t *testing.T) {
+			bad := jobs.NewRunner(jobs.WithDefaultRepository("file://"+dir), jobs.WithKey(k))
+			_, err := restoreToFile(t, bad, m.ID)
+			if f := jobs.Classify(err); f.Code != jobs.CodeKey || f.Retryable {
+				t.Fatalf("restore with %s: %+v", name, f)
+			}
+		})
+	}
+}
+
+// corruptOneChunk flips a byte in the middle of one stored chunk and returns its id.
+func corruptOneChunk(t *testing.T, dir string) string {
+	t.Helper()
+	var victim string
+	filepath.WalkDir(filepath.Join(dir, "chunks"), func(p string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() && victim == "" {
+			victim = p
+		}
+		return err
+	})
+	if victim == "" {
+		t.Fatal("no chunk stored")
+	}
+	data, err := os.ReadFile(victim)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data[len(data)/2] ^= 0x40
+	if err := os.WriteFile(victim, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return filepath.Base(victim)
+}
+
+func TestCorruptChunk(t *testing.T) {
+	for _, encrypted := range []bool{false, true} {
+		name := map[bool]string{false: "plain", true: "encrypted"}[encrypted]
+		t.Run(name, func(t *testing.T) {
+			dir := filepath.Join(t.TempDir(), "repo")
+			opts := []jobs.RunnerOption{jobs.WithDefaultRepository("file://" + dir)}
+			if encrypted {
+				opts = append(opts, jobs.WithKey([]byte("a key of some length")))
+			}
+			r := jobs.NewRunner(opts...)
+			disk, _ := rawDisk(t, 8*mib)
+			m := fullBackupOfFile(t, r, disk)
+			bad := corruptOneChunk(t, dir)
+
+			res, err := runSpec(t, r, jobs.Spec{ID: "v", Kind: jobs.KindVerify, Backup: m.ID})
+			if !errors.Is(err, jobs.ErrVerifyFailed) {
+				t.Fatalf("verify: %v", err)
+			}
+			if len(res.Verify.Corrupt) != 1 || res.Verify.Corrupt[0] != bad || len(res.Verify.Missing) != 0 {
+				t.Errorf("verify report %+v, want corrupt [%s]", res.Verify, bad)
+			}
+			if !strings.Contains(err.Error(), bad) {
+				t.Errorf("verify error %q does not name chunk %s", err, bad)
+			}
+			_, err = restoreToFile(t, r, m.ID)
+			if f := jobs.Classify(err); f.Code != jobs.CodeCorrupt || !strings.Contains(err.Error(), bad) {
+				t.Errorf("restore of a corrupt backup: %+v", f)
+			}
+		})
+	}
+}
+
+func TestMissingChunk(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "repo")
+	r := jobs.NewRunner(jobs.WithDefaultRepository("file://" + dir))
+	disk, _ := rawDisk(t, 8*mib)
+	m := fullBackupOfFile(t, r, disk)
+	gone := m.Chunks[len(m.Chunks)-1]
+	if err := os.Remove(filepath.Join(dir, "chunks", gone[:2], gone)); err != nil {
+		t.Fatal(err)
+	}
+	res, err := runSpec(t, r, jobs.Spec{ID: "v", Kind: jobs.KindVerify, Backup: m.ID})
+	if !errors.Is(err, jobs.ErrVerifyFailed) || len(res.Verify.Missing) != 1 || res.Verify.Missing[0] != gone {
+		t.Errorf("verify: %+v, %v; want missing [%s]", res.Verify, err, gone)
+	}
+}
+
+// TestDeduplicationAcrossDisks: a second disk with the same content stores nothing.
+func TestDeduplicationAcrossDisks(t *testing.T) {
+	r := jobs.NewRunner(jobs.WithDefaultRepository("file://" + filepath.Join(t.TempDir(), "repo")))
+	disk, _ := rawDisk(t, 8*mib)
+	first := fullBackupOfFile(t, r, disk)
+	res, err := runSpec(t, r, jobs.Spec{ID: "b2", Kind: jobs.KindBackup, Disk: "vm2/vdb", Source: &jobs.Endpoint{URI: "file://" + disk},
+		Options: jobs.Options{ChunkSize: chunkSize}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	second := res.Backup.Stats
+	if first.Stats.ChunksUploaded == 0 || second.ChunksUploaded != 0 || second.BytesWritten != 0 ||
+		second.ChunksDeduped != first.Stats.ChunksUploaded+first.Stats.ChunksDeduped {
+		t.Errorf("first %+v, second %+v: the second disk should upload nothing", first.Stats, second)
+	}
+}
