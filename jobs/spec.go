@@ -85,7 +85,11 @@ func DecodeSpec(data []byte) (Spec, error) {
 	if _, err := dec.Token(); err != io.EOF {
 		return s, fmt.Errorf("%w: data after the job object", ErrInvalid)
 	}
-	return s, s.Validate()
+	err := s.Validate()
+	if validID(s.ID) != nil {
+		s.ID = "" // an invalid id is not echoed into subjects or events
+	}
+	return s, err
 }
 
 // peekID reads the id of a job that does not decode, if it can, and only if it is a

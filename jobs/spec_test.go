@@ -1,0 +1,65 @@
+package jobs
+
+import (
+	"errors"
+	"strings"
+	"testing"
+)
+
+func TestDecodeSpec(t *testing.T) {
+	const good = `{"spec_version":1,"id":"vm1042-vda-20261124T0200","kind":"backup","disk":"vm-1042/vda",
+		"source":{"uri":"nbd+unix:///vda?socket=/run/b.sock","bitmap":"chk-1"},"parent":"01JD0000000000000000000000",
+		"options":{"chunk_size":4194304,"compression":"zstd","concurrency":8,"rate_limit":"200MiB"},"labels":{"vm":"1042"}}`
+	s, err := DecodeSpec([]byte(good))
+	if err != nil {
+		t.Fatalf("good job: %v", err)
+	}
+	if s.Source.Bitmap != "chk-1" || s.Options.ChunkSize != 4<<20 || s.Labels["vm"] != "1042" {
+		t.Errorf("decoded %+v", s)
+	}
+
+	bad := []struct {
+		name, doc, id string
+	}{
+		{"malformed", `{"spec_version":1,"id":"j1",`, ""},
+		{"unknown field", `{"spec_version":1,"id":"j2","kind":"verify","backup":"b1","surprise":1}`, "j2"},
+		{"unknown kind", `{"spec_version":1,"id":"j3","kind":"defrag"}`, "j3"},
+		{"no source", `{"spec_version":1,"id":"j4","kind":"backup","disk":"d"}`, "j4"},
+		{"long id", `{"spec_version":1,"id":"` + strings.Repeat("x", 129) + `","kind":"verify","backup":"b"}`, ""},
+		{"bad id chars", `{"spec_version":1,"id":"a b","kind":"verify","backup":"b"}`, ""},
+		{"spec version", `{"spec_version":2,"id":"j5","kind":"verify","backup":"b"}`, "j5"},
+		{"bitmap without parent", `{"spec_version":1,"id":"j6","kind":"backup","disk":"d","source":{"uri":"nbd://h","bitmap":"b"}}`, "j6"},
+		{"bad chunk size", `{"spec_version":1,"id":"j7","kind":"verify","backup":"b","options":{"chunk_size":1000}}`, "j7"},
+		{"bad rate", `{"spec_version":1,"id":"j8","kind":"verify","backup":"b","options":{"rate_limit":"fast"}}`, "j8"},
+		{"trailing data", `{"spec_version":1,"id":"j9","kind":"verify","backup":"b"} {}`, "j9"},
+		{"disk path escape", `{"spec_version":1,"id":"j10","kind":"backup","disk":"../etc","source":{"uri":"nbd://h"}}`, "j10"},
+		{"oversized", `{"spec_version":1,"id":"j11","kind":"verify","backup":"b","labels":{"x":"` + strings.Repeat("y", MaxSpecBytes) + `"}}`, ""},
+	}
+	for _, c := range bad {
+		t.Run(c.name, func(t *testing.T) {
+			s, err := DecodeSpec([]byte(c.doc))
+			if !errors.Is(err, ErrInvalid) {
+				t.Fatalf("err %v, want ErrInvalid", err)
+			}
+			if Classify(err).Code != CodeInvalidJob || Classify(err).Retryable {
+				t.Errorf("classified %+v", Classify(err))
+			}
+			if s.ID != c.id {
+				t.Errorf("id %q, want %q", s.ID, c.id)
+			}
+		})
+	}
+}
+
+func TestParseByteSize(t *testing.T) {
+	for in, want := range map[string]int64{"200MiB": 200 << 20, "50M": 50e6, "1048576": 1 << 20, "1.5GiB": 3 << 29, "10 KiB": 10240} {
+		if got, err := ParseByteSize(in); err != nil || got != want {
+			t.Errorf("%q: %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "0", "-5M", "fast", "5XB"} {
+		if _, err := ParseByteSize(in); err == nil {
+			t.Errorf("%q: no error", in)
+		}
+	}
+}
