@@ -1,0 +1,358 @@
+// Package file is a sinks.Store kept in a local (or mounted) directory: each object
+// is one file, its name a path below the directory.
+//
+// Writes are crash-safe: data goes to a temporary file in the destination directory,
+// which is fsynced and then renamed (Put) or hard-linked (PutIfAbsent) into place, and
+// the directory is fsynced so the new entry survives a power loss. A reader therefore
+// sees either no object or a complete one, never a partial file.
+package file
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"github.com/blockferry/blockferry/sinks"
+)
+
+// tempPrefix starts the names of files being written. List skips them and valid
+// object names may not use it, so a temporary file left by a crash is never taken
+// for an object.
+const tempPrefix = ".tmp-"
+
+// dirMode is for the directories the store creates (less the umask). Objects are
+// created 0600 by os.CreateTemp: backups hold whole disk contents.
+const dirMode = 0o750
+
+// Store is a sinks.Store rooted at a directory. It is safe for concurrent use,
+// including by several processes sharing the directory.
+type Store struct {
+	dir string // absolute, cleaned
+}
+
+var _ sinks.Store = (*Store)(nil)
+
+// Open returns the store rooted at dir. The directory need not exist: whether a
+// repository is there is for the repository layer to decide, and the first Put
+// creates it. Only a dir that exists but is not a directory is refused.
+func Open(dir string) (*Store, error) {
+	if dir == "" {
+		return nil, errors.New("file store: empty directory path")
+	}
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, fmt.Errorf("file store %q: %w", dir, err)
+	}
+	if st, err := os.Stat(abs); err == nil && !st.IsDir() {
+		return nil, fmt.Errorf("file://%s: not a directory", abs)
+	}
+	return &Store{dir: abs}, nil
+}
+
+// OpenURL opens a file:// URI such as file:///srv/bf (or file:relative/dir). It
+// takes a context only to share its signature with the S3 store's Open, so both can
+// sit in one scheme table; it does no I/O that could block.
+func OpenURL(_ context.Context, u *url.URL) (*Store, error) {
+	if u.Scheme != "file" {
+		return nil, fmt.Errorf("file store: scheme %q is not file", u.Scheme)
+	}
+	if u.Host != "" && u.Host != "localhost" {
+		return nil, fmt.Errorf("file store %s: remote host %q is not supported", u.Redacted(), u.Host)
+	}
+	if u.RawQuery != "" || u.Fragment != "" {
+		return nil, fmt.Errorf("file store %s: query and fragment are not supported", u.Redacted())
+	}
+	p := u.Path
+	if u.Opaque != "" { // file:relative/dir
+		var err error
+		if p, err = url.PathUnescape(u.Opaque); err != nil {
+			return nil, fmt.Errorf("file store %s: %w", u.Redacted(), err)
+		}
+	}
+	return Open(p)
+}
+
+// Location returns the store's file:// URI.
+func (s *Store) Location() string { return "file://" + filepath.ToSlash(s.dir) }
+
+// path maps an object name to its file, refusing names that would escape the
+// directory or collide with temporary files.
+func (s *Store) path(name string) (string, error) {
+	if err := validName(name); err != nil {
+		return "", fmt.Errorf("%s: %w", s.Location(), err)
+	}
+	return filepath.Join(s.dir, filepath.FromSlash(name)), nil
+}
+
+func validName(name string) error {
+	if name == "" {
+		return errors.New("empty object name")
+	}
+	for _, c := range strings.Split(name, "/") {
+		switch {
+		case c == "" || c == "." || c == "..":
+			return fmt.Errorf("invalid object name %q", name)
+		case strings.HasPrefix(c, tempPrefix):
+			return fmt.Errorf("invalid object name %q: %q is reserved for temporary files", name, tempPrefix)
+		case strings.ContainsRune(c, '\\') || strings.ContainsRune(c, 0):
+			return fmt.Errorf("invalid object name %q", name)
+		}
+	}
+	return nil
+}
+
+// Put stores data under name, replacing any existing object atomically.
+func (s *Store) Put(ctx context.Context, name string, data []byte) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	p, err := s.path(name)
+	if err != nil {
+		return err
+	}
+	tmp, err := s.writeTemp(p, data)
+	if err != nil {
+		return fmt.Errorf("%s: put %q: %w", s.Location(), name, err)
+	}
+	if err := os.Rename(tmp, p); err != nil {
+		_ = os.Remove(tmp)
+		return fmt.Errorf("%s: put %q: %w", s.Location(), name, err)
+	}
+	if err := syncDir(filepath.Dir(p)); err != nil {
+		return fmt.Errorf("%s: put %q: %w", s.Location(), name, err)
+	}
+	return nil
+}
+
+// PutIfAbsent stores data under name unless an object is already there, in which
+// case it returns an error wrapping sinks.ErrExists. link(2) fails with EEXIST when
+// the target exists, which makes the check and the write one atomic step, also
+// between processes; rename(2) would silently replace.
+func (s *Store) PutIfAbsent(ctx context.Context, name string, data []byte) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	p, err := s.path(name)
+	if err != nil {
+		return err
+	}
+	tmp, err := s.writeTemp(p, data)
+	if err != nil {
+		return fmt.Errorf("%s: put %q: %w", s.Location(), name, err)
+	}
+	linkErr := os.Link(tmp, p)
+	// The temp name goes away whatever happened; after a successful link the data
+	// lives on under p.
+	rmErr := os.Remove(tmp)
+	if linkErr != nil {
+		if errors.Is(linkErr, fs.ErrExist) {
+			return fmt.Errorf("%s: put %q: %w", s.Location(), name, sinks.ErrExists)
+		}
+		return fmt.Errorf("%s: put %q: %w", s.Location(), name, linkErr)
+	}
+	if rmErr != nil {
+		return fmt.Errorf("%s: put %q: removing temporary file: %w", s.Location(), name, rmErr)
+	}
+	// One fsync covers both the new link and the removed temp name.
+	if err := syncDir(filepath.Dir(p)); err != nil {
+		return fmt.Errorf("%s: put %q: %w", s.Location(), name, err)
+	}
+	return nil
+}
+
+// writeTemp writes data to a new fsynced temporary file next to p (creating p's
+// directory if needed) and returns its path.
+func (s *Store) writeTemp(p string, data []byte) (string, error) {
+	dir := filepath.Dir(p)
+	if err := s.mkdirs(dir); err != nil {
+		return "", err
+	}
+	f, err := os.CreateTemp(dir, tempPrefix+filepath.Base(p)+"-*")
+	if err != nil {
+		return "", err
+	}
+	tmp := f.Name()
+	fail := func(err error) (string, error) {
+		_ = f.Close()
+		_ = os.Remove(tmp)
+		return "", err
+	}
+	if _, err := f.Write(data); err != nil {
+		return fail(err)
+	}
+	if err := f.Sync(); err != nil {
+		return fail(err)
+	}
+	if err := f.Close(); err != nil {
+		_ = os.Remove(tmp)
+		return "", err
+	}
+	return tmp, nil
+}
+
+// mkdirs creates dir and any missing parents up to and including the store root,
+// fsyncing each parent after it gains an entry: a file fsynced into a directory
+// that itself was never made durable could vanish in a crash.
+func (s *Store) mkdirs(dir string) error {
+	if st, err := os.Stat(dir); err == nil {
+		if !st.IsDir() {
+			return fmt.Errorf("%s is not a directory", dir)
+		}
+		return nil
+	}
+	parent := filepath.Dir(dir)
+	if parent != dir {
+		if err := s.mkdirs(parent); err != nil {
+			return err
+		}
+	}
+	switch err := os.Mkdir(dir, dirMode); {
+	case err == nil:
+		return syncDir(parent)
+	case errors.Is(err, fs.ErrExist): // another writer made it; it fsyncs the parent
+		return nil
+	default:
+		return err
+	}
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("fsync directory %s: %w", dir, err)
+	}
+	return nil
+}
+
+// Get returns the object's contents, or an error wrapping sinks.ErrNotFound.
+func (s *Store) Get(ctx context.Context, name string) ([]byte, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	p, err := s.path(name)
+	if err != nil {
+		return nil, err
+	}
+	data, err := os.ReadFile(p)
+	if err != nil {
+		if notFound(err) {
+			return nil, fmt.Errorf("%s: get %q: %w", s.Location(), name, sinks.ErrNotFound)
+		}
+		return nil, fmt.Errorf("%s: get %q: %w", s.Location(), name, err)
+	}
+	return data, nil
+}
+
+// Exists reports whether an object is stored under name.
+func (s *Store) Exists(ctx context.Context, name string) (bool, error) {
+	if err := ctx.Err(); err != nil {
+		return false, err
+	}
+	p, err := s.path(name)
+	if err != nil {
+		return false, err
+	}
+	st, err := os.Stat(p)
+	switch {
+	case err == nil:
+		return st.Mode().IsRegular(), nil
+	case notFound(err):
+		return false, nil
+	default:
+		return false, fmt.Errorf("%s: stat %q: %w", s.Location(), name, err)
+	}
+}
+
+// notFound also counts ENOTDIR: "a/b" is missing when "a" is a file.
+func notFound(err error) bool {
+	return errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR)
+}
+
+// List calls fn for every object whose name starts with prefix. Only the part of
+// the tree that can match is walked, so listing "chunks/ab" reads chunks/ only.
+func (s *Store) List(ctx context.Context, prefix string, fn func(name string) error) error {
+	// Start at the deepest directory the prefix names completely.
+	start := s.dir
+	if i := strings.LastIndexByte(prefix, '/'); i >= 0 {
+		if validName(prefix[:i]) != nil {
+			return nil // no valid object name starts with this prefix
+		}
+		start = filepath.Join(s.dir, filepath.FromSlash(prefix[:i]))
+	}
+	err := filepath.WalkDir(start, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if p == start && notFound(err) {
+				return fs.SkipAll // nothing stored under the prefix
+			}
+			if notFound(err) {
+				return nil // removed while we walked
+			}
+			return err
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if strings.HasPrefix(d.Name(), tempPrefix) {
+			if d.IsDir() {
+				return fs.SkipDir
+			}
+			return nil
+		}
+		rel, err := filepath.Rel(s.dir, p)
+		if err != nil {
+			return err
+		}
+		name := filepath.ToSlash(rel)
+		if d.IsDir() {
+			if p == start {
+				return nil
+			}
+			// Descend only into directories that can hold matches: their name with
+			// a slash either extends the prefix or is a prefix of it.
+			dn := name + "/"
+			if strings.HasPrefix(dn, prefix) || strings.HasPrefix(prefix, dn) {
+				return nil
+			}
+			return fs.SkipDir
+		}
+		if !d.Type().IsRegular() || !strings.HasPrefix(name, prefix) {
+			return nil
+		}
+		return fn(name)
+	})
+	if err != nil {
+		return fmt.Errorf("%s: list %q: %w", s.Location(), prefix, err)
+	}
+	return nil
+}
+
+// Delete removes the object; a missing object is not an error. The directory is not
+// fsynced: if a crash undoes the removal the object simply reappears, and whoever
+// deleted it (garbage collection) deletes it again on its next run. Emptied
+// directories stay, since removing them would race with concurrent Puts.
+func (s *Store) Delete(ctx context.Context, name string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	p, err := s.path(name)
+	if err != nil {
+		return err
+	}
+	if err := os.Remove(p); err != nil && !notFound(err) {
+		return fmt.Errorf("%s: delete %q: %w", s.Location(), name, err)
+	}
+	return nil
+}

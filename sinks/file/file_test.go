@@ -1,0 +1,277 @@
+package file
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/url"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/blockferry/blockferry/sinks"
+)
+
+func newStore(t *testing.T) (*Store, string) {
+	t.Helper()
+	// A directory that does not exist yet: the first Put must create it.
+	dir := filepath.Join(t.TempDir(), "repo")
+	s, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, dir
+}
+
+func TestRoundTrip(t *testing.T) {
+	ctx := context.Background()
+	s, dir := newStore(t)
+
+	if _, err := s.Get(ctx, "config"); !errors.Is(err, sinks.ErrNotFound) {
+		t.Fatalf("Get before any Put: err = %v, want ErrNotFound", err)
+	}
+	if err := s.List(ctx, "", func(string) error { return errors.New("called") }); err != nil {
+		t.Fatalf("List of missing dir: %v", err)
+	}
+
+	for name, data := range map[string][]byte{
+		"config":             []byte("cfg"),
+		"chunks/ab/abcdef01": bytes.Repeat([]byte{7}, 1<<20),
+		"empty":              {},
+	} {
+		if err := s.Put(ctx, name, data); err != nil {
+			t.Fatalf("Put %s: %v", name, err)
+		}
+		got, err := s.Get(ctx, name)
+		if err != nil {
+			t.Fatalf("Get %s: %v", name, err)
+		}
+		if !bytes.Equal(got, data) {
+			t.Fatalf("Get %s: got %d bytes, want %d", name, len(got), len(data))
+		}
+		if ok, err := s.Exists(ctx, name); err != nil || !ok {
+			t.Fatalf("Exists %s = %v, %v", name, ok, err)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, "chunks", "ab", "abcdef01")); err != nil {
+		t.Fatalf("object not at its path: %v", err)
+	}
+
+	// Put replaces.
+	if err := s.Put(ctx, "config", []byte("cfg2")); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := s.Get(ctx, "config"); string(got) != "cfg2" {
+		t.Fatalf("after replace got %q", got)
+	}
+
+	if err := s.Delete(ctx, "config"); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := s.Exists(ctx, "config"); err != nil || ok {
+		t.Fatalf("Exists after Delete = %v, %v", ok, err)
+	}
+	if err := s.Delete(ctx, "config"); err != nil {
+		t.Fatalf("Delete of missing object: %v", err)
+	}
+	if err := s.Delete(ctx, "nodir/x"); err != nil {
+		t.Fatalf("Delete in missing directory: %v", err)
+	}
+	// "config/x" below a file is simply missing.
+	if err := s.Put(ctx, "file", nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Get(ctx, "file/x"); !errors.Is(err, sinks.ErrNotFound) {
+		t.Fatalf("Get below a file: %v", err)
+	}
+	if ok, err := s.Exists(ctx, "chunks"); err != nil || ok {
+		t.Fatalf("Exists of a directory = %v, %v", ok, err)
+	}
+}
+
+func TestInvalidNames(t *testing.T) {
+	ctx := context.Background()
+	s, _ := newStore(t)
+	for _, name := range []string{"", "/abs", "../escape", "a/../b", "a//b", "a/", ".", ".tmp-x", "a/.tmp-b"} {
+		if err := s.Put(ctx, name, []byte("x")); err == nil {
+			t.Errorf("Put %q succeeded", name)
+		}
+		if _, err := s.Get(ctx, name); err == nil || errors.Is(err, sinks.ErrNotFound) {
+			t.Errorf("Get %q: err = %v, want an invalid-name error", name, err)
+		}
+	}
+}
+
+func TestPutIfAbsent(t *testing.T) {
+	ctx := context.Background()
+	s, dir := newStore(t)
+	if err := s.PutIfAbsent(ctx, "manifests/m1", []byte("first")); err != nil {
+		t.Fatal(err)
+	}
+	err := s.PutIfAbsent(ctx, "manifests/m1", []byte("second"))
+	if !errors.Is(err, sinks.ErrExists) {
+		t.Fatalf("second PutIfAbsent: err = %v, want ErrExists", err)
+	}
+	if got, _ := s.Get(ctx, "manifests/m1"); string(got) != "first" {
+		t.Fatalf("object changed to %q", got)
+	}
+	assertNoTemp(t, dir)
+}
+
+// Many writers race for one name: exactly one PutIfAbsent wins, and every Put of
+// the same name leaves one complete object, never a mix or a partial file.
+func TestConcurrentWriters(t *testing.T) {
+	ctx := context.Background()
+	s, dir := newStore(t)
+	const writers = 16
+	payload := func(i int) []byte { return bytes.Repeat([]byte{byte('a' + i)}, 64<<10) }
+
+	var wg sync.WaitGroup
+	errs := make([]error, writers)
+	for i := range writers {
+		wg.Go(func() { errs[i] = s.PutIfAbsent(ctx, "config", payload(i)) })
+	}
+	wg.Wait()
+	winner := -1
+	for i, err := range errs {
+		switch {
+		case err == nil:
+			if winner >= 0 {
+				t.Fatalf("writers %d and %d both won PutIfAbsent", winner, i)
+			}
+			winner = i
+		case !errors.Is(err, sinks.ErrExists):
+			t.Fatalf("writer %d: %v", i, err)
+		}
+	}
+	if winner < 0 {
+		t.Fatal("no PutIfAbsent won")
+	}
+	if got, _ := s.Get(ctx, "config"); !bytes.Equal(got, payload(winner)) {
+		t.Fatal("config does not hold the winner's data")
+	}
+
+	for i := range writers {
+		wg.Go(func() {
+			if err := s.Put(ctx, "chunks/00/same", payload(i)); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	got, err := s.Get(ctx, "chunks/00/same")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 64<<10 || got[0] < 'a' || got[0] >= 'a'+writers || !bytes.Equal(got, payload(int(got[0]-'a'))) {
+		t.Fatalf("concurrent Puts left a mixed or partial object (%d bytes)", len(got))
+	}
+	assertNoTemp(t, dir)
+}
+
+func TestList(t *testing.T) {
+	ctx := context.Background()
+	s, dir := newStore(t)
+	names := []string{"config", "chunks/ab/ab01", "chunks/ab/ab02", "chunks/ac/ac01", "chunksx", "manifests/vm1/2024"}
+	for _, n := range names {
+		if err := s.Put(ctx, n, []byte(n)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A temp file left by a crash must not be listed.
+	if err := os.WriteFile(filepath.Join(dir, "chunks", "ab", tempPrefix+"ab03-123"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	for prefix, want := range map[string][]string{
+		"":              names,
+		"chunks":        {"chunks/ab/ab01", "chunks/ab/ab02", "chunks/ac/ac01", "chunksx"},
+		"chunks/":       {"chunks/ab/ab01", "chunks/ab/ab02", "chunks/ac/ac01"},
+		"chunks/a":      {"chunks/ab/ab01", "chunks/ab/ab02", "chunks/ac/ac01"},
+		"chunks/ab/":    {"chunks/ab/ab01", "chunks/ab/ab02"},
+		"chunks/ab/ab0": {"chunks/ab/ab01", "chunks/ab/ab02"},
+		"manifests/":    {"manifests/vm1/2024"},
+		"nothing/":      nil,
+		"../":           nil,
+	} {
+		var got []string
+		if err := s.List(ctx, prefix, func(n string) error { got = append(got, n); return nil }); err != nil {
+			t.Fatalf("List %q: %v", prefix, err)
+		}
+		slices.Sort(got)
+		want = slices.Sorted(slices.Values(want))
+		if !slices.Equal(got, want) {
+			t.Errorf("List %q = %v, want %v", prefix, got, want)
+		}
+	}
+
+	stop := errors.New("stop")
+	calls := 0
+	err := s.List(ctx, "", func(string) error { calls++; return stop })
+	if !errors.Is(err, stop) || calls != 1 {
+		t.Fatalf("List with failing fn: err = %v after %d calls", err, calls)
+	}
+}
+
+func TestOpenURL(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		uri  string
+		want string // directory, "" for an error
+	}{
+		{"file://" + dir, dir},
+		{"file://localhost" + dir, dir},
+		{"file://" + dir + "/with%20space", dir + "/with space"},
+		{"file://otherhost/srv", ""},
+		{"file://" + dir + "?x=1", ""},
+		{"s3://bucket", ""},
+	} {
+		u, err := url.Parse(tc.uri)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := OpenURL(context.Background(), u)
+		if tc.want == "" {
+			if err == nil {
+				t.Errorf("OpenURL(%s) succeeded", tc.uri)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("OpenURL(%s): %v", tc.uri, err)
+			continue
+		}
+		if s.dir != tc.want || s.Location() != "file://"+tc.want {
+			t.Errorf("OpenURL(%s): dir %q location %q", tc.uri, s.dir, s.Location())
+		}
+	}
+
+	f := filepath.Join(dir, "plainfile")
+	if err := os.WriteFile(f, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Open(f); err == nil {
+		t.Error("Open of a regular file succeeded")
+	}
+}
+
+func assertNoTemp(t *testing.T, dir string) {
+	t.Helper()
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if strings.HasPrefix(d.Name(), tempPrefix) {
+			return fmt.Errorf("temporary file left behind: %s", p)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}

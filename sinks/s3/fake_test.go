@@ -1,0 +1,167 @@
+package s3
+
+import (
+	"context"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+
+	"github.com/blockferry/blockferry/sinks"
+)
+
+// fakeS3 is a minimal in-memory S3 for behaviour versitygw cannot be made to show:
+// servers without conditional puts, and transient 5xx answers.
+type fakeS3 struct {
+	mu          sync.Mutex
+	objects     map[string][]byte
+	failPuts    int // answer this many PUTs with 503 SlowDown first
+	puts        int
+	conditional int    // PUTs that carried If-None-Match
+	payloadHash string // X-Amz-Content-Sha256 of the last PUT
+}
+
+func (f *fakeS3) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	fail := func(status int, code string) {
+		w.Header().Set("Content-Type", "application/xml")
+		w.WriteHeader(status)
+		if r.Method != http.MethodHead {
+			fmt.Fprintf(w, "<Error><Code>%s</Code><Message>%s from fake</Message></Error>", code, code)
+		}
+	}
+	switch r.Method {
+	case http.MethodPut:
+		f.puts++
+		f.payloadHash = r.Header.Get("X-Amz-Content-Sha256")
+		if f.puts <= f.failPuts {
+			fail(http.StatusServiceUnavailable, "SlowDown")
+			return
+		}
+		if r.Header.Get("If-None-Match") != "" {
+			f.conditional++
+			fail(http.StatusNotImplemented, "NotImplemented")
+			return
+		}
+		data, err := io.ReadAll(r.Body)
+		if err != nil {
+			fail(http.StatusBadRequest, "IncompleteBody")
+			return
+		}
+		f.objects[r.URL.Path] = data
+	case http.MethodHead, http.MethodGet:
+		data, ok := f.objects[r.URL.Path]
+		if !ok {
+			fail(http.StatusNotFound, "NoSuchKey")
+			return
+		}
+		w.Header().Set("Content-Length", fmt.Sprint(len(data)))
+		if r.Method == http.MethodGet {
+			_, _ = w.Write(data)
+		}
+	default:
+		fail(http.StatusNotImplemented, "NotImplemented")
+	}
+}
+
+func startFake(t *testing.T, f *fakeS3) *Store {
+	t.Helper()
+	return startFakeServer(t, f, httptest.NewServer(f))
+}
+
+func startFakeServer(t *testing.T, f *fakeS3, srv *httptest.Server) *Store {
+	t.Helper()
+	f.objects = map[string][]byte{}
+	t.Cleanup(srv.Close)
+	t.Setenv("AWS_ACCESS_KEY_ID", "fake")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "fake")
+	t.Setenv("AWS_CONFIG_FILE", "/nonexistent/blockferry-test/aws-config")
+	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/blockferry-test/aws-credentials")
+	u, err := url.Parse("s3://bkt/p?region=us-east-1&endpoint=" + url.QueryEscape(srv.URL))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := Open(context.Background(), u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func TestPutIfAbsentWithoutConditionalSupport(t *testing.T) {
+	ctx := context.Background()
+	f := &fakeS3{}
+	s := startFake(t, f)
+	if err := s.PutIfAbsent(ctx, "config", []byte("a")); err != nil {
+		t.Fatalf("first PutIfAbsent: %v", err)
+	}
+	if err := s.PutIfAbsent(ctx, "config", []byte("b")); !errors.Is(err, sinks.ErrExists) {
+		t.Fatalf("second PutIfAbsent: err = %v, want ErrExists", err)
+	}
+	if got, _ := s.Get(ctx, "config"); string(got) != "a" {
+		t.Fatalf("config = %q", got)
+	}
+	if f.conditional != 1 {
+		t.Errorf("%d conditional PUTs sent, want 1 (the store should remember the 501)", f.conditional)
+	}
+}
+
+func TestPutRetriesSlowDown(t *testing.T) {
+	ctx := context.Background()
+	f := &fakeS3{failPuts: 2}
+	s := startFake(t, f)
+	if err := s.Put(ctx, "chunks/x", []byte("data")); err != nil {
+		t.Fatalf("Put after two 503s: %v", err)
+	}
+	if got, err := s.Get(ctx, "chunks/x"); err != nil || string(got) != "data" {
+		t.Fatalf("Get = %q, %v", got, err)
+	}
+	if f.puts != 3 {
+		t.Errorf("%d PUT attempts, want 3", f.puts)
+	}
+}
+
+// Over https the payload is sent as UNSIGNED-PAYLOAD (TLS guards it); over http its
+// SHA-256 is signed.
+func TestPayloadSigning(t *testing.T) {
+	ctx := context.Background()
+
+	f := &fakeS3{}
+	s := startFake(t, f)
+	if err := s.Put(ctx, "a", []byte("data")); err != nil {
+		t.Fatal(err)
+	}
+	if len(f.payloadHash) != 64 {
+		t.Errorf("http: X-Amz-Content-Sha256 = %q, want a SHA-256", f.payloadHash)
+	}
+
+	tf := &fakeS3{}
+	srv := httptest.NewTLSServer(tf)
+	ca := filepath.Join(t.TempDir(), "ca.pem")
+	pemCert := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw})
+	if err := os.WriteFile(ca, pemCert, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("AWS_CA_BUNDLE", ca)
+	s = startFakeServer(t, tf, srv)
+	if err := s.Put(ctx, "a", []byte("data")); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PutIfAbsent(ctx, "b", []byte("data")); err != nil {
+		t.Fatal(err)
+	}
+	if tf.payloadHash != "UNSIGNED-PAYLOAD" {
+		t.Errorf("https: X-Amz-Content-Sha256 = %q, want UNSIGNED-PAYLOAD", tf.payloadHash)
+	}
+	if got, err := s.Get(ctx, "b"); err != nil || string(got) != "data" {
+		t.Fatalf("Get = %q, %v", got, err)
+	}
+}

@@ -1,0 +1,305 @@
+package s3
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/blockferry/blockferry/internal/testutil"
+	"github.com/blockferry/blockferry/sinks"
+)
+
+func open(t *testing.T, uri string) *Store {
+	t.Helper()
+	u, err := url.Parse(uri)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := Open(context.Background(), u)
+	if err != nil {
+		t.Fatalf("Open(%s): %v", uri, err)
+	}
+	return s
+}
+
+// TestVersity runs the store against a real S3 server. The subtests share one
+// server and bucket (separate prefixes) and cannot be parallel: S3Env uses t.Setenv.
+func TestVersity(t *testing.T) {
+	endpoint, ak, sk := testutil.StartS3(t)
+	testutil.CreateBucket(t, endpoint, ak, sk, "bkt")
+	testutil.S3Env(t, ak, sk)
+	uri := func(prefix string) string {
+		return "s3://bkt/" + prefix + "?endpoint=" + url.QueryEscape(endpoint)
+	}
+	ctx := context.Background()
+
+	t.Run("RoundTrip", func(t *testing.T) {
+		s := open(t, uri("rt"))
+		if err := s.Check(ctx); err != nil {
+			t.Fatalf("Check: %v", err)
+		}
+		for name, data := range map[string][]byte{
+			"config":             []byte("cfg"),
+			"chunks/ab/abcdef01": bytes.Repeat([]byte("0123456789"), 400_000), // 4 MB
+			"empty":              {},
+		} {
+			if err := s.Put(ctx, name, data); err != nil {
+				t.Fatalf("Put %s: %v", name, err)
+			}
+			got, err := s.Get(ctx, name)
+			if err != nil {
+				t.Fatalf("Get %s: %v", name, err)
+			}
+			if !bytes.Equal(got, data) {
+				t.Fatalf("Get %s: got %d bytes, want %d", name, len(got), len(data))
+			}
+			if ok, err := s.Exists(ctx, name); err != nil || !ok {
+				t.Fatalf("Exists %s = %v, %v", name, ok, err)
+			}
+		}
+		if err := s.Put(ctx, "config", []byte("cfg2")); err != nil {
+			t.Fatal(err)
+		}
+		if got, _ := s.Get(ctx, "config"); string(got) != "cfg2" {
+			t.Fatalf("after replace got %q", got)
+		}
+		if err := s.Delete(ctx, "config"); err != nil {
+			t.Fatal(err)
+		}
+		if ok, err := s.Exists(ctx, "config"); err != nil || ok {
+			t.Fatalf("Exists after Delete = %v, %v", ok, err)
+		}
+		if err := s.Delete(ctx, "config"); err != nil {
+			t.Fatalf("Delete of missing object: %v", err)
+		}
+		// The objects are under the prefix in the bucket.
+		root := open(t, uri(""))
+		if ok, err := root.Exists(ctx, "rt/empty"); err != nil || !ok {
+			t.Fatalf("rt/empty in bucket root: %v, %v", ok, err)
+		}
+	})
+
+	t.Run("GetMissing", func(t *testing.T) {
+		s := open(t, uri("missing"))
+		_, err := s.Get(ctx, "nope")
+		if !errors.Is(err, sinks.ErrNotFound) {
+			t.Fatalf("Get missing: err = %v, want ErrNotFound", err)
+		}
+		t.Logf("message: %v", err)
+	})
+
+	t.Run("PutIfAbsent", func(t *testing.T) {
+		s := open(t, uri("pia"))
+		if err := s.PutIfAbsent(ctx, "manifests/m1", []byte("first")); err != nil {
+			t.Fatal(err)
+		}
+		err := s.PutIfAbsent(ctx, "manifests/m1", []byte("second"))
+		if !errors.Is(err, sinks.ErrExists) {
+			t.Fatalf("second PutIfAbsent: err = %v, want ErrExists", err)
+		}
+		t.Logf("message: %v", err)
+		if got, _ := s.Get(ctx, "manifests/m1"); string(got) != "first" {
+			t.Fatalf("object changed to %q", got)
+		}
+		if s.noConditionalPut.Load() {
+			t.Error("server refused If-None-Match; PutIfAbsent fell back to the racy HeadObject+PutObject")
+		}
+	})
+
+	t.Run("PutIfAbsentRace", func(t *testing.T) {
+		s := open(t, uri("race"))
+		const writers = 8
+		var wg sync.WaitGroup
+		errs := make([]error, writers)
+		for i := range writers {
+			wg.Go(func() { errs[i] = s.PutIfAbsent(ctx, "config", []byte{byte(i)}) })
+		}
+		wg.Wait()
+		won := 0
+		for i, err := range errs {
+			switch {
+			case err == nil:
+				won++
+			case !errors.Is(err, sinks.ErrExists):
+				t.Fatalf("writer %d: %v", i, err)
+			}
+		}
+		if won != 1 {
+			t.Fatalf("%d writers won PutIfAbsent, want 1", won)
+		}
+	})
+
+	t.Run("List", func(t *testing.T) {
+		s := open(t, uri("list"))
+		// More than one ListObjectsV2 page (1000 keys), written in parallel.
+		const n = 1100
+		names := make([]string, 0, n+2)
+		for i := range n {
+			names = append(names, fmt.Sprintf("chunks/%02x/%06d", i%256, i))
+		}
+		names = append(names, "chunksx", "config")
+		work := make(chan string)
+		var wg sync.WaitGroup
+		for range 32 {
+			wg.Go(func() {
+				for name := range work {
+					if err := s.Put(ctx, name, []byte(name)); err != nil {
+						t.Error(err)
+					}
+				}
+			})
+		}
+		for _, name := range names {
+			work <- name
+		}
+		close(work)
+		wg.Wait()
+		if t.Failed() {
+			t.FailNow()
+		}
+
+		list := func(prefix string) []string {
+			t.Helper()
+			var got []string
+			if err := s.List(ctx, prefix, func(name string) error { got = append(got, name); return nil }); err != nil {
+				t.Fatalf("List %q: %v", prefix, err)
+			}
+			slices.Sort(got)
+			return got
+		}
+		want := slices.Sorted(slices.Values(names))
+		if got := list(""); !slices.Equal(got, want) {
+			t.Fatalf("List all: %d names, want %d", len(got), len(want))
+		}
+		if got := list("chunks/"); len(got) != n {
+			t.Fatalf("List chunks/: %d names, want %d", len(got), n)
+		}
+		wantAB := slices.DeleteFunc(slices.Clone(want), func(s string) bool { return !strings.HasPrefix(s, "chunks/ab") })
+		if got := list("chunks/ab"); !slices.Equal(got, wantAB) || len(got) == 0 {
+			t.Fatalf("List chunks/ab = %v, want %v", got, wantAB)
+		}
+		if got := list("nothing/"); len(got) != 0 {
+			t.Fatalf("List nothing/ = %v", got)
+		}
+
+		stop := errors.New("stop")
+		calls := 0
+		if err := s.List(ctx, "", func(string) error { calls++; return stop }); !errors.Is(err, stop) || calls != 1 {
+			t.Fatalf("List with failing fn: err = %v after %d calls", err, calls)
+		}
+	})
+
+	t.Run("MissingBucket", func(t *testing.T) {
+		s := open(t, "s3://nobucket/p?endpoint="+url.QueryEscape(endpoint))
+		err := s.Check(ctx)
+		if !errors.Is(err, sinks.ErrNoRepository) {
+			t.Fatalf("Check: err = %v, want ErrNoRepository", err)
+		}
+		if want := `s3://nobucket/p: bucket "nobucket" does not exist`; err.Error() != want {
+			t.Errorf("message %q, want %q", err, want)
+		}
+		if _, err := s.Get(ctx, "config"); !errors.Is(err, sinks.ErrNoRepository) {
+			t.Fatalf("Get: err = %v, want ErrNoRepository", err)
+		}
+		if err := s.Put(ctx, "config", []byte("x")); !errors.Is(err, sinks.ErrNoRepository) {
+			t.Fatalf("Put: err = %v, want ErrNoRepository", err)
+		}
+		if err := s.List(ctx, "", func(string) error { return nil }); !errors.Is(err, sinks.ErrNoRepository) {
+			t.Fatalf("List: err = %v, want ErrNoRepository", err)
+		}
+	})
+
+	t.Run("WrongSecret", func(t *testing.T) {
+		testutil.S3Env(t, ak, sk+"-wrong")
+		s := open(t, uri("rt"))
+		err := s.Check(ctx)
+		if !errors.Is(err, sinks.ErrAccessDenied) {
+			t.Fatalf("Check: err = %v, want ErrAccessDenied", err)
+		}
+		t.Logf("message: %v", err)
+		if _, err := s.Get(ctx, "empty"); !errors.Is(err, sinks.ErrAccessDenied) {
+			t.Fatalf("Get: err = %v, want ErrAccessDenied", err)
+		}
+		err = s.Put(ctx, "x", []byte("x"))
+		if !errors.Is(err, sinks.ErrAccessDenied) {
+			t.Fatalf("Put: err = %v, want ErrAccessDenied", err)
+		}
+		t.Logf("message: %v", err)
+		if _, err := s.Exists(ctx, "empty"); !errors.Is(err, sinks.ErrAccessDenied) {
+			t.Fatalf("Exists: err = %v, want ErrAccessDenied", err)
+		}
+	})
+
+	t.Run("UnknownKey", func(t *testing.T) {
+		testutil.S3Env(t, "nosuchkey", sk)
+		s := open(t, uri("rt"))
+		_, err := s.Get(ctx, "empty")
+		if !errors.Is(err, sinks.ErrAccessDenied) {
+			t.Fatalf("Get: err = %v, want ErrAccessDenied", err)
+		}
+		t.Logf("message: %v", err)
+		if err := s.Check(ctx); !errors.Is(err, sinks.ErrAccessDenied) {
+			t.Fatalf("Check: err = %v, want ErrAccessDenied", err)
+		}
+	})
+}
+
+func TestOpenURI(t *testing.T) {
+	t.Setenv("AWS_REGION", "")
+	t.Setenv("AWS_DEFAULT_REGION", "")
+	t.Setenv("AWS_CONFIG_FILE", "/nonexistent/blockferry-test/aws-config")
+	t.Setenv("AWS_PROFILE", "")
+	for _, tc := range []struct {
+		uri       string
+		ok        bool
+		prefix    string
+		pathStyle bool
+		region    string
+		location  string
+	}{
+		{uri: "s3://bkt/a/b/?endpoint=http://127.0.0.1:7070", ok: true, prefix: "a/b/", pathStyle: true, region: "us-east-1",
+			location: "s3://bkt/a/b?endpoint=http://127.0.0.1:7070"},
+		{uri: "s3://bkt?endpoint=https://s3.example.com&path_style=false&region=eu-west-3", ok: true, pathStyle: false, region: "eu-west-3",
+			location: "s3://bkt?endpoint=https://s3.example.com&path_style=false&region=eu-west-3"},
+		{uri: "s3://bkt/p?region=eu-central-1", ok: true, prefix: "p/", pathStyle: false, region: "eu-central-1",
+			location: "s3://bkt/p?region=eu-central-1"},
+		{uri: "s3://bkt/p"}, // AWS without any region
+		{uri: "s3://key:secret@bkt/p?region=us-east-1"},
+		{uri: "s3:///p?region=us-east-1"},
+		{uri: "s3://bkt/p?region=us-east-1&endpiont=http://x"},
+		{uri: "s3://bkt/p?endpoint=ftp://x"},
+		{uri: "s3://bkt/p?region=us-east-1&path_style=maybe"},
+		{uri: "file:///srv"},
+	} {
+		u, err := url.Parse(tc.uri)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := Open(context.Background(), u)
+		if !tc.ok {
+			if err == nil {
+				t.Errorf("Open(%s) succeeded", tc.uri)
+			} else if strings.Contains(err.Error(), "secret") {
+				t.Errorf("Open(%s): message shows the secret: %v", tc.uri, err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("Open(%s): %v", tc.uri, err)
+			continue
+		}
+		o := s.client.Options()
+		if s.prefix != tc.prefix || o.UsePathStyle != tc.pathStyle || o.Region != tc.region {
+			t.Errorf("Open(%s): prefix %q path style %v region %q", tc.uri, s.prefix, o.UsePathStyle, o.Region)
+		}
+		if s.Location() != tc.location {
+			t.Errorf("Open(%s): Location %q, want %q", tc.uri, s.Location(), tc.location)
+		}
+	}
+}
