@@ -158,9 +158,9 @@ func TestFullAndIncrementals(t *testing.T) {
 			}
 
 			writes1 := []write{
-				{1 * mib, 1 * mib, -1},                 // zero write over data: a zero marker
-				{4*mib - 8192, 16384, 0x44},            // across a chunk boundary
-				{diskSize - 4096, 4096, 0x55},          // into the short last chunk
+				{1 * mib, 1 * mib, -1},                  // zero write over data: a zero marker
+				{4*mib - 8192, 16384, 0x44},             // across a chunk boundary
+				{diskSize - 4096, 4096, 0x55},           // into the short last chunk
 				{15*mib + 12345 - 12345%512, 512, 0x66}, // into a hole
 			}
 			d.write(writes1...)

@@ -1,0 +1,337 @@
+package nbd
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+	"libguestfs.org/libnbd"
+)
+
+// Why an event loop: libnbd's synchronous calls (Pread, BlockStatus, ...) and
+// h.Poll hold the handle's lock for their whole duration, so goroutines sharing a
+// handle would take turns and only one request would ever be in flight. Instead
+// one goroutine per connection owns the handle: it takes requests from a queue,
+// starts them with the Aio* calls, and waits for the socket with poll(2) next to an
+// eventfd that submitters write to when they queue work. Callbacks run on that
+// goroutine, inside AioNotifyRead/AioNotifyWrite.
+
+type opKind int
+
+const (
+	opRead opKind = iota
+	opWrite
+	opZero
+	opFlush
+	opBlockStatus
+)
+
+func (k opKind) String() string {
+	return [...]string{"read", "write", "zero", "flush", "block status"}[k]
+}
+
+// request is one NBD command handed to a connection's loop.
+type request struct {
+	kind  opKind
+	off   uint64
+	count uint64 // bytes the command covers
+	// buf is the payload in C memory, which libnbd may use after the Aio* call
+	// returns. For a write the submitter fills it; for a read the loop takes it from
+	// the buffer pool when it starts the command, so memory follows the in-flight
+	// bound. Once done has delivered, the submitter copies out of it and returns it.
+	buf libnbd.AioBuffer
+	// ctx, when set, lets the loop drop the request if it ends before the command
+	// is started. Requests without one are always answered.
+	ctx context.Context
+	// extents collects block status replies by meta context name.
+	extents map[string][]uint32
+	// done receives exactly one result; it is buffered so that the loop never
+	// blocks on a submitter that gave up.
+	done chan error
+}
+
+func newRequest(kind opKind, off, count int64) *request {
+	return &request{kind: kind, off: uint64(off), count: uint64(count), done: make(chan error, 1)}
+}
+
+// cost is what the request counts against the in-flight bound: its payload.
+func (r *request) cost() int64 {
+	if r.kind == opRead || r.kind == opWrite {
+		return int64(r.count)
+	}
+	return 0
+}
+
+// conn is one NBD connection and the goroutine that drives it.
+type conn struct {
+	h           *libnbd.Libnbd
+	bufs        *bufPool
+	fd          int // the socket; libnbd owns it
+	wake        int // eventfd that submitters write to
+	maxInFlight int64
+	// load is the payload queued or in flight, for picking the least busy conn.
+	load atomic.Int64
+
+	mu      sync.Mutex
+	queue   []*request
+	closing bool
+	err     error // set once the connection takes no more requests
+
+	// inflight and inflightBytes belong to the loop goroutine while it runs and to
+	// close after it returned.
+	inflight      map[*request]struct{}
+	inflightBytes int64
+	loopDone      chan struct{}
+}
+
+func newConn(h *libnbd.Libnbd, bufs *bufPool, maxInFlight int64) (*conn, error) {
+	fd, err := h.AioGetFd()
+	if err != nil {
+		return nil, fmt.Errorf("socket: %w", err)
+	}
+	wake, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		return nil, fmt.Errorf("eventfd: %w", err)
+	}
+	c := &conn{
+		h:           h,
+		bufs:        bufs,
+		fd:          fd,
+		wake:        wake,
+		maxInFlight: maxInFlight,
+		inflight:    map[*request]struct{}{},
+		loopDone:    make(chan struct{}),
+	}
+	go c.loop()
+	return c, nil
+}
+
+// submit queues r; its result arrives on r.done.
+func (c *conn) submit(r *request) {
+	c.mu.Lock()
+	if c.err != nil {
+		err := c.err
+		c.mu.Unlock()
+		r.done <- err
+		return
+	}
+	c.queue = append(c.queue, r)
+	c.load.Add(r.cost())
+	c.mu.Unlock()
+	c.notify()
+}
+
+// notify wakes the loop. A failed write means the counter is already non-zero, so
+// the loop is awake anyway.
+func (c *conn) notify() {
+	var one [8]byte
+	binary.NativeEndian.PutUint64(one[:], 1)
+	_, _ = unix.Write(c.wake, one[:])
+}
+
+func (c *conn) loop() {
+	defer close(c.loopDone)
+	var pending []*request // taken from the queue, waiting for in-flight room
+	for {
+		c.mu.Lock()
+		pending = append(pending, c.queue...)
+		clear(c.queue)
+		c.queue = c.queue[:0]
+		closing := c.closing
+		c.mu.Unlock()
+		if closing {
+			// Commands in flight are left to close, whose Shutdown completes them.
+			c.stop(pending, errClosed)
+			return
+		}
+		pending = c.start(pending)
+		if err := c.wait(); err != nil {
+			c.stop(pending, fmt.Errorf("nbd connection failed: %w", err))
+			return
+		}
+	}
+}
+
+// stop makes the connection refuse requests and fails the ones not started.
+func (c *conn) stop(pending []*request, err error) {
+	c.mu.Lock()
+	if c.err == nil {
+		c.err = err
+	}
+	pending = append(pending, c.queue...)
+	c.queue = nil
+	c.mu.Unlock()
+	for _, r := range pending {
+		c.finish(r, err)
+	}
+}
+
+// start starts queued commands in order while the in-flight bound allows; it
+// returns the ones still waiting. One command always fits, however large.
+func (c *conn) start(pending []*request) []*request {
+	i := 0
+	for ; i < len(pending); i++ {
+		r := pending[i]
+		if c.inflightBytes > 0 && c.inflightBytes+r.cost() > c.maxInFlight {
+			break
+		}
+		pending[i] = nil
+		if r.ctx != nil && r.ctx.Err() != nil {
+			c.finish(r, r.ctx.Err())
+			continue
+		}
+		// Recorded before the Aio call, which may already run the callback.
+		c.inflight[r] = struct{}{}
+		c.inflightBytes += r.cost()
+		if err := c.issue(r); err != nil {
+			delete(c.inflight, r)
+			c.inflightBytes -= r.cost()
+			c.finish(r, fmt.Errorf("nbd %s of %d bytes at offset %d: %w", r.kind, r.count, r.off, err))
+		}
+	}
+	return append(pending[:0], pending[i:]...)
+}
+
+// issue hands r to libnbd. When it fails libnbd never calls the completion
+// callback.
+func (c *conn) issue(r *request) error {
+	complete := libnbd.CompletionCallback(func(errno *int) int {
+		c.complete(r, *errno)
+		return 1 // retire the command: nobody calls AioCommandCompleted
+	})
+	var err error
+	switch r.kind {
+	case opRead:
+		r.buf = c.bufs.get(r.count)
+		_, err = c.h.AioPread(r.buf, r.off, &libnbd.AioPreadOptargs{
+			CompletionCallbackSet: true, CompletionCallback: complete})
+		if err != nil {
+			c.bufs.put(r.buf)
+			r.buf = libnbd.AioBuffer{}
+		}
+	case opWrite:
+		_, err = c.h.AioPwrite(r.buf, r.off, &libnbd.AioPwriteOptargs{
+			CompletionCallbackSet: true, CompletionCallback: complete})
+	case opZero:
+		_, err = c.h.AioZero(r.count, r.off, &libnbd.AioZeroOptargs{
+			CompletionCallbackSet: true, CompletionCallback: complete})
+	case opFlush:
+		_, err = c.h.AioFlush(&libnbd.AioFlushOptargs{
+			CompletionCallbackSet: true, CompletionCallback: complete})
+	case opBlockStatus:
+		r.extents = map[string][]uint32{}
+		extent := func(name string, _ uint64, entries []uint32, _ *int) int {
+			r.extents[name] = append(r.extents[name], entries...)
+			return 0
+		}
+		_, err = c.h.AioBlockStatus(r.count, r.off, extent, &libnbd.AioBlockStatusOptargs{
+			CompletionCallbackSet: true, CompletionCallback: complete})
+	}
+	return err
+}
+
+// complete runs in a completion callback, or when close gives up on a command.
+func (c *conn) complete(r *request, errno int) {
+	if _, ok := c.inflight[r]; !ok {
+		return
+	}
+	delete(c.inflight, r)
+	c.inflightBytes -= r.cost()
+	var err error
+	if errno != 0 {
+		err = fmt.Errorf("nbd %s of %d bytes at offset %d: %w", r.kind, r.count, r.off, syscall.Errno(errno))
+	}
+	c.finish(r, err)
+}
+
+func (c *conn) finish(r *request, err error) {
+	c.load.Add(-r.cost())
+	r.done <- err
+}
+
+// wait blocks until the socket is ready in the direction libnbd wants or a
+// submitter wakes the loop, and lets libnbd make progress.
+func (c *conn) wait() error {
+	if dead, _ := c.h.AioIsDead(); dead {
+		return errors.New("connection is dead")
+	}
+	if closed, _ := c.h.AioIsClosed(); closed {
+		return errors.New("server closed the connection")
+	}
+	dir, _ := c.h.AioGetDirection()
+	var events int16
+	if uint32(dir)&libnbd.AIO_DIRECTION_READ != 0 {
+		events |= unix.POLLIN
+	}
+	if uint32(dir)&libnbd.AIO_DIRECTION_WRITE != 0 {
+		events |= unix.POLLOUT
+	}
+	fds := []unix.PollFd{
+		{Fd: int32(c.wake), Events: unix.POLLIN},
+		{Fd: int32(c.fd), Events: events},
+	}
+	if events == 0 {
+		fds = fds[:1]
+	}
+	for {
+		_, err := unix.Poll(fds, -1)
+		if err == nil {
+			break
+		}
+		if err != unix.EINTR {
+			return fmt.Errorf("poll: %w", err)
+		}
+	}
+	if fds[0].Revents&unix.POLLIN != 0 {
+		var buf [8]byte
+		_, _ = unix.Read(c.wake, buf[:]) // resets the counter
+	}
+	if len(fds) == 1 {
+		return nil
+	}
+	// Like nbd_poll: a hang-up or error is found out by reading (or writing), which
+	// moves libnbd to its dead state and fails the commands in flight.
+	re := fds[1].Revents
+	switch {
+	case events&unix.POLLIN != 0 && re&(unix.POLLIN|unix.POLLHUP|unix.POLLERR) != 0:
+		return c.h.AioNotifyRead()
+	case events&unix.POLLOUT != 0 && re&(unix.POLLOUT|unix.POLLHUP|unix.POLLERR) != 0:
+		return c.h.AioNotifyWrite()
+	case re&unix.POLLNVAL != 0:
+		return errors.New("socket closed unexpectedly")
+	}
+	return nil
+}
+
+// close stops the loop, waits for the commands in flight, disconnects and frees
+// the handle. It must be called once.
+func (c *conn) close() error {
+	c.mu.Lock()
+	c.closing = true
+	failed := c.err
+	c.mu.Unlock()
+	c.notify()
+	<-c.loopDone
+
+	// This goroutine owns the handle now. Shutdown sends the commands still queued
+	// in libnbd, waits for all replies (running their callbacks here) and
+	// disconnects; on a dead handle it returns at once.
+	err := c.h.Shutdown(nil)
+	c.h.Close()
+	// Commands libnbd dropped without a callback; their buffers are no longer used.
+	for r := range c.inflight {
+		delete(c.inflight, r)
+		c.inflightBytes -= r.cost()
+		c.finish(r, errClosed)
+	}
+	_ = unix.Close(c.wake)
+	if err != nil && failed == nil {
+		return fmt.Errorf("nbd disconnect: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,186 @@
+// Package nbd reads and writes disk images served over the Network Block Device
+// protocol (qemu-nbd, nbdkit, a hypervisor's backup export) with libnbd.
+//
+// It registers the URI schemes nbd, nbd+unix, nbds and nbds+unix, whose syntax is
+// libnbd's (https://github.com/NetworkBlockDevice/nbd/blob/master/doc/uri.md):
+//
+//	nbd+unix:///?socket=/run/vm.sock
+//	nbd://backup-host:10809/export
+//
+// Every connection is driven by one goroutine running an event loop over libnbd's
+// asynchronous API (see conn.go), so that many goroutines can read or write at once
+// without queueing on libnbd's per-handle lock.
+package nbd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"syscall"
+
+	"libguestfs.org/libnbd"
+
+	"github.com/blockferry/blockferry/backends"
+)
+
+func init() {
+	backends.Register(openSource, openTarget, "nbd", "nbd+unix", "nbds", "nbds+unix")
+}
+
+const (
+	// contextAllocation is the standard meta context reporting holes and zeroes.
+	contextAllocation = "base:allocation"
+	// bitmapContextPrefix names a QEMU dirty bitmap as a meta context.
+	bitmapContextPrefix = "qemu:dirty-bitmap:"
+
+	// defaultMaxInFlight bounds the payload bytes a connection has outstanding when
+	// the caller sets no bound.
+	defaultMaxInFlight = 64 << 20
+	// maxRequestSize is the largest read or write sent as one NBD command. Servers
+	// commonly cap payloads at 32 MiB; smaller commands keep many in flight and let
+	// several connections share one large caller request.
+	maxRequestSize = 2 << 20
+	// maxStatusWindow bounds one block status query: NBD lengths are 32 bits and a
+	// server may spend long on a huge range.
+	maxStatusWindow = 1 << 30
+	// maxZeroSize bounds one WRITE_ZEROES command (NBD lengths are 32 bits).
+	maxZeroSize = 1 << 30
+)
+
+// errClosed is returned for requests made after Close or cut short by it.
+var errClosed = errors.New("nbd connection closed")
+
+// export is what the server advertised on the first connection; every further
+// connection to the same export sees the same.
+type export struct {
+	uri        string // redacted, for messages
+	size       int64
+	caps       backends.Capabilities
+	maxRequest int64 // largest read or write payload to send at once
+	// contexts are the requested meta contexts the server agreed to serve.
+	contexts map[string]bool
+}
+
+// dial opens one connection, asking for the meta contexts given. ConnectUri blocks
+// until the handshake ends, so ctx is only checked before it starts.
+func dial(ctx context.Context, uri, shown string, contexts []string) (*libnbd.Libnbd, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	h, err := libnbd.Create()
+	if err != nil {
+		return nil, fmt.Errorf("nbd %s: %w", shown, err)
+	}
+	// libnbd fails a read the server did not fully cover, and fills holes itself,
+	// so zeroing each buffer beforehand (which costs as much as the copy out) only
+	// guards against server bugs that libnbd already reports.
+	if err := h.SetPreadInitialize(false); err != nil {
+		h.Close()
+		return nil, fmt.Errorf("nbd %s: %w", shown, err)
+	}
+	for _, name := range contexts {
+		if err := h.AddMetaContext(name); err != nil {
+			h.Close()
+			return nil, fmt.Errorf("nbd %s: request meta context %q: %w", shown, name, err)
+		}
+	}
+	if err := h.ConnectUri(uri); err != nil {
+		h.Close()
+		if unreachable(err) {
+			return nil, fmt.Errorf("nbd %s: %w: %w", shown, backends.ErrUnreachable, err)
+		}
+		return nil, fmt.Errorf("nbd %s: connect: %w", shown, err)
+	}
+	return h, nil
+}
+
+// unreachable tells a server that is not there (no socket, nothing listening, no
+// route, unknown host) from one that is there but refused the handshake.
+func unreachable(err error) bool {
+	var le *libnbd.LibnbdError
+	if !errors.As(err, &le) {
+		return false
+	}
+	switch le.Errno {
+	case syscall.ENOENT, syscall.ECONNREFUSED, syscall.EHOSTUNREACH,
+		syscall.ENETUNREACH, syscall.EHOSTDOWN, syscall.ETIMEDOUT:
+		return true
+	case 0:
+		// libnbd reports name resolution failures without an errno.
+		return strings.Contains(le.Errmsg, "getaddrinfo")
+	}
+	return false
+}
+
+// inspect reads what the server advertised.
+func inspect(h *libnbd.Libnbd, shown string, contexts []string) (export, error) {
+	e := export{uri: shown, contexts: map[string]bool{}}
+	size, err := h.GetSize()
+	if err != nil {
+		return e, fmt.Errorf("nbd %s: size: %w", shown, err)
+	}
+	e.size = int64(size)
+
+	// Each flag query fails only on a handle that is not connected, which ConnectUri
+	// has just ruled out; a false answer on error is the safe one.
+	can := func(f func() (bool, error)) bool {
+		ok, err := f()
+		return err == nil && ok
+	}
+	e.caps = backends.Capabilities{
+		Zero:      can(h.CanZero),
+		Flush:     can(h.CanFlush),
+		MultiConn: can(h.CanMultiConn),
+		ReadOnly:  can(h.IsReadOnly),
+	}
+	for _, name := range contexts {
+		if ok, err := h.CanMetaContext(name); err == nil && ok {
+			e.contexts[name] = true
+		}
+	}
+	e.caps.Allocation = e.contexts[contextAllocation]
+
+	e.maxRequest = maxRequestSize
+	if m, err := h.GetBlockSize(libnbd.SIZE_MAXIMUM); err == nil && m > 0 && int64(m) < e.maxRequest {
+		e.maxRequest = int64(m)
+	}
+	return e, nil
+}
+
+// connections opens the rest of the connections a device may use, given the first
+// one, and starts their loops. It opens more than one only when the server says
+// that several connections see each other's writes and flushes (multi-conn).
+func connections(ctx context.Context, first *libnbd.Libnbd, e export, uri string, contexts []string, want int, maxInFlight int64) (*pool, error) {
+	if !e.caps.MultiConn || want < 1 {
+		want = 1
+	}
+	if maxInFlight <= 0 {
+		maxInFlight = defaultMaxInFlight
+	}
+	handles := []*libnbd.Libnbd{first}
+	for len(handles) < want {
+		h, err := dial(ctx, uri, e.uri, contexts)
+		if err != nil {
+			for _, h := range handles {
+				h.Close()
+			}
+			return nil, err
+		}
+		handles = append(handles, h)
+	}
+	// Enough buffers for every connection's in-flight bound.
+	p := &pool{bufs: newBufPool(e.maxRequest, len(handles)*int(max(1, maxInFlight/e.maxRequest)))}
+	for i, h := range handles {
+		c, err := newConn(h, p.bufs, maxInFlight)
+		if err != nil {
+			p.close()
+			for _, h := range handles[i:] {
+				h.Close()
+			}
+			return nil, fmt.Errorf("nbd %s: %w", e.uri, err)
+		}
+		p.conns = append(p.conns, c)
+	}
+	return p, nil
+}

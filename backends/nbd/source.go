@@ -1,0 +1,139 @@
+package nbd
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/url"
+	"sync"
+
+	"github.com/blockferry/blockferry/backends"
+)
+
+// source is an NBD export opened for backup.
+type source struct {
+	exp    export
+	pool   *pool
+	bitmap string // meta context name of the dirty bitmap, or ""
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+func openSource(ctx context.Context, u *url.URL, o backends.SourceOptions) (backends.Source, error) {
+	uri, shown := u.String(), u.Redacted()
+	contexts := []string{contextAllocation}
+	bitmap := ""
+	if o.Bitmap != "" {
+		bitmap = bitmapContextPrefix + o.Bitmap
+		contexts = append(contexts, bitmap)
+	}
+	h, err := dial(ctx, uri, shown, contexts)
+	if err != nil {
+		return nil, err
+	}
+	e, err := inspect(h, shown, contexts)
+	if err != nil {
+		h.Close()
+		return nil, err
+	}
+	if bitmap != "" && !e.contexts[bitmap] {
+		h.Close()
+		return nil, fmt.Errorf("nbd %s: export has no dirty bitmap %q: %w", shown, o.Bitmap, backends.ErrNoBitmap)
+	}
+	e.caps.DirtyBitmap = bitmap != ""
+	p, err := connections(ctx, h, e, uri, contexts, o.Connections, o.MaxInFlight)
+	if err != nil {
+		return nil, err
+	}
+	return &source{exp: e, pool: p, bitmap: bitmap}, nil
+}
+
+func (s *source) Size() int64                         { return s.exp.size }
+func (s *source) Capabilities() backends.Capabilities { return s.exp.caps }
+
+// ReadAt reads p in commands of at most the request size, spread over the
+// connections, and copies each reply out of C memory as it arrives. Reading past
+// the end returns what the image holds and io.EOF.
+func (s *source) ReadAt(p []byte, off int64) (int, error) {
+	if off < 0 {
+		return 0, fmt.Errorf("nbd %s: read at negative offset %d", s.exp.uri, off)
+	}
+	var eof error
+	if int64(len(p)) > s.exp.size-off {
+		p = p[:max(0, s.exp.size-off)]
+		eof = io.EOF
+	}
+	reqs := make([]*request, 0, (int64(len(p))+s.exp.maxRequest-1)/s.exp.maxRequest)
+	for done := int64(0); done < int64(len(p)); done += s.exp.maxRequest {
+		r := newRequest(opRead, off+done, min(s.exp.maxRequest, int64(len(p))-done))
+		s.pool.submit(r)
+		reqs = append(reqs, r)
+	}
+	// Every request is waited for, so that every buffer is returned. n counts the
+	// bytes before the first failure.
+	n, failed := 0, error(nil)
+	for _, r := range reqs {
+		err := <-r.done
+		if err == nil && failed == nil {
+			n += copy(p[n:], r.buf.Slice())
+		} else if failed == nil {
+			failed = err
+		}
+		s.pool.bufs.put(r.buf)
+	}
+	if failed != nil {
+		return n, fmt.Errorf("nbd %s: %w", s.exp.uri, failed)
+	}
+	return n, eof
+}
+
+// Extents asks the server for block status over at most maxStatusWindow bytes and
+// merges allocation with the dirty bitmap. A window past the end yields nothing.
+func (s *source) Extents(ctx context.Context, start, length int64) ([]backends.Extent, error) {
+	if start < 0 {
+		return nil, fmt.Errorf("nbd %s: extents at negative offset %d", s.exp.uri, start)
+	}
+	length = min(length, maxStatusWindow, s.exp.size-start)
+	if length <= 0 {
+		return nil, nil
+	}
+	if !s.exp.caps.Allocation && s.bitmap == "" {
+		// Nothing to ask: every byte is data, and dirty for a full backup.
+		return []backends.Extent{{Start: start, Length: length, Dirty: true}}, nil
+	}
+	r := newRequest(opBlockStatus, start, length)
+	r.ctx = ctx
+	s.pool.submit(r)
+	if err := await(ctx, []*request{r}); err != nil {
+		if err == ctx.Err() {
+			return nil, err
+		}
+		return nil, fmt.Errorf("nbd %s: %w", s.exp.uri, err)
+	}
+	// Receiving from r.done orders the callback's writes to r.extents before this.
+	var alloc, bitmap []uint32
+	if s.exp.caps.Allocation {
+		alloc = r.extents[contextAllocation]
+		if alloc == nil {
+			alloc = []uint32{} // a missing reply is an error, not "not in use"
+		}
+	}
+	if s.bitmap != "" {
+		bitmap = r.extents[s.bitmap]
+		if bitmap == nil {
+			bitmap = []uint32{}
+		}
+	}
+	ext, err := mergeExtents(start, length, alloc, bitmap, contextAllocation, s.bitmap)
+	if err != nil {
+		return nil, fmt.Errorf("nbd %s: %w", s.exp.uri, err)
+	}
+	return ext, nil
+}
+
+// Close waits for reads in flight, then disconnects every connection.
+func (s *source) Close() error {
+	s.closeOnce.Do(func() { s.closeErr = s.pool.close() })
+	return s.closeErr
+}

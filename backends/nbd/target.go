@@ -1,0 +1,163 @@
+package nbd
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"sync"
+
+	"libguestfs.org/libnbd"
+
+	"github.com/blockferry/blockferry/backends"
+)
+
+// target is an NBD export opened for restore.
+type target struct {
+	exp  export
+	pool *pool
+
+	// zeroes is a buffer of zero bytes shared by the writes that stand in for
+	// WRITE_ZEROES on servers without it. libnbd only reads it, so one buffer serves
+	// every such write in flight; it is freed after the connections are closed.
+	zeroOnce sync.Once
+	zeroes   libnbd.AioBuffer
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+func openTarget(ctx context.Context, u *url.URL, o backends.TargetOptions) (backends.Target, error) {
+	uri, shown := u.String(), u.Redacted()
+	h, err := dial(ctx, uri, shown, nil)
+	if err != nil {
+		return nil, err
+	}
+	e, err := inspect(h, shown, nil)
+	if err != nil {
+		h.Close()
+		return nil, err
+	}
+	if e.caps.ReadOnly {
+		h.Close()
+		return nil, fmt.Errorf("nbd %s: export is read-only and cannot be restored into", shown)
+	}
+	if o.Size > e.size {
+		h.Close()
+		return nil, fmt.Errorf("nbd %s: export has %d bytes, image needs %d: %w", shown, e.size, o.Size, backends.ErrTooSmall)
+	}
+	p, err := connections(ctx, h, e, uri, nil, o.Connections, defaultMaxInFlight)
+	if err != nil {
+		return nil, err
+	}
+	return &target{exp: e, pool: p}, nil
+}
+
+func (t *target) Size() int64                         { return t.exp.size }
+func (t *target) Capabilities() backends.Capabilities { return t.exp.caps }
+
+// check refuses ranges outside the export before the server has to.
+func (t *target) check(what string, off, length int64) error {
+	if off < 0 || length < 0 || length > t.exp.size-off {
+		return fmt.Errorf("nbd %s: %s of %d bytes at offset %d is outside the %d byte export", t.exp.uri, what, length, off, t.exp.size)
+	}
+	return nil
+}
+
+// WriteAt copies p into C buffers for commands of at most the request size, spread
+// over the connections, and returns once the server acknowledged them all.
+func (t *target) WriteAt(p []byte, off int64) (int, error) {
+	if err := t.check("write", off, int64(len(p))); err != nil {
+		return 0, err
+	}
+	reqs := make([]*request, 0, (int64(len(p))+t.exp.maxRequest-1)/t.exp.maxRequest)
+	for done := int64(0); done < int64(len(p)); done += t.exp.maxRequest {
+		r := newRequest(opWrite, off+done, min(t.exp.maxRequest, int64(len(p))-done))
+		r.buf = t.pool.bufs.get(r.count)
+		copy(r.buf.Slice(), p[done:])
+		t.pool.submit(r)
+		reqs = append(reqs, r)
+	}
+	// n counts the bytes before the first failure.
+	n, failed := 0, error(nil)
+	for _, r := range reqs {
+		if err := <-r.done; err != nil && failed == nil {
+			failed = err
+		} else if failed == nil {
+			n += int(r.count)
+		}
+		t.pool.bufs.put(r.buf)
+	}
+	if failed != nil {
+		return n, fmt.Errorf("nbd %s: %w", t.exp.uri, failed)
+	}
+	return n, nil
+}
+
+// Zero uses WRITE_ZEROES when the server has it (which may punch a hole), and
+// otherwise writes zero bytes, a bounded batch at a time.
+func (t *target) Zero(ctx context.Context, off, length int64) error {
+	if err := t.check("zero", off, length); err != nil {
+		return err
+	}
+	piece, batch := int64(maxZeroSize), int(^uint(0)>>1)
+	if !t.exp.caps.Zero {
+		t.zeroOnce.Do(func() { t.zeroes = libnbd.MakeAioBufferZero(uint(t.exp.maxRequest)) })
+		piece, batch = t.exp.maxRequest, int(max(1, defaultMaxInFlight/t.exp.maxRequest))
+	}
+	for done := int64(0); done < length; {
+		var reqs []*request
+		for ; done < length && len(reqs) < batch; done += piece {
+			n := min(piece, length-done)
+			var r *request
+			if t.exp.caps.Zero {
+				r = newRequest(opZero, off+done, n)
+			} else {
+				r = newRequest(opWrite, off+done, n)
+				r.buf = libnbd.AioBuffer{P: t.zeroes.P, Size: uint(n)}
+			}
+			r.ctx = ctx
+			t.pool.submit(r)
+			reqs = append(reqs, r)
+		}
+		if err := await(ctx, reqs); err != nil {
+			if err == ctx.Err() {
+				return err
+			}
+			return fmt.Errorf("nbd %s: %w", t.exp.uri, err)
+		}
+	}
+	return nil
+}
+
+// Flush flushes every connection: a server with multi-conn makes one flush cover
+// all of them, but asking each costs little and does not depend on it. Without
+// flush support there is nothing to ask for.
+func (t *target) Flush(ctx context.Context) error {
+	if !t.exp.caps.Flush {
+		return nil
+	}
+	reqs := make([]*request, 0, len(t.pool.conns))
+	for _, c := range t.pool.conns {
+		r := newRequest(opFlush, 0, 0)
+		r.ctx = ctx
+		c.submit(r)
+		reqs = append(reqs, r)
+	}
+	if err := await(ctx, reqs); err != nil {
+		if err == ctx.Err() {
+			return err
+		}
+		return fmt.Errorf("nbd %s: %w", t.exp.uri, err)
+	}
+	return nil
+}
+
+// Close waits for writes in flight, disconnects, then frees the zero buffer no
+// command can use any more. It does not flush.
+func (t *target) Close() error {
+	t.closeOnce.Do(func() {
+		t.closeErr = t.pool.close()
+		t.zeroes.Free()
+	})
+	return t.closeErr
+}
