@@ -87,6 +87,15 @@ func Backup(ctx context.Context, repo *sinks.Repository, src backends.Source, p 
 	}
 	m.Chunks = make([]string, sinks.ChunkCount(m.Size, m.ChunkSize))
 	progress.bytesTotal.Store(m.Size)
+	rs, finished, err := resume(ctx, repo, m)
+	if err != nil {
+		return nil, err
+	}
+	if finished != nil { // an earlier attempt of this job wrote it
+		progress.bytesDone.Store(m.Size)
+		return finished, nil
+	}
+	stopSaving := rs.saveEvery(ctx, checkpointInterval)
 
 	var st backupCounters
 	g, gctx := errgroup.WithContext(ctx)
@@ -99,17 +108,22 @@ func Backup(ctx context.Context, repo *sinks.Repository, src backends.Source, p 
 		g.Go(func() error {
 			buf := make([]byte, m.ChunkSize)
 			for t := range tasks {
-				if err := backupChunk(gctx, repo, src, m, p, t, buf, &st, progress); err != nil {
+				if err := backupChunk(gctx, repo, src, m, p, rs, t, buf, &st, progress); err != nil {
 					return err
 				}
 			}
 			return nil
 		})
 	}
-	if err := g.Wait(); err != nil {
-		return nil, err
+	err = g.Wait()
+	if err == nil {
+		err = ctx.Err()
 	}
-	if err := ctx.Err(); err != nil {
+	stopSaving()
+	if err != nil {
+		if errors.Is(context.Cause(ctx), ErrCancelled) {
+			rs.drop(ctx)
+		}
 		return nil, err
 	}
 	m.Completed = time.Now().UTC()
@@ -117,6 +131,7 @@ func Backup(ctx context.Context, repo *sinks.Repository, src backends.Source, p 
 	if err := repo.PutManifest(ctx, m); err != nil {
 		return nil, err
 	}
+	rs.finish(ctx)
 	return m, nil
 }
 
@@ -170,8 +185,8 @@ func planChunks(ctx context.Context, src backends.Source, m *sinks.Manifest, inc
 }
 
 type backupCounters struct {
-	read, written, deduped, reused, zero      atomic.Int64
-	nUploaded, nDeduped, nReused, nZero, nAll atomic.Int64
+	read, written, deduped, reused, zero, resumed atomic.Int64
+	nUploaded, nDeduped, nReused, nZero, nResumed atomic.Int64
 }
 
 func (c *backupCounters) stats(m *sinks.Manifest) sinks.BackupStats {
@@ -181,6 +196,7 @@ func (c *backupCounters) stats(m *sinks.Manifest) sinks.BackupStats {
 		BytesDeduplicated: c.deduped.Load(), BytesReused: c.reused.Load(), BytesZero: c.zero.Load(),
 		ChunksTotal: len(m.Chunks), ChunksUploaded: int(c.nUploaded.Load()), ChunksDeduped: int(c.nDeduped.Load()),
 		ChunksReused: int(c.nReused.Load()), ChunksZero: int(c.nZero.Load()), DurationSeconds: d,
+		BytesResumed: c.resumed.Load(), ChunksResumed: int(c.nResumed.Load()),
 	}
 	if d > 0 {
 		s.ReadBytesPerSec = float64(s.BytesRead) / d
@@ -190,9 +206,15 @@ func (c *backupCounters) stats(m *sinks.Manifest) sinks.BackupStats {
 }
 
 func backupChunk(ctx context.Context, repo *sinks.Repository, src backends.Source, m *sinks.Manifest, p BackupParams,
-	t chunkTask, buf []byte, st *backupCounters, progress *Progress) error {
+	rs *resumeState, t chunkTask, buf []byte, st *backupCounters, progress *Progress) error {
 	n := m.ChunkLen(t.index)
 	defer progress.bytesDone.Add(n)
+	if id, ok := rs.stored(t.index); ok && t.action == actionRead {
+		m.Chunks[t.index] = id
+		st.resumed.Add(n)
+		st.nResumed.Add(1)
+		return nil
+	}
 	switch t.action {
 	case actionReuse:
 		m.Chunks[t.index] = p.Parent.Chunks[t.index]
@@ -214,6 +236,7 @@ func backupChunk(ctx context.Context, repo *sinks.Repository, src backends.Sourc
 	if isZero(data) { // allocated, or dirty, but zeroes: a marker is enough
 		st.zero.Add(n)
 		st.nZero.Add(1)
+		rs.record(t.index, "")
 		return nil
 	}
 	res, err := repo.PutChunk(ctx, data, p.Compress)
@@ -221,6 +244,7 @@ func backupChunk(ctx context.Context, repo *sinks.Repository, src backends.Sourc
 		return err
 	}
 	m.Chunks[t.index] = res.ID.String()
+	rs.record(t.index, m.Chunks[t.index])
 	if res.Stored == 0 {
 		st.deduped.Add(n)
 		st.nDeduped.Add(1)

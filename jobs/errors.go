@@ -64,9 +64,10 @@ var classes = []struct {
 	{sinks.ErrCorrupt, CodeCorrupt, false},
 	{context.Canceled, CodeCancelled, false},
 	{os.ErrPermission, CodeAccessDenied, false},
-	// An export that is not there yet may be there in a moment: the orchestrator
-	// may still be setting it up.
-	{backends.ErrUnreachable, CodeSourceUnreachable, true},
+	// The orchestrator exports the disk before it submits the job: an export that
+	// cannot be reached at the start is a wrong URI or a torn-down export, which
+	// waiting does not fix. A connection lost mid-job is an I/O error, retried.
+	{backends.ErrUnreachable, CodeSourceUnreachable, false},
 	{context.DeadlineExceeded, CodeTimeout, true},
 	{os.ErrDeadlineExceeded, CodeTimeout, true},
 	{io.ErrUnexpectedEOF, CodeIO, true},

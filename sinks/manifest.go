@@ -45,7 +45,11 @@ type BackupStats struct {
 	// BytesReused is plaintext taken from the parent without reading (clean chunks).
 	BytesReused int64 `json:"bytes_reused"`
 	// BytesZero is plaintext stored as zero markers.
-	BytesZero         int64   `json:"bytes_zero"`
+	BytesZero int64 `json:"bytes_zero"`
+	// BytesResumed is plaintext an earlier, interrupted attempt of the same job
+	// stored, taken from its checkpoint without reading.
+	BytesResumed      int64   `json:"bytes_resumed,omitempty"`
+	ChunksResumed     int     `json:"chunks_resumed,omitempty"`
 	ChunksTotal       int     `json:"chunks_total"`
 	ChunksUploaded    int     `json:"chunks_uploaded"`
 	ChunksDeduped     int     `json:"chunks_deduplicated"`

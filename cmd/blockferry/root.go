@@ -35,6 +35,7 @@ func newRootCommand() *cobra.Command {
 		"file holding the repository encryption key (env BLOCKFERRY_KEY_FILE; or the key itself in BLOCKFERRY_KEY)")
 	root.AddCommand(
 		newInitCommand(g), newBackupCommand(g), newRestoreCommand(g), newVerifyCommand(g), newLsCommand(g),
+		newWorkerCommand(g), newSubmitCommand(g), newWatchCommand(g), newStatusCommand(g), newCancelCommand(g),
 	)
 	return root
 }

@@ -1,0 +1,156 @@
+package jobs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/blockferry/blockferry/sinks"
+)
+
+// ErrCancelled is the cause a job's context is cancelled with when a user cancels
+// it. A cancelled backup drops its checkpoint; one interrupted for any other
+// reason (a worker shutting down) keeps it, so that the next attempt resumes.
+var ErrCancelled = errors.New("job cancelled")
+
+// checkpointInterval is how often a running backup records its progress.
+const checkpointInterval = 5 * time.Second
+
+// resumeState tracks the chunks a backup has stored, and what an earlier attempt of
+// the same job stored, through the repository's checkpoint of the job.
+type resumeState struct {
+	repo *sinks.Repository
+	mu   sync.Mutex
+	cp   *sinks.Checkpoint // nil: no job id, nothing is recorded
+	prev map[int]string    // stored by an earlier attempt
+	// dirty is set when cp changed since it was last written.
+	dirty bool
+}
+
+// resume loads the job's checkpoint. When it belongs to this same backup (same
+// disk, size, chunk size, parent and bitmap), m takes the earlier attempt's backup
+// id, so a retried job never makes two backups. It returns the finished manifest
+// when the earlier attempt got as far as writing it.
+func resume(ctx context.Context, repo *sinks.Repository, m *sinks.Manifest) (*resumeState, *sinks.Manifest, error) {
+	rs := &resumeState{repo: repo}
+	if m.JobID == "" {
+		return rs, nil, nil
+	}
+	cp, err := repo.LoadCheckpoint(ctx, m.JobID)
+	if err != nil {
+		return nil, nil, err
+	}
+	if cp != nil && cp.Disk == m.Disk && cp.Size == m.Size && cp.ChunkSize == m.ChunkSize && cp.Parent == m.Parent && cp.Bitmap == m.Bitmap {
+		done, err := repo.Manifest(ctx, cp.BackupID)
+		if err == nil {
+			return nil, done, nil
+		}
+		if !errors.Is(err, sinks.ErrBackupNotFound) {
+			return nil, nil, err
+		}
+		m.ID, m.Started = cp.BackupID, cp.Started
+		rs.prev = cp.Done
+	}
+	rs.cp = &sinks.Checkpoint{
+		JobID: m.JobID, BackupID: m.ID, Disk: m.Disk, Size: m.Size, ChunkSize: m.ChunkSize,
+		Parent: m.Parent, Bitmap: m.Bitmap, Started: m.Started, Done: map[int]string{},
+	}
+	for i, id := range rs.prev {
+		rs.cp.Done[i] = id
+	}
+	return rs, nil, nil
+}
+
+// stored returns what an earlier attempt stored at chunk position i.
+func (rs *resumeState) stored(i int) (string, bool) {
+	id, ok := rs.prev[i]
+	return id, ok
+}
+
+// record notes that chunk position i is stored as id.
+func (rs *resumeState) record(i int, id string) {
+	if rs.cp == nil {
+		return
+	}
+	rs.mu.Lock()
+	rs.cp.Done[i] = id
+	rs.dirty = true
+	rs.mu.Unlock()
+}
+
+// save writes the checkpoint if it changed.
+func (rs *resumeState) save(ctx context.Context) error {
+	if rs.cp == nil {
+		return nil
+	}
+	rs.mu.Lock()
+	if !rs.dirty {
+		rs.mu.Unlock()
+		return nil
+	}
+	rs.dirty = false
+	cp := *rs.cp
+	cp.Done = make(map[int]string, len(rs.cp.Done))
+	for i, id := range rs.cp.Done {
+		cp.Done[i] = id
+	}
+	rs.mu.Unlock()
+	cp.Updated = time.Now().UTC()
+	if err := rs.repo.PutCheckpoint(ctx, &cp); err != nil {
+		return fmt.Errorf("checkpoint: %w", err)
+	}
+	return nil
+}
+
+// saveEvery writes the checkpoint now and then until ctx ends, and once more at
+// the end, so that an attempt that fails keeps what it stored.
+func (rs *resumeState) saveEvery(ctx context.Context, d time.Duration) func() {
+	if rs.cp == nil {
+		return func() {}
+	}
+	done := make(chan struct{})
+	stop := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(d)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				_ = rs.save(ctx) // a missed checkpoint only costs re-reading
+			}
+		}
+	}()
+	return func() {
+		close(stop)
+		<-done
+		// The context may be cancelled: the final save must still happen.
+		_ = rs.save(context.WithoutCancel(ctx))
+	}
+}
+
+// finish replaces the checkpoint by a small record of the backup the job made: a
+// redelivery of the job after its manifest was written (the worker died before its
+// ack) then returns that backup instead of making a second one.
+func (rs *resumeState) finish(ctx context.Context) {
+	if rs.cp == nil {
+		return
+	}
+	rs.mu.Lock()
+	rs.cp.Done, rs.dirty = map[int]string{}, true
+	rs.mu.Unlock()
+	_ = rs.save(context.WithoutCancel(ctx))
+}
+
+// drop removes the checkpoint: the backup was cancelled for good.
+func (rs *resumeState) drop(ctx context.Context) {
+	if rs.cp != nil {
+		_ = rs.repo.DeleteCheckpoint(context.WithoutCancel(ctx), rs.cp.JobID)
+	}
+}

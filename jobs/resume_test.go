@@ -1,0 +1,136 @@
+package jobs_test
+
+import (
+	"context"
+	"errors"
+	"path/filepath"
+	"sync/atomic"
+	"testing"
+
+	"github.com/blockferry/blockferry/backends"
+	"github.com/blockferry/blockferry/backends/file"
+	"github.com/blockferry/blockferry/jobs"
+	"github.com/blockferry/blockferry/sinks"
+)
+
+// failingSource fails every read after the first `after` reads, like a connection
+// that drops in the middle of a backup.
+type failingSource struct {
+	backends.Source
+	reads, after atomic.Int64
+}
+
+var errDropped = errors.New("connection dropped")
+
+func (s *failingSource) ReadAt(p []byte, off int64) (int, error) {
+	if s.reads.Add(1) > s.after.Load() {
+		return 0, errDropped
+	}
+	return s.Source.ReadAt(p, off)
+}
+
+func openRepo(t *testing.T, uri string) *sinks.Repository {
+	t.Helper()
+	store, err := sinks.OpenStore(context.Background(), uri)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := sinks.OpenOrInit(context.Background(), store, sinks.InitOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// TestResumeAfterInterruption: a second attempt of a job takes the chunks the
+// first stored from its checkpoint, reads only the rest, keeps the backup id, and
+// the result restores bit for bit.
+func TestResumeAfterInterruption(t *testing.T) {
+	uri := "file://" + filepath.Join(t.TempDir(), "repo")
+	repo := openRepo(t, uri)
+	path, want := rawDisk(t, 16*mib)
+	img, err := file.OpenSource(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer img.Close()
+	src := &failingSource{Source: img}
+	src.after.Store(3)
+	params := jobs.BackupParams{JobID: "job-1", Disk: "vm1/vda", ChunkSize: chunkSize, Concurrency: 1, Compress: true}
+	if _, err := jobs.Backup(context.Background(), repo, src, params, nil); !errors.Is(err, errDropped) {
+		t.Fatalf("first attempt: %v, want the dropped connection", err)
+	}
+	cp, err := repo.LoadCheckpoint(context.Background(), "job-1")
+	if err != nil || cp == nil || len(cp.Done) != 3 {
+		t.Fatalf("checkpoint after the first attempt: %+v, %v; want 3 chunks done", cp, err)
+	}
+
+	src.after.Store(1 << 30)
+	src.reads.Store(0)
+	m, err := jobs.Backup(context.Background(), repo, src, params, nil)
+	if err != nil {
+		t.Fatalf("second attempt: %v", err)
+	}
+	if m.ID != cp.BackupID || m.Stats.ChunksResumed != 3 || m.Stats.BytesRead > 16*mib-3*chunkSize {
+		t.Errorf("second attempt: id %s (checkpoint %s), stats %+v", m.ID, cp.BackupID, m.Stats)
+	}
+	if cp, _ := repo.LoadCheckpoint(context.Background(), "job-1"); cp == nil || len(cp.Done) != 0 || cp.BackupID != m.ID {
+		t.Errorf("after the backup was written the checkpoint is %+v, want only the backup id", cp)
+	}
+	// A third delivery of the same job (say the ack was lost) makes no new backup.
+	again, err := jobs.Backup(context.Background(), repo, src, params, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	list, _ := repo.Backups(context.Background(), "")
+	if len(list) != 1 || again.ID != m.ID {
+		t.Errorf("repository holds %d backups after a repeated job", len(list))
+	}
+
+	r := jobs.NewRunner(jobs.WithDefaultRepository(uri))
+	out, err := restoreToFile(t, r, m.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := fileSum(t, out); got != want {
+		t.Fatalf("restored sha256 %s, want %s", got, want)
+	}
+}
+
+// TestCancelledBackupLeavesNothing: a backup cancelled by the user writes no
+// manifest and drops its checkpoint.
+func TestCancelledBackupLeavesNothing(t *testing.T) {
+	repo := openRepo(t, "file://"+filepath.Join(t.TempDir(), "repo"))
+	path, _ := rawDisk(t, 16*mib)
+	img, err := file.OpenSource(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer img.Close()
+	ctx, cancel := context.WithCancelCause(context.Background())
+	src := &cancellingSource{Source: img, cancel: func() { cancel(jobs.ErrCancelled) }}
+	_, err = jobs.Backup(ctx, repo, src, jobs.BackupParams{JobID: "job-c", Disk: "d", ChunkSize: chunkSize, Concurrency: 1}, nil)
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("err %v, want cancelled", err)
+	}
+	if cp, _ := repo.LoadCheckpoint(context.Background(), "job-c"); cp != nil {
+		t.Error("a cancelled backup kept its checkpoint")
+	}
+	if list, _ := repo.Backups(context.Background(), ""); len(list) != 0 {
+		t.Errorf("a cancelled backup left %d manifests", len(list))
+	}
+}
+
+// cancellingSource cancels the job on its second read.
+type cancellingSource struct {
+	backends.Source
+	reads  atomic.Int64
+	cancel func()
+}
+
+func (s *cancellingSource) ReadAt(p []byte, off int64) (int, error) {
+	if s.reads.Add(1) == 2 {
+		s.cancel()
+	}
+	return s.Source.ReadAt(p, off)
+}

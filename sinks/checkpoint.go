@@ -1,0 +1,77 @@
+package sinks
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+)
+
+const checkpointsPrefix = "checkpoints/"
+
+// Checkpoint records how far a running backup got, so that a retry of the same job
+// (after a crash, a lost connection, a worker shut down) resumes instead of
+// starting over. It is written now and then while a backup runs and deleted when
+// its manifest is written. A reader of backups ignores checkpoints.
+type Checkpoint struct {
+	JobID     string    `json:"job_id"`
+	BackupID  string    `json:"backup_id"`
+	Disk      string    `json:"disk"`
+	Size      int64     `json:"size"`
+	ChunkSize int64     `json:"chunk_size"`
+	Parent    string    `json:"parent,omitempty"`
+	Bitmap    string    `json:"bitmap,omitempty"`
+	Started   time.Time `json:"started"`
+	Updated   time.Time `json:"updated"`
+	// Done maps a chunk position that was read and stored to its chunk id ("" for
+	// one that read as zeroes).
+	Done map[int]string `json:"done"`
+}
+
+func checkpointName(jobID string) string { return checkpointsPrefix + jobID }
+func checkpointAAD(jobID string) string  { return "checkpoint:" + jobID }
+
+// PutCheckpoint writes or replaces a job's checkpoint.
+func (r *Repository) PutCheckpoint(ctx context.Context, cp *Checkpoint) error {
+	if !ValidBackupID(cp.JobID) {
+		return fmt.Errorf("checkpoint: job id %q is not valid", cp.JobID)
+	}
+	data, err := json.Marshal(cp)
+	if err != nil {
+		return err
+	}
+	obj := r.codec.Seal(nil, data, checkpointAAD(cp.JobID), true)
+	return r.store.Put(ctx, checkpointName(cp.JobID), obj)
+}
+
+// LoadCheckpoint returns a job's checkpoint, or nil when it has none.
+func (r *Repository) LoadCheckpoint(ctx context.Context, jobID string) (*Checkpoint, error) {
+	if !ValidBackupID(jobID) {
+		return nil, nil
+	}
+	obj, err := r.store.Get(ctx, checkpointName(jobID))
+	if errors.Is(err, ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("checkpoint of job %s: %w", jobID, err)
+	}
+	data, err := r.codec.Open(obj, checkpointAAD(jobID))
+	if err != nil {
+		return nil, fmt.Errorf("checkpoint of job %s: %w", jobID, err)
+	}
+	var cp Checkpoint
+	if err := json.Unmarshal(data, &cp); err != nil {
+		return nil, fmt.Errorf("checkpoint of job %s: %w: %v", jobID, ErrCorrupt, err)
+	}
+	return &cp, nil
+}
+
+// DeleteCheckpoint removes a job's checkpoint.
+func (r *Repository) DeleteCheckpoint(ctx context.Context, jobID string) error {
+	if !ValidBackupID(jobID) {
+		return nil
+	}
+	return r.store.Delete(ctx, checkpointName(jobID))
+}

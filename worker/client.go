@@ -1,0 +1,124 @@
+package worker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/blockferry/blockferry/jobs"
+)
+
+// Client submits, watches, queries and cancels jobs: what an orchestrator does,
+// for the command line. Any NATS client can do the same by the contract in
+// docs/JOBS.md.
+type Client struct {
+	js   jetstream.JetStream
+	topo Topology
+}
+
+// NewClient makes a client for the deployment described by t.
+func NewClient(js jetstream.JetStream, t Topology) *Client { return &Client{js: js, topo: t} }
+
+// ErrUnknownJob: the status bucket has no such job.
+var ErrUnknownJob = errors.New("unknown job")
+
+// Submit validates a job and publishes it with its id as Nats-Msg-Id, so that a
+// re-submission is dropped. It reports whether the job was new.
+func (c *Client) Submit(ctx context.Context, s jobs.Spec) (bool, error) {
+	if err := s.Validate(); err != nil {
+		return false, err
+	}
+	body, err := json.Marshal(s)
+	if err != nil {
+		return false, err
+	}
+	msg := &nats.Msg{Subject: c.topo.JobSubject(s.Kind), Data: body, Header: nats.Header{}}
+	msg.Header.Set(jetstream.MsgIDHeader, s.ID)
+	ack, err := c.js.PublishMsg(ctx, msg)
+	if err != nil {
+		return false, fmt.Errorf("submit job %s: %w", s.ID, err)
+	}
+	if !ack.Duplicate {
+		if kv, err := c.js.KeyValue(ctx, c.topo.StatusBucket); err == nil {
+			_ = statusStore{kv: kv}.put(ctx, JobStatus{JobID: s.ID, Kind: s.Kind, Disk: s.Disk, State: StateQueued})
+		}
+	}
+	return !ack.Duplicate, nil
+}
+
+// Status returns a job's latest state.
+func (c *Client) Status(ctx context.Context, id string) (JobStatus, error) {
+	kv, err := c.js.KeyValue(ctx, c.topo.StatusBucket)
+	if err != nil {
+		return JobStatus{}, fmt.Errorf("status bucket: %w", err)
+	}
+	st, _, ok, err := statusStore{kv: kv}.get(ctx, id)
+	if err != nil {
+		return JobStatus{}, err
+	}
+	if !ok {
+		return JobStatus{}, fmt.Errorf("job %s: %w", id, ErrUnknownJob)
+	}
+	return st, nil
+}
+
+// Cancel asks for a job to be cancelled: a queued job is cancelled when a worker
+// takes it, a running one at once. The request is stored in a bucket, so it
+// survives worker restarts.
+func (c *Client) Cancel(ctx context.Context, id string) error {
+	kv, err := c.js.KeyValue(ctx, c.topo.CancelBucket)
+	if err != nil {
+		return fmt.Errorf("cancel bucket: %w", err)
+	}
+	if _, err := kv.Put(ctx, id, []byte(time.Now().UTC().Format(time.RFC3339))); err != nil {
+		return fmt.Errorf("cancel job %s: %w", id, err)
+	}
+	return nil
+}
+
+// Watch calls fn with every event of job id (all jobs when id is empty), from the
+// first one stored when replay is set, else from now on. It returns when fn
+// returns false, ctx ends, or, for one job, after its terminal event.
+func (c *Client) Watch(ctx context.Context, id string, replay bool, fn func(Event) bool) error {
+	subject := c.topo.Prefix + ".events.>"
+	if id != "" {
+		subject = c.topo.EventSubject(id)
+	}
+	policy := jetstream.DeliverNewPolicy
+	if replay {
+		policy = jetstream.DeliverAllPolicy
+	}
+	cons, err := c.js.OrderedConsumer(ctx, c.topo.EventsStream, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{subject}, DeliverPolicy: policy,
+	})
+	if err != nil {
+		return fmt.Errorf("watch events: %w", err)
+	}
+	it, err := cons.Messages()
+	if err != nil {
+		return fmt.Errorf("watch events: %w", err)
+	}
+	defer it.Stop()
+	go func() { <-ctx.Done(); it.Stop() }()
+	for {
+		msg, err := it.Next()
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return fmt.Errorf("watch events: %w", err)
+		}
+		var ev Event
+		if err := json.Unmarshal(msg.Data(), &ev); err != nil {
+			continue
+		}
+		if !fn(ev) || (id != "" && Terminal(ev.Type)) {
+			return nil
+		}
+	}
+}

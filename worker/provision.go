@@ -1,0 +1,96 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/blockferry/blockferry/jobs"
+)
+
+// Provision creates or updates the streams, the consumer and the buckets. It is
+// idempotent, and it leaves streams an operator created alone as long as they
+// capture the subjects blockferry needs: their limits are the operator's.
+func Provision(ctx context.Context, js jetstream.JetStream, t Topology) error {
+	if err := t.validate(); err != nil {
+		return err
+	}
+	streams := []jetstream.StreamConfig{{
+		Name:        t.JobsStream,
+		Description: "blockferry jobs",
+		Subjects:    []string{t.Prefix + ".jobs.>"},
+		Retention:   jetstream.WorkQueuePolicy,
+		MaxAge:      t.JobsMaxAge,
+		MaxMsgSize:  jobs.MaxSpecBytes,
+		Replicas:    t.Replicas,
+		// A job re-submitted within a day (same id, same Nats-Msg-Id) is dropped.
+		Duplicates: 24 * time.Hour,
+	}, {
+		Name:        t.EventsStream,
+		Description: "blockferry job events (CloudEvents)",
+		Subjects:    []string{t.Prefix + ".events.>"},
+		Retention:   jetstream.LimitsPolicy,
+		MaxAge:      t.EventsMaxAge,
+		Replicas:    t.Replicas,
+		Duplicates:  10 * time.Minute,
+	}}
+	for _, cfg := range streams {
+		if err := ensureStream(ctx, js, cfg); err != nil {
+			return err
+		}
+	}
+	_, err := js.CreateOrUpdateConsumer(ctx, t.JobsStream, jetstream.ConsumerConfig{
+		Durable:       t.Consumer,
+		Description:   "blockferry workers",
+		FilterSubject: t.Prefix + ".jobs.>",
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       t.AckWait,
+		MaxDeliver:    t.MaxDeliver,
+		// Workers pull one job at a time when they have room: no prefetching, so
+		// the pending count is an honest backlog to scale on.
+		MaxAckPending: 10000,
+		MaxWaiting:    512,
+	})
+	if err != nil {
+		return fmt.Errorf("consumer %s: %w", t.Consumer, err)
+	}
+	for _, b := range []jetstream.KeyValueConfig{
+		{Bucket: t.StatusBucket, Description: "blockferry job status", History: 1, Replicas: t.Replicas, TTL: t.EventsMaxAge},
+		{Bucket: t.CancelBucket, Description: "blockferry cancellation requests", History: 1, Replicas: t.Replicas, TTL: t.EventsMaxAge},
+	} {
+		if _, err := js.CreateOrUpdateKeyValue(ctx, b); err != nil {
+			return fmt.Errorf("bucket %s: %w", b.Bucket, err)
+		}
+	}
+	return nil
+}
+
+func ensureStream(ctx context.Context, js jetstream.JetStream, cfg jetstream.StreamConfig) error {
+	s, err := js.Stream(ctx, cfg.Name)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		if _, err = js.CreateStream(ctx, cfg); err != nil {
+			return fmt.Errorf("create stream %s: %w", cfg.Name, err)
+		}
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("stream %s: %w", cfg.Name, err)
+	}
+	info := s.CachedInfo()
+	if info.Config.Retention != cfg.Retention {
+		return fmt.Errorf("stream %s exists with retention %s, blockferry needs %s", cfg.Name, info.Config.Retention, cfg.Retention)
+	}
+	for _, want := range cfg.Subjects {
+		found := false
+		for _, have := range info.Config.Subjects {
+			found = found || have == want
+		}
+		if !found {
+			return fmt.Errorf("stream %s exists but does not capture %q (it has %v)", cfg.Name, want, info.Config.Subjects)
+		}
+	}
+	return nil
+}

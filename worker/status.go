@@ -1,0 +1,106 @@
+package worker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/blockferry/blockferry/jobs"
+)
+
+// Job states kept in the status bucket.
+const (
+	StateQueued    = "queued"
+	StateRunning   = "running"
+	StateRetrying  = "retrying"
+	StateCompleted = "completed"
+	StateFailed    = "failed"
+	StateCancelled = "cancelled"
+)
+
+// TerminalState reports whether a job in state s is over.
+func TerminalState(s string) bool {
+	return s == StateCompleted || s == StateFailed || s == StateCancelled
+}
+
+// JobStatus is a job's latest state, kept under its id in the status bucket so it
+// can be queried after the fact.
+type JobStatus struct {
+	JobID    string                 `json:"job_id"`
+	Kind     string                 `json:"kind,omitempty"`
+	Disk     string                 `json:"disk,omitempty"`
+	State    string                 `json:"state"`
+	Attempt  int                    `json:"attempt,omitempty"`
+	Worker   string                 `json:"worker,omitempty"`
+	Updated  time.Time              `json:"updated"`
+	Backup   string                 `json:"backup,omitempty"`
+	Error    *jobs.Failure          `json:"error,omitempty"`
+	Progress *jobs.ProgressSnapshot `json:"progress,omitempty"`
+	Stats    any                    `json:"stats,omitempty"`
+}
+
+// statusStore reads and writes job states.
+type statusStore struct{ kv jetstream.KeyValue }
+
+// get returns a job's status and the entry's revision; ok is false when the job is
+// unknown.
+func (s statusStore) get(ctx context.Context, id string) (JobStatus, uint64, bool, error) {
+	e, err := s.kv.Get(ctx, id)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return JobStatus{}, 0, false, nil
+	}
+	if err != nil {
+		return JobStatus{}, 0, false, err
+	}
+	var st JobStatus
+	if err := json.Unmarshal(e.Value(), &st); err != nil {
+		return JobStatus{}, e.Revision(), true, err
+	}
+	return st, e.Revision(), true, nil
+}
+
+// put records a non-terminal state, unless the job already ended: a late progress
+// update must not bring a finished job back to life.
+func (s statusStore) put(ctx context.Context, st JobStatus) error {
+	_, err := s.transition(ctx, st)
+	return err
+}
+
+// transition writes st if the job has not ended yet, with compare-and-set so that
+// two writers cannot both end it. It reports whether st was written.
+func (s statusStore) transition(ctx context.Context, st JobStatus) (bool, error) {
+	st.Updated = time.Now().UTC()
+	body, err := json.Marshal(st)
+	if err != nil {
+		return false, err
+	}
+	for range 5 {
+		cur, rev, ok, err := s.get(ctx, st.JobID)
+		if err != nil {
+			return false, err
+		}
+		if ok && TerminalState(cur.State) {
+			return false, nil
+		}
+		if ok {
+			_, err = s.kv.Update(ctx, st.JobID, body, rev)
+		} else {
+			_, err = s.kv.Create(ctx, st.JobID, body)
+		}
+		if err == nil {
+			return true, nil
+		}
+		if !errors.Is(err, jetstream.ErrKeyExists) && !isWrongLastSequence(err) {
+			return false, err
+		}
+	}
+	return false, errors.New("status: too many concurrent updates")
+}
+
+func isWrongLastSequence(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence
+}

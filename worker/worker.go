@@ -1,0 +1,405 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+
+	"github.com/blockferry/blockferry/jobs"
+)
+
+// Causes of a job's context being cancelled.
+var (
+	errCancelled = jobs.ErrCancelled
+	errShutdown  = errors.New("worker shutting down")
+)
+
+// Worker pulls jobs from JetStream and runs them.
+type Worker struct {
+	js      jetstream.JetStream
+	runner  *jobs.Runner
+	cfg     config
+	events  *publisher
+	status  statusStore
+	cancels jetstream.KeyValue
+
+	mu      sync.Mutex
+	running map[string]context.CancelCauseFunc
+	ready   bool
+}
+
+type config struct {
+	topo      Topology
+	name      string
+	slots     int
+	grace     time.Duration
+	heartbeat time.Duration
+	progress  time.Duration
+	provision bool
+	log       *zap.Logger
+}
+
+// Option configures a Worker, in the manner of nats.go's jetstream options.
+type Option func(*config)
+
+// WithTopology sets stream, consumer and bucket names and limits.
+func WithTopology(t Topology) Option { return func(c *config) { c.topo = t } }
+
+// WithName names the worker in events and logs.
+func WithName(n string) Option { return func(c *config) { c.name = n } }
+
+// WithJobs is how many jobs the worker runs at once.
+func WithJobs(n int) Option { return func(c *config) { c.slots = n } }
+
+// WithGracePeriod is how long a stopping worker lets running jobs finish before it
+// hands them back to the queue.
+func WithGracePeriod(d time.Duration) Option { return func(c *config) { c.grace = d } }
+
+// WithProgressInterval sets how often progress events are published (at least 1s).
+func WithProgressInterval(d time.Duration) Option {
+	return func(c *config) { c.progress = max(d, time.Second) }
+}
+
+// WithoutProvisioning uses streams an operator provisioned, creating nothing.
+func WithoutProvisioning() Option { return func(c *config) { c.provision = false } }
+
+// WithLogger sets the logger.
+func WithLogger(l *zap.Logger) Option { return func(c *config) { c.log = l } }
+
+// New makes a worker; Run starts it.
+func New(js jetstream.JetStream, runner *jobs.Runner, opts ...Option) *Worker {
+	c := config{topo: DefaultTopology(), name: "worker", slots: 1, grace: 5 * time.Minute, progress: time.Second, provision: true, log: zap.NewNop()}
+	for _, o := range opts {
+		o(&c)
+	}
+	c.slots = max(c.slots, 1)
+	// Heartbeats well inside the ack wait, so a healthy long job is never redelivered.
+	c.heartbeat = max(c.topo.AckWait/4, 250*time.Millisecond)
+	return &Worker{
+		js: js, runner: runner, cfg: c, running: map[string]context.CancelCauseFunc{},
+		events: &publisher{js: js, topo: c.topo, source: "blockferry/worker/" + c.name},
+	}
+}
+
+// Ready reports whether the worker is taking jobs.
+func (w *Worker) Ready() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.ready
+}
+
+// Run takes jobs until ctx is done, then stops taking jobs, gives running ones the
+// grace period to finish, hands back those that did not, and returns.
+func (w *Worker) Run(ctx context.Context) error {
+	t := w.cfg.topo
+	if w.cfg.provision {
+		if err := Provision(ctx, w.js, t); err != nil {
+			return fmt.Errorf("provision: %w", err)
+		}
+	}
+	var err error
+	kv, err := w.js.KeyValue(ctx, t.StatusBucket)
+	if err != nil {
+		return fmt.Errorf("status bucket %s: %w", t.StatusBucket, err)
+	}
+	w.status = statusStore{kv: kv}
+	if w.cancels, err = w.js.KeyValue(ctx, t.CancelBucket); err != nil {
+		return fmt.Errorf("cancel bucket %s: %w", t.CancelBucket, err)
+	}
+	cons, err := w.js.Consumer(ctx, t.JobsStream, t.Consumer)
+	if err != nil {
+		return fmt.Errorf("consumer %s/%s: %w", t.JobsStream, t.Consumer, err)
+	}
+	// Jobs outlive ctx by the grace period; jobsCtx ends them after it.
+	jobsCtx, stopJobs := context.WithCancelCause(context.Background())
+	defer stopJobs(errShutdown)
+	go w.watchCancellations(jobsCtx)
+
+	w.setReady(true)
+	slots := make(chan struct{}, w.cfg.slots)
+	var wg sync.WaitGroup
+	w.cfg.log.Info("worker started", zap.String("worker", w.cfg.name), zap.Int("jobs", w.cfg.slots))
+	for ctx.Err() == nil {
+		select {
+		case slots <- struct{}{}:
+		case <-ctx.Done():
+			continue
+		}
+		msg, err := fetchOne(ctx, cons)
+		if err != nil || msg == nil {
+			<-slots
+			if err != nil && ctx.Err() == nil {
+				w.cfg.log.Warn("fetching a job", zap.Error(err))
+				sleep(ctx, time.Second)
+			}
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer func() { <-slots; wg.Done() }()
+			w.handle(jobsCtx, msg)
+		}()
+	}
+	w.setReady(false)
+	w.cfg.log.Info("worker stopping: no new jobs", zap.Duration("grace", w.cfg.grace))
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(w.cfg.grace):
+		w.cfg.log.Warn("grace period over: handing running jobs back to the queue")
+		stopJobs(errShutdown)
+		<-done
+	}
+	return nil
+}
+
+func (w *Worker) setReady(v bool) {
+	w.mu.Lock()
+	w.ready = v
+	w.mu.Unlock()
+}
+
+// fetchOne pulls at most one job, waiting a few seconds for one.
+func fetchOne(ctx context.Context, cons jetstream.Consumer) (jetstream.Msg, error) {
+	batch, err := cons.Fetch(1, jetstream.FetchMaxWait(3*time.Second))
+	if err != nil {
+		return nil, err
+	}
+	for m := range batch.Messages() {
+		return m, nil
+	}
+	if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) && !errors.Is(err, context.DeadlineExceeded) {
+		return nil, err
+	}
+	return nil, ctx.Err()
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
+	}
+}
+
+// watchCancellations cancels running jobs whose id is put in the cancel bucket.
+func (w *Worker) watchCancellations(ctx context.Context) {
+	for ctx.Err() == nil {
+		watcher, err := w.cancels.WatchAll(ctx, jetstream.UpdatesOnly())
+		if err != nil {
+			sleep(ctx, time.Second)
+			continue
+		}
+		for e := range watcher.Updates() {
+			if e == nil || e.Operation() != jetstream.KeyValuePut {
+				continue
+			}
+			w.mu.Lock()
+			if cancel, ok := w.running[e.Key()]; ok {
+				cancel(errCancelled)
+			}
+			w.mu.Unlock()
+		}
+		watcher.Stop()
+	}
+}
+
+func (w *Worker) cancelRequested(ctx context.Context, id string) bool {
+	_, err := w.cancels.Get(ctx, id)
+	return err == nil
+}
+
+// jobRun is one delivery of a job being handled.
+type jobRun struct {
+	msg     jetstream.Msg
+	spec    jobs.Spec
+	attempt int
+	log     *zap.Logger
+}
+
+func (j *jobRun) data(worker string) EventData {
+	return EventData{JobID: j.spec.ID, Kind: j.spec.Kind, Disk: j.spec.Disk, Attempt: j.attempt, Worker: worker, Labels: j.spec.Labels}
+}
+
+// handle runs one delivery of a job to its end: a terminal event and ack/term,
+// a retrying event and nak, or (shutting down) a plain nak.
+func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
+	j := &jobRun{msg: msg, attempt: 1, log: w.cfg.log}
+	if meta, err := msg.Metadata(); err == nil {
+		j.attempt = int(meta.NumDelivered)
+	}
+	spec, err := jobs.DecodeSpec(msg.Data())
+	j.spec = spec
+	if err == nil && msg.Subject() != w.cfg.topo.JobSubject(spec.Kind) {
+		err = fmt.Errorf("%w: a %s job published on %s", jobs.ErrInvalid, spec.Kind, msg.Subject())
+	}
+	if spec.ID != "" {
+		j.log = j.log.With(zap.String("job_id", spec.ID), zap.String("disk", spec.Disk), zap.Int("attempt", j.attempt))
+	}
+	if err != nil {
+		j.log.Warn("rejected job", zap.String("subject", msg.Subject()), zap.Error(err))
+		if spec.ID != "" {
+			w.finish(ctx, j, EventFailed, nil, err)
+		}
+		_ = msg.Term()
+		return
+	}
+	st, _, known, err := w.status.get(ctx, spec.ID)
+	if err == nil && known && TerminalState(st.State) {
+		// A redelivery of a job that already ended (the worker died before its
+		// ack): the outcome stands; acknowledge it and publish nothing new.
+		j.log.Info("job already ended", zap.String("state", st.State))
+		_ = msg.Ack()
+		return
+	}
+	if w.cancelRequested(ctx, spec.ID) {
+		w.finish(ctx, j, EventCancelled, nil, errCancelled)
+		_ = msg.Term()
+		return
+	}
+
+	jobCtx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	w.mu.Lock()
+	w.running[spec.ID] = cancel
+	w.mu.Unlock()
+	defer func() {
+		w.mu.Lock()
+		delete(w.running, spec.ID)
+		w.mu.Unlock()
+	}()
+	if w.cancelRequested(ctx, spec.ID) { // requested between the check and registering
+		cancel(errCancelled)
+	}
+
+	progress := jobs.NewProgress()
+	d := j.data(w.cfg.name)
+	_ = w.status.put(ctx, JobStatus{JobID: spec.ID, Kind: spec.Kind, Disk: spec.Disk, State: StateRunning, Attempt: j.attempt, Worker: w.cfg.name})
+	if err := w.events.publish(ctx, EventStarted, fmt.Sprintf("%s.started.%d", spec.ID, j.attempt), d); err != nil {
+		j.log.Warn("publishing started event", zap.Error(err))
+	}
+	j.log.Info("job started", zap.String("kind", spec.Kind))
+	stopBeats := w.heartbeats(jobCtx, j, progress)
+	res, err := w.runner.Run(jobCtx, spec, progress)
+	stopBeats()
+
+	cause := context.Cause(jobCtx)
+	switch {
+	case err == nil:
+		w.finish(ctx, j, EventCompleted, &res, nil)
+		if err := msg.DoubleAck(ctx); err != nil {
+			j.log.Warn("ack", zap.Error(err))
+		}
+	case errors.Is(cause, errCancelled):
+		w.finish(ctx, j, EventCancelled, nil, errCancelled)
+		_ = msg.Term()
+	case errors.Is(cause, errShutdown):
+		j.log.Info("handing job back to the queue")
+		_ = w.status.put(context.Background(), JobStatus{JobID: spec.ID, Kind: spec.Kind, Disk: spec.Disk, State: StateQueued, Attempt: j.attempt})
+		_ = msg.Nak()
+	default:
+		f := jobs.Classify(err)
+		if !f.Retryable || j.attempt >= w.cfg.topo.MaxDeliver {
+			w.finish(ctx, j, EventFailed, nil, err)
+			_ = msg.Term()
+			return
+		}
+		delay := w.cfg.topo.retryDelay(j.attempt)
+		d.Error, d.RetryIn = &f, delay.Seconds()
+		j.log.Warn("job failed, will retry", zap.Error(err), zap.Duration("delay", delay))
+		_ = w.status.put(ctx, JobStatus{JobID: spec.ID, Kind: spec.Kind, Disk: spec.Disk, State: StateRetrying, Attempt: j.attempt, Worker: w.cfg.name, Error: &f})
+		_ = w.events.publish(ctx, EventRetrying, fmt.Sprintf("%s.retrying.%d", spec.ID, j.attempt), d)
+		_ = msg.NakWithDelay(delay)
+	}
+}
+
+// heartbeats keeps the delivery alive with InProgress and publishes progress; the
+// returned function stops both.
+func (w *Worker) heartbeats(ctx context.Context, j *jobRun, p *jobs.Progress) func() {
+	ctx, stop := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		beat := time.NewTicker(w.cfg.heartbeat)
+		defer beat.Stop()
+		tick := time.NewTicker(w.cfg.progress)
+		defer tick.Stop()
+		var n int
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-beat.C:
+				if err := j.msg.InProgress(); err != nil {
+					j.log.Warn("heartbeat", zap.Error(err))
+				}
+			case <-tick.C:
+				n++
+				snap := p.Snapshot()
+				d := j.data(w.cfg.name)
+				d.setProgress(snap)
+				_ = w.events.publish(ctx, EventProgress, fmt.Sprintf("%s.progress.%d.%d", j.spec.ID, j.attempt, n), d)
+				_ = w.status.put(ctx, JobStatus{JobID: j.spec.ID, Kind: j.spec.Kind, Disk: j.spec.Disk, State: StateRunning,
+					Attempt: j.attempt, Worker: w.cfg.name, Progress: &snap})
+			}
+		}
+	}()
+	return func() { stop(); <-done }
+}
+
+// finish records a job's end and publishes its one terminal event. The status
+// bucket decides, with compare-and-set, which outcome is the job's: a job that
+// already ended publishes nothing more.
+func (w *Worker) finish(ctx context.Context, j *jobRun, typ string, res *jobs.Result, err error) {
+	ctx = context.WithoutCancel(ctx)
+	d := j.data(w.cfg.name)
+	st := JobStatus{JobID: j.spec.ID, Kind: j.spec.Kind, Disk: j.spec.Disk, Attempt: j.attempt, Worker: w.cfg.name}
+	switch typ {
+	case EventCompleted:
+		st.State = StateCompleted
+		d.Backup, d.Stats = resultSummary(j.spec, res)
+		st.Backup, st.Stats = d.Backup, d.Stats
+	case EventCancelled:
+		st.State = StateCancelled
+	default:
+		st.State = StateFailed
+		f := jobs.Classify(err)
+		d.Error, st.Error = &f, &f
+	}
+	written, serr := w.status.transition(ctx, st)
+	if serr != nil {
+		j.log.Warn("recording job status", zap.Error(serr))
+	} else if !written {
+		j.log.Info("job had already ended; no second terminal event")
+		return
+	}
+	if err := w.events.publish(ctx, typ, j.spec.ID+".end", d); err != nil {
+		j.log.Error("publishing terminal event", zap.Error(err))
+	}
+	switch typ {
+	case EventFailed:
+		j.log.Warn("job failed", zap.String("code", d.Error.Code), zap.String("error", d.Error.Message))
+	default:
+		j.log.Info("job ended", zap.String("outcome", strings.TrimPrefix(typ, "io.blockferry.job.")))
+	}
+}
+
+func resultSummary(s jobs.Spec, res *jobs.Result) (string, any) {
+	switch {
+	case res == nil:
+		return s.Backup, nil
+	case res.Backup != nil:
+		return res.Backup.ID, res.Backup.Stats
+	case res.Restore != nil:
+		return s.Backup, res.Restore
+	case res.Verify != nil:
+		return s.Backup, res.Verify
+	}
+	return s.Backup, nil
+}
