@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
 # The whole story on embedded defaults: a demo qcow2 disk with a dirty bitmap,
-# exported by qemu-nbd; a full backup, more writes, an incremental; restore both and
-# compare checksums with the disk as it was at each backup.
+# exported by qemu-nbd; a worker with embedded NATS JetStream and its default file
+# repository; a full backup and an incremental submitted as jobs with progress
+# shown; both restored through the worker and compared with the disk as it was.
 #
 #   make demo            (or: bash deploy/scripts/demo.sh after make build)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 bf=${BLOCKFERRY:-$root/bin/blockferry}
 work=$(mktemp -d "${TMPDIR:-/tmp}/blockferry-demo.XXXXXX")
-repo=${DEMO_REPOSITORY:-file://$work/repo}
-nbd_pid=""
+repo=file://$work/data/repository
+port=${DEMO_NATS_PORT:-14222}
+nbd_pid="" worker_pid=""
 cleanup() {
 	[ -n "$nbd_pid" ] && kill "$nbd_pid" 2>/dev/null && wait "$nbd_pid" 2>/dev/null
+	[ -n "$worker_pid" ] && kill -TERM "$worker_pid" 2>/dev/null && wait "$worker_pid" 2>/dev/null
 	rm -rf "$work"
 }
 trap cleanup EXIT
@@ -24,42 +27,49 @@ serve() { # serve the image read-only with a bitmap, as libvirt or CloudStack wo
 	echo "qemu-nbd did not start" >&2; exit 1
 }
 unserve() { kill "$nbd_pid"; wait "$nbd_pid" 2>/dev/null || true; nbd_pid=""; rm -f "$work/nbd.sock"; }
-json() { python3 -c "import json,sys; d=json.load(sys.stdin); print(d$1)"; }
 
-say "A 256 MiB qcow2 disk with 64 MiB of data and a persistent dirty bitmap"
-qemu-img create -q -f qcow2 "$work/disk.qcow2" 256M
-qemu-io -f qcow2 -c "write -P 0x61 0 16M" -c "write -P 0x62 100M 16M" "$work/disk.qcow2" >/dev/null
-qemu-io -f qcow2 -c "write -P 0x63 180M 32M" "$work/disk.qcow2" >/dev/null
+say "A 256 MiB qcow2 disk with 80 MiB of data (random, text, patterns) and a persistent dirty bitmap"
+truncate -s 256M "$work/disk.raw"
+head -c 32M /dev/urandom | dd of="$work/disk.raw" bs=1M iflag=fullblock seek=180 conv=notrunc status=none   # incompressible
+seq 1 2000000 | dd of="$work/disk.raw" bs=1M iflag=fullblock seek=0 conv=notrunc status=none  # compressible text
+qemu-img convert -f raw -O qcow2 "$work/disk.raw" "$work/disk.qcow2" && rm "$work/disk.raw"
+qemu-io -f qcow2 -c "write -P 0x62 100M 16M" "$work/disk.qcow2" >/dev/null
 qemu-img bitmap --add "$work/disk.qcow2" chk1
 qemu-img convert -O raw "$work/disk.qcow2" "$work/at-full.raw"
 
-say "Full backup to $repo"
-serve chk1
-full=$("$bf" backup --json --source "nbd+unix:///?socket=$work/nbd.sock" --disk demo/vda --repository "$repo")
-unserve
-full_id=$(echo "$full" | json '["backup"]')
-echo "$full" | python3 -c 'import json,sys; d=json.load(sys.stdin); s=d["stats"]; print("backup %s: read %d MiB, stored %d MiB, %d chunks zero" % (d["backup"], s["bytes_read"]>>20, s["bytes_written"]>>20, s["chunks_zero"]))'
+say "A worker with embedded NATS JetStream (store and repository under $work/data)"
+"$bf" worker --data-dir "$work/data" --listen "127.0.0.1:$port" --name demo-worker --log-level warn &
+worker_pid=$!
+nats=(--nats-url "nats://127.0.0.1:$port")
+for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
 
-say "The guest writes 12 MiB; incremental backup against $full_id with bitmap chk1"
+say "Submit a full backup and follow it"
+serve chk1
+full_id=$("$bf" submit backup "${nats[@]}" --id demo-full --disk demo/vda --source "nbd+unix:///?socket=$work/nbd.sock" --rate-limit 16MiB --wait)
+unserve
+echo "full backup: $full_id"
+
+say "The guest writes 12 MiB; submit an incremental against $full_id with bitmap chk1"
 qemu-io -f qcow2 -c "write -P 0x71 8M 4M" -c "write -z 100M 4M" -c "write -P 0x72 250M 4M" "$work/disk.qcow2" >/dev/null
 qemu-img bitmap --add "$work/disk.qcow2" chk2
 qemu-img convert -O raw "$work/disk.qcow2" "$work/at-inc.raw"
 serve chk1
-inc=$("$bf" backup --json --source "nbd+unix:///?socket=$work/nbd.sock" --bitmap chk1 --parent "$full_id" --disk demo/vda --repository "$repo")
+inc_id=$("$bf" submit backup "${nats[@]}" --id demo-inc --disk demo/vda --source "nbd+unix:///?socket=$work/nbd.sock" \
+	--bitmap chk1 --parent "$full_id" --wait)
 unserve
-inc_id=$(echo "$inc" | json '["backup"]')
-echo "$inc" | python3 -c 'import json,sys; d=json.load(sys.stdin); s=d["stats"]; print("backup %s: read %d MiB, stored %d KiB, %d chunks reused from the parent" % (d["backup"], s["bytes_read"]>>20, s["bytes_written"]>>10, s["chunks_reused"]))'
+echo "incremental backup: $inc_id"
+"$bf" status "${nats[@]}" demo-inc
 
 say "Backups in the repository"
 "$bf" ls --repository "$repo"
 
-say "Restore both and compare with the disk as it was"
+say "Restore both through the worker and compare with the disk as it was"
 status=0
 for pair in "$full_id:at-full" "$inc_id:at-inc"; do
 	id=${pair%%:*} want=$work/${pair#*:}.raw
-	"$bf" restore --repository "$repo" --backup "$id" --target "file://$work/restored-$id.raw"
+	"$bf" submit restore "${nats[@]}" --id "restore-$id" --backup "$id" --target "file://$work/restored-$id.raw" --wait >/dev/null
 	a=$(sha256sum <"$want" | cut -d' ' -f1) b=$(sha256sum <"$work/restored-$id.raw" | cut -d' ' -f1)
-	if [ "$a" = "$b" ]; then echo "$id: sha256 $b matches"; else echo "$id: MISMATCH $a != $b"; status=1; fi
+	if [ "$a" = "$b" ]; then echo "$id: sha256 $b matches the disk"; else echo "$id: MISMATCH $a != $b"; status=1; fi
 done
-"$bf" verify --repository "$repo" --backup "$inc_id"
+"$bf" submit verify "${nats[@]}" --id "verify-$inc_id" --backup "$inc_id" --wait >/dev/null && echo "verify $inc_id: every chunk intact"
 exit $status
