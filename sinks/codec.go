@@ -61,7 +61,9 @@ type codec struct {
 }
 
 func newCodec(keys *dataKeys) (*codec, error) {
-	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1))
+	// No zstd checksum: every chunk is checked against its id (and authenticated
+	// when encrypted) on read, which covers what a frame CRC would.
+	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1), zstd.WithEncoderCRC(false))
 	if err != nil {
 		return nil, err
 	}
@@ -95,30 +97,48 @@ func (c *codec) ID(data []byte) ChunkID {
 	return ChunkID(blake3.Sum256(data))
 }
 
-// Seal encodes plaintext as a stored object, appending to dst. aad binds the object
-// to its name, so that one object cannot be swapped for another.
+// SealedSize bounds the size of an object sealed from n bytes of plaintext: the
+// capacity a buffer passed to Seal needs so that Seal does not allocate.
+func SealedSize(n int) int { return n + n/64 + 1024 }
+
+// Seal encodes plaintext as a stored object, appending to dst[:0]. aad binds the
+// object to its name, so that one object cannot be swapped for another. With a dst
+// of capacity SealedSize(len(plaintext)) it allocates nothing: compression writes
+// into dst, and encryption happens in place.
 func (c *codec) Seal(dst, plaintext []byte, aad string, compress bool) []byte {
-	comp, payload := compressionNone, plaintext
-	if compress {
-		z := c.enc.EncodeAll(plaintext, make([]byte, 0, len(plaintext)/2))
-		// Incompressible data is stored as it is: reading it back then costs nothing.
-		if len(z) < len(plaintext)-len(plaintext)/32 {
-			comp, payload = compressionZstd, z
+	if cap(dst) < SealedSize(len(plaintext)) {
+		dst = make([]byte, 0, SealedSize(len(plaintext)))
+	}
+	dst = dst[:0]
+	if c.aead == nil {
+		dst = append(dst, envelopePlain)
+	} else {
+		dst = append(dst, envelopeEncrypted)
+		nonce := dst[1 : 1+c.aead.NonceSize()]
+		dst = dst[:1+len(nonce)]
+		if _, err := rand.Read(nonce); err != nil {
+			panic(fmt.Sprintf("crypto/rand: %v", err)) // never fails on Linux
 		}
 	}
+	header := len(dst)
+	dst = append(dst, compressionNone)
+	stored := false
+	if compress {
+		dst[header] = compressionZstd
+		dst = c.enc.EncodeAll(plaintext, dst)
+		// Incompressible data is stored as it is: reading it back then costs nothing.
+		stored = len(dst)-header-1 < len(plaintext)-len(plaintext)/32
+	}
+	if !stored {
+		dst = append(dst[:header], compressionNone)
+		dst = append(dst, plaintext...)
+	}
 	if c.aead == nil {
-		dst = append(dst, envelopePlain, comp)
-		return append(dst, payload...)
+		return dst
 	}
-	nonce := make([]byte, c.aead.NonceSize())
-	if _, err := rand.Read(nonce); err != nil {
-		panic(fmt.Sprintf("crypto/rand: %v", err)) // never fails on Linux
-	}
-	dst = append(dst, envelopeEncrypted)
-	dst = append(dst, nonce...)
-	inner := make([]byte, 0, 1+len(payload))
-	inner = append(append(inner, comp), payload...)
-	return c.aead.Seal(dst, nonce, inner, []byte(aad))
+	// Seal in place: the ciphertext overwrites compression || payload.
+	nonce := dst[1:header]
+	return c.aead.Seal(dst[:header], nonce, dst[header:], []byte(aad))
 }
 
 // Open decodes a stored object into its plaintext.

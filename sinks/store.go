@@ -11,7 +11,8 @@ import (
 // Store is a flat namespace of immutable objects, addressed by slash-separated
 // names such as "chunks/ab/abcdef…". Implementations must be safe for concurrent use.
 type Store interface {
-	// Put stores data under name, replacing what is there.
+	// Put stores data under name, replacing what is there. It does not keep data
+	// after it returns, so the caller may reuse the buffer.
 	Put(ctx context.Context, name string, data []byte) error
 	// PutIfAbsent stores data under name only if nothing is there yet; it returns
 	// ErrExists otherwise. Manifests and the config are written this way.
