@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/blockferry/blockferry/jobs"
@@ -213,5 +214,36 @@ func TestDeduplicationAcrossDisks(t *testing.T) {
 	if first.Stats.ChunksUploaded == 0 || second.ChunksUploaded != 0 || second.BytesWritten != 0 ||
 		second.ChunksDeduped != first.Stats.ChunksUploaded+first.Stats.ChunksDeduped {
 		t.Errorf("first %+v, second %+v: the second disk should upload nothing", first.Stats, second)
+	}
+}
+
+// TestRestoreIsSparse: zero chunks and zero runs inside data chunks stay holes, so a
+// restored raw image takes about the space of its data.
+func TestRestoreIsSparse(t *testing.T) {
+	r := jobs.NewRunner(jobs.WithDefaultRepository("file://" + filepath.Join(t.TempDir(), "repo")))
+	p := filepath.Join(t.TempDir(), "sparse.raw")
+	f, err := os.Create(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Truncate(64 * mib)
+	for i := int64(0); i < 64; i += 4 { // 64 KiB of data in every fourth 1 MiB chunk
+		f.WriteAt(bytes.Repeat([]byte{byte(i + 1)}, 64<<10), i*mib+128<<10)
+	}
+	f.Close()
+	m := fullBackupOfFile(t, r, p)
+	out, err := restoreToFile(t, r, m.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fileSum(t, out) != fileSum(t, p) {
+		t.Fatal("restored image differs")
+	}
+	var st syscall.Stat_t
+	if err := syscall.Stat(out, &st); err != nil {
+		t.Fatal(err)
+	}
+	if allocated := st.Blocks * 512; allocated > 2*mib {
+		t.Errorf("restored image allocates %d bytes for 1 MiB of data", allocated)
 	}
 }

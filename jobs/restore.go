@@ -67,11 +67,13 @@ func Restore(ctx context.Context, repo *sinks.Repository, m *sinks.Manifest, tgt
 			}
 			fetched.Add(n)
 			progress.bytesRead.Add(n)
-			if _, err := tgt.WriteAt(data, off); err != nil {
-				return fmt.Errorf("write %d bytes at %d: %w", n, off, err)
+			w, z, err := writeSparse(gctx, tgt, data, off)
+			if err != nil {
+				return err
 			}
-			written.Add(n)
-			progress.bytesWritten.Add(n)
+			written.Add(w)
+			zero.Add(z)
+			progress.bytesWritten.Add(w)
 			progress.bytesDone.Add(n)
 			return nil
 		})
@@ -89,4 +91,39 @@ func Restore(ctx context.Context, repo *sinks.Repository, m *sinks.Manifest, tgt
 		Backup: m.ID, BytesTotal: m.Size, BytesWritten: written.Load(), BytesZero: zero.Load(),
 		BytesFetched: fetched.Load(), DurationSeconds: time.Since(start).Seconds(),
 	}, nil
+}
+
+// sparseBlock is the granularity at which a restored chunk's zero runs are left as
+// holes (or sent as WRITE_ZEROES) instead of written: a chunk that holds a little
+// data and zeroes otherwise restores to as little space as the original took.
+const sparseBlock = 64 << 10
+
+// writeSparse writes data at off, turning runs of zero blocks into Zero requests.
+// It returns the bytes written and the bytes zeroed.
+func writeSparse(ctx context.Context, tgt backends.Target, data []byte, off int64) (written, zeroed int64, err error) {
+	for start := 0; start < len(data); {
+		end := min(start+sparseBlock, len(data))
+		zero := isZero(data[start:end])
+		for end < len(data) {
+			next := min(end+sparseBlock, len(data))
+			if isZero(data[end:next]) != zero {
+				break
+			}
+			end = next
+		}
+		at, n := off+int64(start), int64(end-start)
+		if zero {
+			if err := tgt.Zero(ctx, at, n); err != nil {
+				return written, zeroed, fmt.Errorf("zero %d bytes at %d: %w", n, at, err)
+			}
+			zeroed += n
+		} else {
+			if _, err := tgt.WriteAt(data[start:end], at); err != nil {
+				return written, zeroed, fmt.Errorf("write %d bytes at %d: %w", n, at, err)
+			}
+			written += n
+		}
+		start = end
+	}
+	return written, zeroed, nil
 }

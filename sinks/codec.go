@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"runtime"
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/zeebo/blake3"
@@ -63,7 +64,10 @@ type codec struct {
 func newCodec(keys *dataKeys) (*codec, error) {
 	// No zstd checksum: every chunk is checked against its id (and authenticated
 	// when encrypted) on read, which covers what a frame CRC would.
-	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1), zstd.WithEncoderCRC(false))
+	// EncodeAll takes an encoder from a pool of this size: one per core, so that
+	// chunks are compressed in parallel.
+	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderCRC(false),
+		zstd.WithEncoderConcurrency(runtime.GOMAXPROCS(0)))
 	if err != nil {
 		return nil, err
 	}
