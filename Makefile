@@ -11,7 +11,7 @@ export GONOSUMDB := libguestfs.org
 export GOFLAGS := -mod=readonly
 export PATH := $(CURDIR)/.cache/bin:$(PATH)
 
-.PHONY: setup setup-build build test test-short vet bench bench-quick demo clean
+.PHONY: setup setup-build deps build test test-short vet bench bench-quick demo clean
 
 setup:
 	bash deploy/scripts/setup-deps.sh
@@ -19,8 +19,12 @@ setup:
 setup-build:
 	bash deploy/scripts/setup-deps.sh --build-only
 
+# Module downloads only: a layer of its own in the Dockerfile.
+deps: setup-build
+	$(GO) mod download
+
 build: setup-build
-	$(GO) build -o bin/blockferry ./cmd/blockferry
+	$(GO) build -trimpath -o bin/blockferry ./cmd/blockferry
 
 vet:
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime/pprof"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -17,6 +18,30 @@ type globals struct {
 	json       bool
 	repository string
 	keyFile    string
+	cpuProfile string
+	profile    *os.File
+}
+
+// startProfile starts CPU profiling when --cpu-profile is given: figures in
+// docs/PERFORMANCE.md come from such profiles.
+func (g *globals) startProfile() error {
+	if g.cpuProfile == "" {
+		return nil
+	}
+	f, err := os.Create(g.cpuProfile)
+	if err != nil {
+		return err
+	}
+	g.profile = f
+	return pprof.StartCPUProfile(f)
+}
+
+func (g *globals) stopProfile() error {
+	if g.profile == nil {
+		return nil
+	}
+	pprof.StopCPUProfile()
+	return g.profile.Close()
 }
 
 func newRootCommand() *cobra.Command {
@@ -31,6 +56,10 @@ func newRootCommand() *cobra.Command {
 	pf.BoolVar(&g.json, "json", false, "print one JSON object as the result")
 	pf.StringVar(&g.repository, "repository", os.Getenv("BLOCKFERRY_REPOSITORY"),
 		"repository URI: file:///srv/bf or s3://bucket/prefix?endpoint=…&region=… (env BLOCKFERRY_REPOSITORY)")
+	pf.StringVar(&g.cpuProfile, "cpu-profile", "", "write a CPU profile (pprof) of the command to this file")
+	pf.MarkHidden("cpu-profile")
+	root.PersistentPreRunE = func(*cobra.Command, []string) error { return g.startProfile() }
+	root.PersistentPostRunE = func(*cobra.Command, []string) error { return g.stopProfile() }
 	pf.StringVar(&g.keyFile, "key-file", os.Getenv("BLOCKFERRY_KEY_FILE"),
 		"file holding the repository encryption key (env BLOCKFERRY_KEY_FILE; or the key itself in BLOCKFERRY_KEY)")
 	root.AddCommand(
