@@ -31,6 +31,13 @@ type runnerConfig struct {
 	concurrency int
 	limiter     *rate.Limiter
 	log         *zap.Logger
+	onSource    backends.SourceObserver
+	onStore     sinks.StoreObserver
+}
+
+// WithObservers reports every source and store request, for metrics.
+func WithObservers(src backends.SourceObserver, store sinks.StoreObserver) RunnerOption {
+	return func(c *runnerConfig) { c.onSource, c.onStore = src, store }
 }
 
 // RunnerOption configures a Runner.
@@ -84,6 +91,7 @@ func (r *Runner) Run(ctx context.Context, s Spec, progress *Progress) (Result, e
 	if err != nil {
 		return Result{}, err
 	}
+	store = sinks.Instrumented(store, r.cfg.onStore)
 	concurrency := s.Options.Concurrency
 	if concurrency == 0 {
 		concurrency = r.cfg.concurrency
@@ -141,6 +149,7 @@ func (r *Runner) backup(ctx context.Context, store sinks.Store, s Spec, concurre
 		return Result{}, err
 	}
 	defer src.Close()
+	src = backends.Instrumented(src, r.cfg.onSource)
 	src = backends.RateLimited(src, r.cfg.limiter)
 	if s.Options.RateLimit != "" {
 		bps, _ := ParseByteSize(s.Options.RateLimit) // validated with the spec
