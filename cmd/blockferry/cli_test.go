@@ -161,3 +161,36 @@ func TestCLIBackupRestoreAndBadInput(t *testing.T) {
 		}
 	})
 }
+
+// TestConfigPrecedence: flag over environment over file over default, seen through
+// which repository `ls` tries to open.
+func TestConfigPrecedence(t *testing.T) {
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "blockferry.yaml")
+	if err := os.WriteFile(conf, []byte("repository: "+filepath.Join(dir, "from-file")+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	env := func(kv ...string) []string { return kv }
+	cases := []struct {
+		name string
+		env  []string
+		args []string
+		want string
+	}{
+		{"default", nil, nil, "--repository is required"},
+		{"file", env("BLOCKFERRY_CONFIG=" + conf), nil, "from-file"},
+		{"env over file", env("BLOCKFERRY_CONFIG="+conf, "BLOCKFERRY_REPOSITORY="+filepath.Join(dir, "from-env")), nil, "from-env"},
+		{"flag over env", env("BLOCKFERRY_CONFIG="+conf, "BLOCKFERRY_REPOSITORY="+filepath.Join(dir, "from-env")),
+			[]string{"--repository", filepath.Join(dir, "from-flag")}, "from-flag"},
+		{"--config flag", nil, []string{"--config", conf}, "from-file"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			r := cli(t, append([]string{"BLOCKFERRY_REPOSITORY=", "BLOCKFERRY_CONFIG="}, c.env...), append([]string{"ls"}, c.args...)...)
+			mustFail(t, r, c.want)
+		})
+	}
+	bad := filepath.Join(dir, "bad.yaml")
+	os.WriteFile(bad, []byte("repositry: x\n"), 0o600)
+	mustFail(t, cli(t, nil, "ls", "--config", bad), `unknown setting "repositry"`)
+}

@@ -56,6 +56,9 @@ func newBackupCommand(g *globals) *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			s.SpecVersion, s.ID, s.Kind, s.Source = jobs.SpecVersion, cliJobID(), jobs.KindBackup, src
+			if err := required(cmd, "source", "disk"); err != nil {
+				return err
+			}
 			var err error
 			if s.Labels, err = parseLabels(labels); err != nil {
 				return err
@@ -82,8 +85,6 @@ func newBackupCommand(g *globals) *cobra.Command {
 	f.IntVar(&s.Options.Concurrency, "concurrency", 0, "chunks in flight (default 8)")
 	f.StringVar(&s.Options.RateLimit, "rate-limit", "", "cap on source reads, e.g. 200MiB (per second)")
 	f.StringSliceVar(&labels, "label", nil, "key=value label recorded with the backup (repeatable)")
-	cmd.MarkFlagRequired("source")
-	cmd.MarkFlagRequired("disk")
 	return cmd
 }
 
@@ -96,6 +97,9 @@ func newRestoreCommand(g *globals) *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			s.SpecVersion, s.ID, s.Kind, s.Target = jobs.SpecVersion, cliJobID(), jobs.KindRestore, tgt
+			if err := required(cmd, "backup", "target"); err != nil {
+				return err
+			}
 			res, err := runJob(cmd.Context(), g, s)
 			if err != nil {
 				return err
@@ -109,8 +113,6 @@ func newRestoreCommand(g *globals) *cobra.Command {
 	f.StringVar(&s.Backup, "backup", "", "backup id to restore")
 	f.StringVar(&tgt.URI, "target", "", "file:///path/disk.raw (created sparse) or a writable nbd:// export")
 	f.IntVar(&s.Options.Concurrency, "concurrency", 0, "chunks in flight (default 8)")
-	cmd.MarkFlagRequired("backup")
-	cmd.MarkFlagRequired("target")
 	return cmd
 }
 
@@ -122,6 +124,9 @@ func newVerifyCommand(g *globals) *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			s.SpecVersion, s.ID, s.Kind = jobs.SpecVersion, cliJobID(), jobs.KindVerify
+			if err := required(cmd, "backup"); err != nil {
+				return err
+			}
 			res, err := runJob(cmd.Context(), g, s)
 			if res.Verify != nil {
 				r := res.Verify
@@ -141,7 +146,6 @@ func newVerifyCommand(g *globals) *cobra.Command {
 	}
 	cmd.Flags().StringVar(&s.Backup, "backup", "", "backup id to verify")
 	cmd.Flags().IntVar(&s.Options.Concurrency, "concurrency", 0, "chunks in flight (default 8)")
-	cmd.MarkFlagRequired("backup")
 	return cmd
 }
 
@@ -206,6 +210,17 @@ func backupView(m *sinks.Manifest) map[string]any {
 		"size": m.Size, "chunk_size": m.ChunkSize, "started": m.Started, "completed": m.Completed,
 		"labels": m.Labels, "stats": m.Stats,
 	}
+}
+
+// required checks flags after the environment and the config file had their say
+// (cobra's own check runs before them).
+func required(cmd *cobra.Command, names ...string) error {
+	for _, n := range names {
+		if f := cmd.Flags().Lookup(n); f != nil && f.Value.String() == "" {
+			return fmt.Errorf("--%s is required", n)
+		}
+	}
+	return nil
 }
 
 func parseLabels(kv []string) (map[string]string, error) {

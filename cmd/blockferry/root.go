@@ -18,6 +18,7 @@ type globals struct {
 	json       bool
 	repository string
 	keyFile    string
+	configFile string
 	cpuProfile string
 	profile    *os.File
 }
@@ -54,18 +55,24 @@ func newRootCommand() *cobra.Command {
 	}
 	pf := root.PersistentFlags()
 	pf.BoolVar(&g.json, "json", false, "print one JSON object as the result")
-	pf.StringVar(&g.repository, "repository", os.Getenv("BLOCKFERRY_REPOSITORY"),
-		"repository URI: file:///srv/bf or s3://bucket/prefix?endpoint=…&region=… (env BLOCKFERRY_REPOSITORY)")
+	pf.StringVar(&g.repository, "repository", "", "repository URI: file:///srv/bf or s3://bucket/prefix?endpoint=…&region=…")
 	pf.StringVar(&g.cpuProfile, "cpu-profile", "", "write a CPU profile (pprof) of the command to this file")
 	pf.MarkHidden("cpu-profile")
-	root.PersistentPreRunE = func(*cobra.Command, []string) error { return g.startProfile() }
+	pf.StringVar(&g.configFile, "config", os.Getenv("BLOCKFERRY_CONFIG"), "YAML file of settings: flag names as keys (env BLOCKFERRY_CONFIG)")
+	root.PersistentPreRunE = func(cmd *cobra.Command, _ []string) error {
+		if err := applyConfig(cmd, g.configFile); err != nil {
+			return err
+		}
+		return g.startProfile()
+	}
 	root.PersistentPostRunE = func(*cobra.Command, []string) error { return g.stopProfile() }
-	pf.StringVar(&g.keyFile, "key-file", os.Getenv("BLOCKFERRY_KEY_FILE"),
-		"file holding the repository encryption key (env BLOCKFERRY_KEY_FILE; or the key itself in BLOCKFERRY_KEY)")
+	pf.StringVar(&g.keyFile, "key-file", "", "file holding the repository encryption key (or the key itself in BLOCKFERRY_KEY)")
 	root.AddCommand(
 		newInitCommand(g), newBackupCommand(g), newRestoreCommand(g), newVerifyCommand(g), newLsCommand(g),
 		newWorkerCommand(g), newSubmitCommand(g), newWatchCommand(g), newStatusCommand(g), newCancelCommand(g),
+		newHealthcheckCommand(),
 	)
+	annotateEnv(root)
 	return root
 }
 

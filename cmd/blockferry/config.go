@@ -1,0 +1,119 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+	"go.yaml.in/yaml/v3"
+)
+
+// Configuration precedence, for every flag of every command:
+//
+//	command-line flag > BLOCKFERRY_<FLAG> environment variable > YAML file > default
+//
+// The environment variable is the flag's name in upper case with dashes as
+// underscores (--nats-url: BLOCKFERRY_NATS_URL); the YAML file (--config, or
+// BLOCKFERRY_CONFIG) maps flag names to values, lists for repeatable flags.
+// Secrets have no flag, only variables: BLOCKFERRY_KEY, BLOCKFERRY_NATS_PASSWORD,
+// BLOCKFERRY_NATS_TOKEN, and the AWS_* chain.
+
+// envName is the environment variable of a flag.
+func envName(flag string) string {
+	return "BLOCKFERRY_" + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))
+}
+
+// noEnv are flags that take no value from the environment or the file.
+var noEnv = map[string]bool{"help": true, "config": true, "cpu-profile": true, "json": true}
+
+// annotateEnv appends each flag's environment variable to its help text, so that
+// --help lists everything a deployment can set.
+func annotateEnv(root *cobra.Command) {
+	var walk func(c *cobra.Command)
+	seen := map[*pflag.Flag]bool{}
+	walk = func(c *cobra.Command) {
+		for _, fs := range []*pflag.FlagSet{c.LocalNonPersistentFlags(), c.PersistentFlags()} {
+			fs.VisitAll(func(f *pflag.Flag) {
+				if !noEnv[f.Name] && !seen[f] {
+					seen[f] = true
+					f.Usage += " (env " + envName(f.Name) + ")"
+				}
+			})
+		}
+		for _, sub := range c.Commands() {
+			walk(sub)
+		}
+	}
+	walk(root)
+}
+
+// applyConfig sets every flag of cmd that the command line left alone from the
+// environment or, failing that, from the configuration file.
+func applyConfig(cmd *cobra.Command, file string) error {
+	values := map[string]any{}
+	if file != "" {
+		data, err := os.ReadFile(file)
+		if err != nil {
+			return fmt.Errorf("config file: %w", err)
+		}
+		if err := yaml.Unmarshal(data, &values); err != nil {
+			return fmt.Errorf("config file %s: %w", file, err)
+		}
+	}
+	known := map[string]bool{}
+	var errs []string
+	cmd.Flags().VisitAll(func(f *pflag.Flag) {
+		known[f.Name] = true
+		if f.Changed || noEnv[f.Name] {
+			return
+		}
+		if v, ok := os.LookupEnv(envName(f.Name)); ok && v != "" {
+			if err := setFlag(f, []string{v}, true); err != nil {
+				errs = append(errs, fmt.Sprintf("%s: %v", envName(f.Name), err))
+			}
+			return
+		}
+		if v, ok := values[f.Name]; ok {
+			if err := setFlag(f, yamlStrings(v), false); err != nil {
+				errs = append(errs, fmt.Sprintf("%s: %s: %v", file, f.Name, err))
+			}
+		}
+	})
+	for k := range values {
+		if !known[k] {
+			errs = append(errs, fmt.Sprintf("%s: unknown setting %q for %s", file, k, cmd.CommandPath()))
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("configuration: %s", strings.Join(errs, "; "))
+	}
+	return nil
+}
+
+// setFlag sets f as if given on the command line; a slice flag from the
+// environment takes a comma-separated list.
+func setFlag(f *pflag.Flag, vals []string, fromEnv bool) error {
+	if sv, ok := f.Value.(pflag.SliceValue); ok {
+		if fromEnv {
+			vals = strings.Split(vals[0], ",")
+		}
+		return sv.Replace(vals)
+	}
+	if len(vals) != 1 {
+		return fmt.Errorf("want one value, got %d", len(vals))
+	}
+	return f.Value.Set(vals[0])
+}
+
+func yamlStrings(v any) []string {
+	if list, ok := v.([]any); ok {
+		out := make([]string, len(list))
+		for i, e := range list {
+			out[i] = fmt.Sprint(e)
+		}
+		return out
+	}
+	return []string{fmt.Sprint(v)}
+}
