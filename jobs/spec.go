@@ -72,6 +72,14 @@ var (
 // document names an id, it is returned even on error so that the failure can be
 // reported against it.
 func DecodeSpec(data []byte) (Spec, error) {
+	s, err := decodeSpec(data)
+	if validID(s.ID) != nil {
+		s.ID = "" // an invalid id is never echoed into subjects, keys or events
+	}
+	return s, err
+}
+
+func decodeSpec(data []byte) (Spec, error) {
 	var s Spec
 	if len(data) > MaxSpecBytes {
 		return s, fmt.Errorf("%w: job is %d bytes, at most %d are accepted", ErrInvalid, len(data), MaxSpecBytes)
@@ -85,11 +93,7 @@ func DecodeSpec(data []byte) (Spec, error) {
 	if _, err := dec.Token(); err != io.EOF {
 		return s, fmt.Errorf("%w: data after the job object", ErrInvalid)
 	}
-	err := s.Validate()
-	if validID(s.ID) != nil {
-		s.ID = "" // an invalid id is not echoed into subjects or events
-	}
-	return s, err
+	return s, s.Validate()
 }
 
 // peekID reads the id of a job that does not decode, if it can, and only if it is a
@@ -98,7 +102,7 @@ func peekID(data []byte) string {
 	var v struct {
 		ID string `json:"id"`
 	}
-	if json.Unmarshal(data, &v) != nil || validID(v.ID) != nil {
+	if json.Unmarshal(data, &v) != nil {
 		return ""
 	}
 	return v.ID

@@ -32,6 +32,7 @@ func TestDecodeSpec(t *testing.T) {
 		{"bad chunk size", `{"spec_version":1,"id":"j7","kind":"verify","backup":"b","options":{"chunk_size":1000}}`, "j7"},
 		{"bad rate", `{"spec_version":1,"id":"j8","kind":"verify","backup":"b","options":{"rate_limit":"fast"}}`, "j8"},
 		{"trailing data", `{"spec_version":1,"id":"j9","kind":"verify","backup":"b"} {}`, "j9"},
+		{"trailing data, bad id", `{"spec_version":1,"id":"bad.>","kind":"verify","backup":"b"} {}`, ""},
 		{"disk path escape", `{"spec_version":1,"id":"j10","kind":"backup","disk":"../etc","source":{"uri":"nbd://h"}}`, "j10"},
 		{"oversized", `{"spec_version":1,"id":"j11","kind":"verify","backup":"b","labels":{"x":"` + strings.Repeat("y", MaxSpecBytes) + `"}}`, ""},
 	}
