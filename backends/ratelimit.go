@@ -8,24 +8,26 @@ import (
 
 // RateLimited wraps src so that its reads, together with every other reader of the
 // same limiter, stay within the limiter's rate in bytes per second. Wrap twice for
-// a per-job limit inside a worker-wide one.
-func RateLimited(src Source, l *rate.Limiter) Source {
+// a per-job limit inside a worker-wide one. ctx is the job's: io.ReaderAt has no
+// context, and a cancelled job must not sit out its wait.
+func RateLimited(ctx context.Context, src Source, l *rate.Limiter) Source {
 	if l == nil {
 		return src
 	}
-	return &rateLimitedSource{Source: src, limiter: l}
+	return &rateLimitedSource{Source: src, limiter: l, ctx: ctx}
 }
 
 type rateLimitedSource struct {
 	Source
 	limiter *rate.Limiter
+	ctx     context.Context
 }
 
 func (s *rateLimitedSource) ReadAt(p []byte, off int64) (int, error) {
 	// WaitN refuses n above the burst, so large reads wait in burst-sized steps.
 	for rest := len(p); rest > 0; {
 		n := min(rest, s.limiter.Burst())
-		if err := s.limiter.WaitN(context.Background(), n); err != nil {
+		if err := s.limiter.WaitN(s.ctx, n); err != nil {
 			return 0, err
 		}
 		rest -= n
