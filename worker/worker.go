@@ -43,7 +43,29 @@ type config struct {
 	progress  time.Duration
 	provision bool
 	log       *zap.Logger
+	metrics   Recorder
 }
+
+// Recorder receives the worker's measurements; internal/metrics implements it for
+// Prometheus.
+type Recorder interface {
+	JobStarted(kind string)
+	// JobFinished ends an attempt: outcome is completed, failed, cancelled,
+	// retrying or requeued; code is the error code of a failure.
+	JobFinished(kind, outcome, code string, d time.Duration)
+	Heartbeat(err error)
+	Bytes(read, written, deduplicated int64)
+}
+
+type nopRecorder struct{}
+
+func (nopRecorder) JobStarted(string)                                 {}
+func (nopRecorder) JobFinished(string, string, string, time.Duration) {}
+func (nopRecorder) Heartbeat(error)                                   {}
+func (nopRecorder) Bytes(int64, int64, int64)                         {}
+
+// WithMetrics reports jobs, heartbeats and bytes to r.
+func WithMetrics(r Recorder) Option { return func(c *config) { c.metrics = r } }
 
 // Option configures a Worker, in the manner of nats.go's jetstream options.
 type Option func(*config)
@@ -74,7 +96,7 @@ func WithLogger(l *zap.Logger) Option { return func(c *config) { c.log = l } }
 
 // New makes a worker; Run starts it.
 func New(js jetstream.JetStream, runner *jobs.Runner, opts ...Option) *Worker {
-	c := config{topo: DefaultTopology(), name: "worker", slots: 1, grace: 5 * time.Minute, progress: time.Second, provision: true, log: zap.NewNop()}
+	c := config{topo: DefaultTopology(), name: "worker", slots: 1, grace: 5 * time.Minute, progress: time.Second, provision: true, log: zap.NewNop(), metrics: nopRecorder{}}
 	for _, o := range opts {
 		o(&c)
 	}
@@ -132,6 +154,11 @@ func (w *Worker) Run(ctx context.Context) error {
 			continue
 		}
 		msg, err := fetchOne(ctx, cons)
+		if msg != nil && ctx.Err() != nil {
+			// Taken as the worker was told to stop: hand it straight back.
+			_ = msg.Nak()
+			msg = nil
+		}
 		if err != nil || msg == nil {
 			<-slots
 			if err != nil && ctx.Err() == nil {
@@ -166,16 +193,20 @@ func (w *Worker) setReady(v bool) {
 	w.mu.Unlock()
 }
 
-// fetchOne pulls at most one job, waiting a few seconds for one.
+// fetchOne pulls at most one job, waiting a few seconds for one. The wait ends
+// when ctx does: a stopping worker must not take a job in the meantime.
 func fetchOne(ctx context.Context, cons jetstream.Consumer) (jetstream.Msg, error) {
-	batch, err := cons.Fetch(1, jetstream.FetchMaxWait(3*time.Second))
+	fetchCtx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	batch, err := cons.Fetch(1, jetstream.FetchContext(fetchCtx))
 	if err != nil {
 		return nil, err
 	}
 	for m := range batch.Messages() {
 		return m, nil
 	}
-	if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) && !errors.Is(err, context.DeadlineExceeded) {
+	if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) &&
+		!errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
 		return nil, err
 	}
 	return nil, ctx.Err()
@@ -221,6 +252,10 @@ type jobRun struct {
 	spec    jobs.Spec
 	attempt int
 	log     *zap.Logger
+	started time.Time
+
+	mu      sync.Mutex
+	counted jobs.ProgressSnapshot // bytes already added to the metrics
 }
 
 func (j *jobRun) data(worker string) EventData {
@@ -279,6 +314,10 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 	}
 
 	progress := jobs.NewProgress()
+	j.started = time.Now()
+	w.cfg.metrics.JobStarted(spec.Kind)
+	outcome, code := "", ""
+	defer func() { w.cfg.metrics.JobFinished(spec.Kind, outcome, code, time.Since(j.started)) }()
 	d := j.data(w.cfg.name)
 	_ = w.status.put(ctx, JobStatus{JobID: spec.ID, Kind: spec.Kind, Disk: spec.Disk, State: StateRunning, Attempt: j.attempt, Worker: w.cfg.name})
 	if err := w.events.publish(ctx, EventStarted, fmt.Sprintf("%s.started.%d", spec.ID, j.attempt), d); err != nil {
@@ -292,24 +331,30 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 	cause := context.Cause(jobCtx)
 	switch {
 	case err == nil:
+		outcome = StateCompleted
 		w.finish(ctx, j, EventCompleted, &res, nil)
 		if err := msg.DoubleAck(ctx); err != nil {
 			j.log.Warn("ack", zap.Error(err))
 		}
 	case errors.Is(cause, errCancelled):
+		outcome = StateCancelled
 		w.finish(ctx, j, EventCancelled, nil, errCancelled)
 		_ = msg.Term()
 	case errors.Is(cause, errShutdown):
+		outcome = "requeued"
 		j.log.Info("handing job back to the queue")
 		_ = w.status.put(context.Background(), JobStatus{JobID: spec.ID, Kind: spec.Kind, Disk: spec.Disk, State: StateQueued, Attempt: j.attempt})
 		_ = msg.Nak()
 	default:
 		f := jobs.Classify(err)
+		code = f.Code
 		if !f.Retryable || j.attempt >= w.cfg.topo.MaxDeliver {
+			outcome = StateFailed
 			w.finish(ctx, j, EventFailed, nil, err)
 			_ = msg.Term()
 			return
 		}
+		outcome = StateRetrying
 		delay := w.cfg.topo.retryDelay(j.attempt)
 		d.Error, d.RetryIn = &f, delay.Seconds()
 		j.log.Warn("job failed, will retry", zap.Error(err), zap.Duration("delay", delay))
@@ -320,28 +365,37 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 }
 
 // heartbeats keeps the delivery alive with InProgress and publishes progress; the
-// returned function stops both.
+// returned function stops both. They run apart so that a slow publish never holds
+// up a heartbeat.
 func (w *Worker) heartbeats(ctx context.Context, j *jobRun, p *jobs.Progress) func() {
 	ctx, stop := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
+	var wg sync.WaitGroup
+	wg.Go(func() {
 		beat := time.NewTicker(w.cfg.heartbeat)
 		defer beat.Stop()
-		tick := time.NewTicker(w.cfg.progress)
-		defer tick.Stop()
-		var n int
 		for {
 			select {
 			case <-ctx.Done():
 				return
 			case <-beat.C:
-				if err := j.msg.InProgress(); err != nil {
+				err := j.msg.InProgress()
+				w.cfg.metrics.Heartbeat(err)
+				if err != nil {
 					j.log.Warn("heartbeat", zap.Error(err))
 				}
+			}
+		}
+	})
+	wg.Go(func() {
+		tick := time.NewTicker(w.cfg.progress)
+		defer tick.Stop()
+		for n := 1; ; n++ {
+			select {
+			case <-ctx.Done():
+				return
 			case <-tick.C:
-				n++
 				snap := p.Snapshot()
+				j.countBytes(w.cfg.metrics, snap)
 				d := j.data(w.cfg.name)
 				d.setProgress(snap)
 				_ = w.events.publish(ctx, EventProgress, fmt.Sprintf("%s.progress.%d.%d", j.spec.ID, j.attempt, n), d)
@@ -349,8 +403,20 @@ func (w *Worker) heartbeats(ctx context.Context, j *jobRun, p *jobs.Progress) fu
 					Attempt: j.attempt, Worker: w.cfg.name, Progress: &snap})
 			}
 		}
-	}()
-	return func() { stop(); <-done }
+	})
+	return func() {
+		stop()
+		wg.Wait()
+		j.countBytes(w.cfg.metrics, p.Snapshot())
+	}
+}
+
+// countBytes adds what the job did since it was last counted to the byte metrics.
+func (j *jobRun) countBytes(m Recorder, s jobs.ProgressSnapshot) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	m.Bytes(s.BytesRead-j.counted.BytesRead, s.BytesWritten-j.counted.BytesWritten, s.BytesDeduplicated-j.counted.BytesDeduplicated)
+	j.counted = s
 }
 
 // finish records a job's end and publishes its one terminal event. The status
@@ -379,8 +445,18 @@ func (w *Worker) finish(ctx context.Context, j *jobRun, typ string, res *jobs.Re
 		j.log.Info("job had already ended; no second terminal event")
 		return
 	}
-	if err := w.events.publish(ctx, typ, j.spec.ID+".end", d); err != nil {
-		j.log.Error("publishing terminal event", zap.Error(err))
+	// The status now says the job ended, so a redelivery will not publish this
+	// event: retry it here. Its id makes a duplicate harmless.
+	for try := 1; ; try++ {
+		err := w.events.publish(ctx, typ, j.spec.ID+".end", d)
+		if err == nil {
+			break
+		}
+		if try == 8 {
+			j.log.Error("publishing terminal event", zap.Error(err))
+			break
+		}
+		time.Sleep(time.Duration(try) * 500 * time.Millisecond)
 	}
 	switch typ {
 	case EventFailed:
