@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -11,7 +12,9 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/blockferry/blockferry/backends"
+	"github.com/blockferry/blockferry/internal/metrics"
 	"github.com/blockferry/blockferry/jobs"
+	"github.com/blockferry/blockferry/sinks"
 	"github.com/blockferry/blockferry/worker"
 )
 
@@ -36,6 +39,7 @@ func newWorkerCommand(g *globals) *cobra.Command {
 		rateLimit   string
 		grace       time.Duration
 		logLevel    string
+		httpAddr    string
 	)
 	cmd := &cobra.Command{
 		Use:   "worker",
@@ -83,29 +87,64 @@ func newWorkerCommand(g *globals) *cobra.Command {
 				}
 				limiter = backends.NewLimiter(bps)
 			}
+			m := metrics.New()
 			runner := jobs.NewRunner(jobs.WithDefaultRepository(repo), jobs.WithKey(key), jobs.WithConcurrency(concurrency),
-				jobs.WithRateLimiter(limiter), jobs.WithLogger(log))
+				jobs.WithRateLimiter(limiter), jobs.WithLogger(log), jobs.WithObservers(m.ObserveSource, m.ObserveStore))
 			w := worker.New(js, runner, worker.WithTopology(n.topo), worker.WithName(name), worker.WithJobs(slots),
-				worker.WithGracePeriod(grace), worker.WithLogger(log))
+				worker.WithGracePeriod(grace), worker.WithLogger(log), worker.WithMetrics(m))
+			if httpAddr != "" {
+				store, err := sinks.OpenStore(cmd.Context(), repo)
+				if err != nil {
+					return err
+				}
+				checks := map[string]metrics.Check{
+					"nats": func(context.Context) error {
+						if !nc.IsConnected() {
+							return fmt.Errorf("not connected (%s)", nc.Status())
+						}
+						return nil
+					},
+					"streams": func(ctx context.Context) error {
+						_, err := js.Stream(ctx, n.topo.JobsStream)
+						return err
+					},
+					"repository": func(ctx context.Context) error {
+						_, err := store.Exists(ctx, "config")
+						return err
+					},
+					"worker": func(context.Context) error {
+						if !w.Ready() {
+							return fmt.Errorf("not taking jobs")
+						}
+						return nil
+					},
+				}
+				addr, _, err := metrics.Serve(cmd.Context(), httpAddr, metrics.Handler(m, checks))
+				if err != nil {
+					return fmt.Errorf("--http: %w", err)
+				}
+				log.Info("serving /metrics, /healthz and /readyz", zap.String("address", addr))
+			}
 			log.Info("worker configuration", zap.String("repository", redactURI(repo)), zap.Int("jobs", slots), zap.String("worker", name))
 			return w.Run(cmd.Context())
 		},
 	}
 	f := cmd.Flags()
 	n.register(f, "")
-	f.StringVar(&dataDir, "data-dir", envOr("BLOCKFERRY_DATA_DIR", defaultDataDir()), "data directory: embedded NATS store and the default file repository")
-	f.StringVar(&listen, "listen", envOr("BLOCKFERRY_LISTEN", worker.DefaultEmbeddedListen), "address of the embedded NATS server")
-	f.StringVar(&name, "name", os.Getenv("BLOCKFERRY_WORKER_NAME"), "worker name in events and logs (default: host name)")
+	f.StringVar(&dataDir, "data-dir", defaultDataDir(), "data directory: embedded NATS store and the default file repository")
+	f.StringVar(&listen, "listen", worker.DefaultEmbeddedListen, "address of the embedded NATS server")
+	f.StringVar(&name, "name", "", "worker name in events and logs (default: host name)")
 	f.IntVar(&slots, "jobs", 1, "jobs run at once")
 	f.IntVar(&concurrency, "concurrency", 8, "chunks in flight per job")
-	f.StringVar(&rateLimit, "rate-limit", os.Getenv("BLOCKFERRY_RATE_LIMIT"), "cap on source reads of all jobs together, e.g. 400MiB (per second)")
+	f.StringVar(&rateLimit, "rate-limit", "", "cap on source reads of all jobs together, e.g. 400MiB (per second)")
 	f.DurationVar(&grace, "grace-period", 5*time.Minute, "on SIGTERM, how long running jobs may finish before they are handed back")
 	f.IntVar(&n.topo.Replicas, "replicas", 1, "replicas of the streams and buckets the worker creates (3 on a cluster)")
 	f.DurationVar(&n.topo.AckWait, "ack-wait", n.topo.AckWait, "redeliver a job whose worker sent no heartbeat for this long")
 	f.IntVar(&n.topo.MaxDeliver, "max-deliver", n.topo.MaxDeliver, "attempts of a job before it fails")
 	f.DurationSliceVar(&n.topo.Backoff, "backoff", n.topo.Backoff, "delays before the retries of a job that failed transiently")
 	f.DurationVar(&n.topo.EventsMaxAge, "events-max-age", n.topo.EventsMaxAge, "how long events and job status are kept")
-	f.StringVar(&logLevel, "log-level", envOr("BLOCKFERRY_LOG_LEVEL", "info"), "debug, info, warn or error")
+	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	f.StringVar(&httpAddr, "http", "", "address for /metrics, /healthz and /readyz, e.g. 0.0.0.0:9090 (off when empty)")
 	return cmd
 }
 

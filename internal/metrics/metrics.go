@@ -20,7 +20,7 @@ type Metrics struct {
 	JobRetries     *prometheus.CounterVec   // kind, code
 	Heartbeats     prometheus.Counter
 	HeartbeatFails prometheus.Counter
-	Bytes          *prometheus.CounterVec   // direction: read, written, deduplicated
+	BytesTotal     *prometheus.CounterVec   // direction: read, written, deduplicated
 	NBDLatency     *prometheus.HistogramVec // op
 	NBDErrors      *prometheus.CounterVec   // op
 	StoreLatency   *prometheus.HistogramVec // backend, op
@@ -48,7 +48,7 @@ func New() *Metrics {
 		Help: "InProgress heartbeats sent for running jobs."})
 	m.HeartbeatFails = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "heartbeat_errors_total",
 		Help: "InProgress heartbeats that failed."})
-	m.Bytes = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "bytes_total",
+	m.BytesTotal = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "bytes_total",
 		Help: "Bytes read from sources, written to repositories (after compression) and deduplicated, by direction."}, []string{"direction"})
 	m.NBDLatency = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Name: "source_request_duration_seconds",
 		Help:    "Latency of source (NBD or file) requests, by operation.",
@@ -61,7 +61,7 @@ func New() *Metrics {
 	m.StoreErrors = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "store_request_errors_total",
 		Help: "Failed repository store requests, by backend and operation."}, []string{"backend", "op"})
 	for _, c := range []prometheus.Collector{m.JobsStarted, m.JobsFinished, m.JobDuration, m.JobsInFlight, m.JobRetries,
-		m.Heartbeats, m.HeartbeatFails, m.Bytes, m.NBDLatency, m.NBDErrors, m.StoreLatency, m.StoreErrors,
+		m.Heartbeats, m.HeartbeatFails, m.BytesTotal, m.NBDLatency, m.NBDErrors, m.StoreLatency, m.StoreErrors,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
 		f(c)
 	}
@@ -82,4 +82,35 @@ func (m *Metrics) ObserveStore(backend, op string, d time.Duration, err error) {
 	if err != nil {
 		m.StoreErrors.WithLabelValues(backend, op).Inc()
 	}
+}
+
+// JobStarted counts an attempt and marks it in flight (worker.Recorder).
+func (m *Metrics) JobStarted(kind string) {
+	m.JobsStarted.WithLabelValues(kind).Inc()
+	m.JobsInFlight.WithLabelValues(kind).Inc()
+}
+
+// JobFinished counts an attempt's outcome and duration (worker.Recorder).
+func (m *Metrics) JobFinished(kind, outcome, code string, d time.Duration) {
+	m.JobsInFlight.WithLabelValues(kind).Dec()
+	m.JobsFinished.WithLabelValues(kind, outcome).Inc()
+	m.JobDuration.WithLabelValues(kind, outcome).Observe(d.Seconds())
+	if outcome == "retrying" {
+		m.JobRetries.WithLabelValues(kind, code).Inc()
+	}
+}
+
+// Heartbeat counts an InProgress heartbeat (worker.Recorder).
+func (m *Metrics) Heartbeat(err error) {
+	m.Heartbeats.Inc()
+	if err != nil {
+		m.HeartbeatFails.Inc()
+	}
+}
+
+// Bytes adds to the byte counters (worker.Recorder).
+func (m *Metrics) Bytes(read, written, deduplicated int64) {
+	m.BytesTotal.WithLabelValues("read").Add(float64(read))
+	m.BytesTotal.WithLabelValues("written").Add(float64(written))
+	m.BytesTotal.WithLabelValues("deduplicated").Add(float64(deduplicated))
 }
