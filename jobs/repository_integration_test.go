@@ -247,3 +247,26 @@ func TestRestoreIsSparse(t *testing.T) {
 		t.Errorf("restored image allocates %d bytes for 1 MiB of data", allocated)
 	}
 }
+
+// TestVerifyAgainstSource: verify with a source compares every chunk position with
+// the disk, and names the chunks that changed since.
+func TestVerifyAgainstSource(t *testing.T) {
+	r := jobs.NewRunner(jobs.WithDefaultRepository("file://" + filepath.Join(t.TempDir(), "repo")))
+	disk, _ := rawDisk(t, 8*mib)
+	m := fullBackupOfFile(t, r, disk)
+	verify := jobs.Spec{ID: "v", Kind: jobs.KindVerify, Backup: m.ID, Source: &jobs.Endpoint{URI: "file://" + disk}}
+	res, err := runSpec(t, r, verify)
+	if err != nil || !res.Verify.Compared || len(res.Verify.Differ) != 0 {
+		t.Fatalf("verify against the unchanged disk: %+v, %v", res.Verify, err)
+	}
+	f, err := os.OpenFile(disk, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteAt([]byte("changed"), 5*mib+10) // chunk 5 was a hole
+	f.Close()
+	res, err = runSpec(t, r, verify)
+	if !errors.Is(err, jobs.ErrVerifyFailed) || len(res.Verify.Differ) != 1 || res.Verify.Differ[0] != 5*mib {
+		t.Fatalf("verify against the changed disk: %+v, %v; want chunk at %d", res.Verify, err, 5*mib)
+	}
+}

@@ -109,7 +109,15 @@ func (r *Runner) Run(ctx context.Context, s Spec, progress *Progress) (Result, e
 			return Result{}, err
 		}
 		if s.Kind == KindVerify {
-			rep, err := Verify(ctx, repo, m, concurrency, progress)
+			var src backends.Source
+			if s.Source != nil { // also compare the backup with the disk
+				if src, err = backends.OpenSource(ctx, s.Source.URI); err != nil {
+					return Result{}, err
+				}
+				defer src.Close()
+				src = backends.Instrumented(src, r.cfg.onSource)
+			}
+			rep, err := Verify(ctx, repo, m, src, concurrency, progress)
 			return Result{Verify: &rep}, err
 		}
 		tgt, err := backends.OpenTarget(ctx, s.Target.URI, backends.WithSize(m.Size))

@@ -1,9 +1,11 @@
 package jobs
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -11,29 +13,37 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/blockferry/blockferry/backends"
 	"github.com/blockferry/blockferry/sinks"
 )
 
 // VerifyReport says what a verify found.
 type VerifyReport struct {
-	Backup          string   `json:"backup"`
-	ChunksChecked   int      `json:"chunks_checked"`
-	BytesChecked    int64    `json:"bytes_checked"`
-	Missing         []string `json:"missing"`
-	Corrupt         []string `json:"corrupt"`
-	DurationSeconds float64  `json:"duration_seconds"`
+	Backup        string   `json:"backup"`
+	ChunksChecked int      `json:"chunks_checked"`
+	BytesChecked  int64    `json:"bytes_checked"`
+	Missing       []string `json:"missing"`
+	Corrupt       []string `json:"corrupt"`
+	// Compared is true when the backup was also compared with a source; Differ
+	// lists the offsets of the chunks whose content differs from it.
+	Compared        bool    `json:"compared_with_source,omitempty"`
+	Differ          []int64 `json:"differ,omitempty"`
+	DurationSeconds float64 `json:"duration_seconds"`
 }
 
-// OK reports whether every chunk was found intact.
-func (r VerifyReport) OK() bool { return len(r.Missing) == 0 && len(r.Corrupt) == 0 }
+// OK reports whether every chunk was found intact (and equal to the source).
+func (r VerifyReport) OK() bool {
+	return len(r.Missing) == 0 && len(r.Corrupt) == 0 && len(r.Differ) == 0
+}
 
 // ErrVerifyFailed: a verify found missing or corrupt chunks.
 var ErrVerifyFailed = errors.New("backup is damaged")
 
 // Verify re-reads and re-hashes every distinct chunk a backup names. Missing and
 // corrupt chunks are collected and named in the report; any other error (the store
-// unreachable) ends the verify, since it says nothing about the backup.
-func Verify(ctx context.Context, repo *sinks.Repository, m *sinks.Manifest, concurrency int, progress *Progress) (VerifyReport, error) {
+// unreachable) ends the verify, since it says nothing about the backup. With a
+// source, every chunk position is also compared with it.
+func Verify(ctx context.Context, repo *sinks.Repository, m *sinks.Manifest, src backends.Source, concurrency int, progress *Progress) (VerifyReport, error) {
 	if progress == nil {
 		progress = NewProgress()
 	}
@@ -86,12 +96,23 @@ func Verify(ctx context.Context, repo *sinks.Repository, m *sinks.Manifest, conc
 	if err := g.Wait(); err != nil {
 		return rep, err
 	}
+	if src != nil && len(rep.Missing)+len(rep.Corrupt) == 0 {
+		differ, err := compareWithSource(ctx, repo, m, src, concurrency)
+		if err != nil {
+			return rep, err
+		}
+		rep.Compared, rep.Differ = true, differ
+	}
 	sort.Strings(rep.Missing)
 	sort.Strings(rep.Corrupt)
 	rep.ChunksChecked = len(sizes)
 	rep.BytesChecked = checked.Load()
 	rep.DurationSeconds = time.Since(start).Seconds()
 	if !rep.OK() {
+		if len(rep.Differ) > 0 {
+			return rep, fmt.Errorf("%w: backup %s differs from the source in %d chunks (first at offset %d)", ErrVerifyFailed, m.ID,
+				len(rep.Differ), rep.Differ[0])
+		}
 		return rep, fmt.Errorf("%w: backup %s: %d missing and %d corrupt chunks (first: %s)", ErrVerifyFailed, m.ID,
 			len(rep.Missing), len(rep.Corrupt), firstOf(rep.Corrupt, rep.Missing))
 	}
@@ -105,4 +126,45 @@ func firstOf(lists ...[]string) string {
 		}
 	}
 	return ""
+}
+
+// compareWithSource reads every chunk position of the source and compares it with
+// the backup's content there, returning the offsets that differ.
+func compareWithSource(ctx context.Context, repo *sinks.Repository, m *sinks.Manifest, src backends.Source, concurrency int) ([]int64, error) {
+	if src.Size() != m.Size {
+		return nil, fmt.Errorf("%w: the source has %d bytes, backup %s %d", ErrVerifyFailed, src.Size(), m.ID, m.Size)
+	}
+	var mu sync.Mutex
+	var differ []int64
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(max(concurrency, 1))
+	for i := range m.Chunks {
+		g.Go(func() error {
+			off, n := int64(i)*m.ChunkSize, m.ChunkLen(i)
+			have := make([]byte, n)
+			if _, err := src.ReadAt(have, off); err != nil {
+				return fmt.Errorf("read source at %d: %w", off, err)
+			}
+			same := isZero(have)
+			if m.Chunks[i] != "" {
+				id, _ := sinks.ParseChunkID(m.Chunks[i]) // validated with the manifest
+				want, err := repo.GetChunk(gctx, id)
+				if err != nil {
+					return err
+				}
+				same = bytes.Equal(have, want)
+			}
+			if !same {
+				mu.Lock()
+				differ = append(differ, off)
+				mu.Unlock()
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	slices.Sort(differ)
+	return differ, nil
 }

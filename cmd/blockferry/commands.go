@@ -145,6 +145,7 @@ func newVerifyCommand(g *globals) *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&s.Backup, "backup", "", "backup id to verify")
+	cmd.Flags().Var(sourceFlag{&s.Source}, "source", "also compare the backup with this disk (NBD URI or raw file)")
 	cmd.Flags().IntVar(&s.Options.Concurrency, "concurrency", 0, "chunks in flight (default 8)")
 	return cmd
 }
@@ -211,6 +212,18 @@ func backupView(m *sinks.Manifest) map[string]any {
 		"labels": m.Labels, "stats": m.Stats,
 	}
 }
+
+// sourceFlag sets an optional source endpoint.
+type sourceFlag struct{ e **jobs.Endpoint }
+
+func (f sourceFlag) String() string {
+	if *f.e == nil {
+		return ""
+	}
+	return (*f.e).URI
+}
+func (f sourceFlag) Set(v string) error { *f.e = &jobs.Endpoint{URI: v}; return nil }
+func (f sourceFlag) Type() string       { return "string" }
 
 // required checks flags after the environment and the config file had their say
 // (cobra's own check runs before them).
