@@ -38,9 +38,10 @@ const (
 	// the caller sets no bound.
 	defaultMaxInFlight = 64 << 20
 	// maxRequestSize is the largest read or write sent as one NBD command. Servers
-	// commonly cap payloads at 32 MiB; smaller commands keep many in flight and let
-	// several connections share one large caller request.
-	maxRequestSize = 2 << 20
+	// commonly cap payloads at 32 MiB, but qemu-nbd serves large commands slowly:
+	// nbdcopy with 2 MiB requests reads a 512 MiB image in 1.31 s against 0.52 s
+	// with 256 KiB ones; our backup read it fastest with 512 KiB.
+	maxRequestSize = 512 << 10
 	// maxStatusWindow bounds one block status query: NBD lengths are 32 bits and a
 	// server may spend long on a huge range.
 	maxStatusWindow = 1 << 30
