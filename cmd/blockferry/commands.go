@@ -21,14 +21,7 @@ func newInitCommand(g *globals) *cobra.Command {
 		Short: "Create a repository (encrypted when a key is given); backup also creates one on first use",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			key, err := g.key()
-			if err != nil {
-				return err
-			}
-			if g.repository == "" {
-				return fmt.Errorf("--repository is required")
-			}
-			store, err := sinks.OpenStore(cmd.Context(), g.repository)
+			store, key, err := g.store(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -157,14 +150,7 @@ func newLsCommand(g *globals) *cobra.Command {
 		Short: "List the backups in a repository",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			key, err := g.key()
-			if err != nil {
-				return err
-			}
-			if g.repository == "" {
-				return fmt.Errorf("--repository is required")
-			}
-			store, err := sinks.OpenStore(cmd.Context(), g.repository)
+			store, key, err := g.store(cmd.Context())
 			if err != nil {
 				return err
 			}

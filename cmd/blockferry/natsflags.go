@@ -45,3 +45,13 @@ func (n *natsFlags) connect(name string) (*nats.Conn, jetstream.JetStream, error
 	}
 	return nc, js, nil
 }
+
+// client connects for one command and returns a job client and the function that
+// closes the connection.
+func (n *natsFlags) client(name string) (*worker.Client, func(), error) {
+	nc, js, err := n.connect(name)
+	if err != nil {
+		return nil, nil, err
+	}
+	return worker.NewClient(js, n.topo), nc.Close, nil
+}

@@ -46,12 +46,11 @@ func newSubmitCommand(g *globals) *cobra.Command {
 			if s.Labels, err = parseLabels(labels); err != nil {
 				return err
 			}
-			nc, js, err := n.connect("blockferry-submit")
+			c, closeConn, err := n.client("blockferry-submit")
 			if err != nil {
 				return err
 			}
-			defer nc.Close()
-			c := worker.NewClient(js, n.topo)
+			defer closeConn()
 			isNew, err := c.Submit(cmd.Context(), s)
 			if err != nil {
 				return err
@@ -177,13 +176,13 @@ func newWatchCommand(g *globals) *cobra.Command {
 			if len(args) == 1 {
 				id, replay = args[0], true
 			}
-			nc, js, err := n.connect("blockferry-watch")
+			c, closeConn, err := n.client("blockferry-watch")
 			if err != nil {
 				return err
 			}
-			defer nc.Close()
+			defer closeConn()
 			enc := json.NewEncoder(cmd.OutOrStdout())
-			return worker.NewClient(js, n.topo).Watch(cmd.Context(), id, replay, func(ev worker.Event) bool {
+			return c.Watch(cmd.Context(), id, replay, func(ev worker.Event) bool {
 				if g.json {
 					enc.Encode(ev)
 				} else {
@@ -205,12 +204,12 @@ func newStatusCommand(g *globals) *cobra.Command {
 		Short: "Show a job's latest state",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			nc, js, err := n.connect("blockferry-status")
+			c, closeConn, err := n.client("blockferry-status")
 			if err != nil {
 				return err
 			}
-			defer nc.Close()
-			st, err := worker.NewClient(js, n.topo).Status(cmd.Context(), args[0])
+			defer closeConn()
+			st, err := c.Status(cmd.Context(), args[0])
 			if err != nil {
 				return err
 			}
@@ -236,12 +235,12 @@ func newCancelCommand(g *globals) *cobra.Command {
 		Short: "Cancel a queued or running job",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			nc, js, err := n.connect("blockferry-cancel")
+			c, closeConn, err := n.client("blockferry-cancel")
 			if err != nil {
 				return err
 			}
-			defer nc.Close()
-			if err := worker.NewClient(js, n.topo).Cancel(cmd.Context(), args[0]); err != nil {
+			defer closeConn()
+			if err := c.Cancel(cmd.Context(), args[0]); err != nil {
 				return err
 			}
 			return g.print(cmd.OutOrStdout(), map[string]any{"job_id": args[0], "cancel_requested": true},

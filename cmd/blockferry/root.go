@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -11,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/blockferry/blockferry/jobs"
+	"github.com/blockferry/blockferry/sinks"
 )
 
 // globals are the flags every command takes.
@@ -94,6 +96,20 @@ func (g *globals) key() ([]byte, error) {
 		return []byte(k), nil
 	}
 	return nil, nil
+}
+
+// store opens the --repository store and reads the key, for the commands that
+// work on a repository directly rather than through a job.
+func (g *globals) store(ctx context.Context) (sinks.Store, []byte, error) {
+	key, err := g.key()
+	if err != nil {
+		return nil, nil, err
+	}
+	if g.repository == "" {
+		return nil, nil, fmt.Errorf("--repository is required")
+	}
+	store, err := sinks.OpenStore(ctx, g.repository)
+	return store, key, err
 }
 
 func (g *globals) runner(extra ...jobs.RunnerOption) (*jobs.Runner, error) {
