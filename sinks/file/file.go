@@ -109,6 +109,18 @@ func validName(name string) error {
 
 // Put stores data under name, replacing any existing object atomically.
 func (s *Store) Put(ctx context.Context, name string, data []byte) error {
+	return s.put(ctx, name, data, replace)
+}
+
+// PutIfAbsent stores data under name unless an object is already there, in which
+// case it returns an error wrapping sinks.ErrExists.
+func (s *Store) PutIfAbsent(ctx context.Context, name string, data []byte) error {
+	return s.put(ctx, name, data, linkNew)
+}
+
+// put writes data to a fsynced temporary file, moves it into place with publish,
+// and fsyncs the directory, so that the object is either whole or absent.
+func (s *Store) put(ctx context.Context, name string, data []byte, publish func(tmp, p string) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -117,51 +129,42 @@ func (s *Store) Put(ctx context.Context, name string, data []byte) error {
 		return err
 	}
 	tmp, err := s.writeTemp(p, data)
+	if err == nil {
+		err = publish(tmp, p)
+	}
+	if err == nil {
+		// One fsync covers the new name and the removed temporary one.
+		err = syncDir(filepath.Dir(p))
+	}
 	if err != nil {
-		return fmt.Errorf("%s: put %q: %w", s.Location(), name, err)
-	}
-	if err := os.Rename(tmp, p); err != nil {
-		_ = os.Remove(tmp)
-		return fmt.Errorf("%s: put %q: %w", s.Location(), name, err)
-	}
-	if err := syncDir(filepath.Dir(p)); err != nil {
 		return fmt.Errorf("%s: put %q: %w", s.Location(), name, err)
 	}
 	return nil
 }
 
-// PutIfAbsent stores data under name unless an object is already there, in which
-// case it returns an error wrapping sinks.ErrExists. link(2) fails with EEXIST when
-// the target exists, which makes the check and the write one atomic step, also
-// between processes; rename(2) would silently replace.
-func (s *Store) PutIfAbsent(ctx context.Context, name string, data []byte) error {
-	if err := ctx.Err(); err != nil {
+// replace renames tmp over p.
+func replace(tmp, p string) error {
+	if err := os.Rename(tmp, p); err != nil {
+		_ = os.Remove(tmp)
 		return err
 	}
-	p, err := s.path(name)
-	if err != nil {
-		return err
-	}
-	tmp, err := s.writeTemp(p, data)
-	if err != nil {
-		return fmt.Errorf("%s: put %q: %w", s.Location(), name, err)
-	}
+	return nil
+}
+
+// linkNew links tmp as p only if p does not exist: link(2) fails with EEXIST when
+// it does, which makes the check and the write one atomic step, also between
+// processes (rename(2) would silently replace). The temporary name goes away
+// whatever happened.
+func linkNew(tmp, p string) error {
 	linkErr := os.Link(tmp, p)
-	// The temp name goes away whatever happened; after a successful link the data
-	// lives on under p.
 	rmErr := os.Remove(tmp)
-	if linkErr != nil {
-		if errors.Is(linkErr, fs.ErrExist) {
-			return fmt.Errorf("%s: put %q: %w", s.Location(), name, sinks.ErrExists)
-		}
-		return fmt.Errorf("%s: put %q: %w", s.Location(), name, linkErr)
-	}
-	if rmErr != nil {
-		return fmt.Errorf("%s: put %q: removing temporary file: %w", s.Location(), name, rmErr)
-	}
-	// One fsync covers both the new link and the removed temp name.
-	if err := syncDir(filepath.Dir(p)); err != nil {
-		return fmt.Errorf("%s: put %q: %w", s.Location(), name, err)
+	switch {
+	case errors.Is(linkErr, fs.ErrExist):
+		return sinks.ErrExists
+	case linkErr != nil:
+		return linkErr
+	case rmErr != nil:
+		return fmt.Errorf("removing temporary file: %w", rmErr)
 	}
 	return nil
 }
