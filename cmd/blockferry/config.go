@@ -25,8 +25,60 @@ func envName(flag string) string {
 	return "BLOCKFERRY_" + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))
 }
 
-// noEnv are flags that take no value from the environment or the file.
-var noEnv = map[string]bool{"help": true, "config": true, "cpu-profile": true, "json": true}
+// Only settings take values from the environment and the file: the worker's
+// flags, NATS connection flags, the repository and its key. The flags that
+// describe one job (backup --disk, submit --rate-limit, …) do not, so that a
+// worker's environment never leaks into the jobs a shell next to it submits.
+const envAnnotation = "blockferry/env"
+
+// settings marks flags of fs as settings: all of them when no name is given.
+func settings(fs *pflag.FlagSet, names ...string) {
+	mark := func(f *pflag.Flag) {
+		if f.Name != "help" {
+			_ = fs.SetAnnotation(f.Name, envAnnotation, []string{envName(f.Name)})
+		}
+	}
+	if len(names) == 0 {
+		fs.VisitAll(mark)
+		return
+	}
+	for _, n := range names {
+		if f := fs.Lookup(n); f != nil {
+			mark(f)
+		}
+	}
+}
+
+// takesEnv reports whether f is a setting.
+func takesEnv(f *pflag.Flag) bool {
+	_, ok := f.Annotations[envAnnotation]
+	return ok
+}
+
+// settingNames are the settings of every command: a file may be shared by the
+// worker and the commands used next to it, so a key is a typo only when no command
+// knows it.
+func settingNames(root *cobra.Command) map[string]bool {
+	names := map[string]bool{}
+	var walk func(c *cobra.Command)
+	walk = func(c *cobra.Command) {
+		c.Flags().VisitAll(func(f *pflag.Flag) {
+			if takesEnv(f) {
+				names[f.Name] = true
+			}
+		})
+		c.PersistentFlags().VisitAll(func(f *pflag.Flag) {
+			if takesEnv(f) {
+				names[f.Name] = true
+			}
+		})
+		for _, sub := range c.Commands() {
+			walk(sub)
+		}
+	}
+	walk(root)
+	return names
+}
 
 // annotateEnv appends each flag's environment variable to its help text, so that
 // --help lists everything a deployment can set.
@@ -36,7 +88,7 @@ func annotateEnv(root *cobra.Command) {
 	walk = func(c *cobra.Command) {
 		for _, fs := range []*pflag.FlagSet{c.LocalNonPersistentFlags(), c.PersistentFlags()} {
 			fs.VisitAll(func(f *pflag.Flag) {
-				if !noEnv[f.Name] && !seen[f] {
+				if takesEnv(f) && !seen[f] {
 					seen[f] = true
 					f.Usage += " (env " + envName(f.Name) + ")"
 				}
@@ -62,11 +114,9 @@ func applyConfig(cmd *cobra.Command, file string) error {
 			return fmt.Errorf("config file %s: %w", file, err)
 		}
 	}
-	known := map[string]bool{}
 	var errs []string
 	cmd.Flags().VisitAll(func(f *pflag.Flag) {
-		known[f.Name] = true
-		if f.Changed || noEnv[f.Name] {
+		if f.Changed || !takesEnv(f) {
 			return
 		}
 		if v, ok := os.LookupEnv(envName(f.Name)); ok && v != "" {
@@ -81,9 +131,10 @@ func applyConfig(cmd *cobra.Command, file string) error {
 			}
 		}
 	})
+	known := settingNames(cmd.Root())
 	for k := range values {
 		if !known[k] {
-			errs = append(errs, fmt.Sprintf("%s: unknown setting %q for %s", file, k, cmd.CommandPath()))
+			errs = append(errs, fmt.Sprintf("%s: unknown setting %q", file, k))
 		}
 	}
 	if len(errs) > 0 {

@@ -30,6 +30,7 @@ func newHealthcheckCommand() *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&addr, "http", "127.0.0.1:9090", "address of the worker's HTTP endpoint")
+	settings(cmd.Flags()) // BLOCKFERRY_HTTP: the worker's own setting finds it
 	return cmd
 }
 

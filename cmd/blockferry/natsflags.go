@@ -27,6 +27,7 @@ func (n *natsFlags) register(f *pflag.FlagSet, defaultURL string) {
 	f.StringVar(&n.conn.CertFile, "nats-cert", "", "client certificate for NATS TLS")
 	f.StringVar(&n.conn.KeyFile, "nats-key", "", "client key for NATS TLS")
 	f.StringVar(&n.topo.Prefix, "subject-prefix", worker.DefaultPrefix, "prefix of job and event subjects")
+	settings(f, "nats-url", "nats-creds", "nats-nkey", "nats-user", "nats-ca", "nats-cert", "nats-key", "subject-prefix")
 	// Secrets are read from the environment only, so they never show in ps.
 	n.conn.Password = os.Getenv("BLOCKFERRY_NATS_PASSWORD")
 	n.conn.Token = os.Getenv("BLOCKFERRY_NATS_TOKEN")

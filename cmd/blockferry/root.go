@@ -69,6 +69,7 @@ func newRootCommand() *cobra.Command {
 	}
 	root.PersistentPostRunE = func(*cobra.Command, []string) error { return g.stopProfile() }
 	pf.StringVar(&g.keyFile, "key-file", "", "file holding the repository encryption key (or the key itself in BLOCKFERRY_KEY)")
+	settings(pf, "repository", "key-file")
 	root.AddCommand(
 		newInitCommand(g), newBackupCommand(g), newRestoreCommand(g), newVerifyCommand(g), newLsCommand(g),
 		newWorkerCommand(g), newSubmitCommand(g), newWatchCommand(g), newStatusCommand(g), newCancelCommand(g),

@@ -119,7 +119,11 @@ func newWorkerCommand(g *globals) *cobra.Command {
 						return nil
 					},
 				}
-				addr, _, err := metrics.Serve(cmd.Context(), httpAddr, metrics.Handler(m, checks))
+				// Served until the worker has drained, not until the signal: metrics and
+				// health stay visible while running jobs finish (/readyz says 503).
+				httpCtx, stopHTTP := context.WithCancel(context.WithoutCancel(cmd.Context()))
+				defer stopHTTP()
+				addr, _, err := metrics.Serve(httpCtx, httpAddr, metrics.Handler(m, checks))
 				if err != nil {
 					return fmt.Errorf("--http: %w", err)
 				}
@@ -145,6 +149,7 @@ func newWorkerCommand(g *globals) *cobra.Command {
 	f.DurationVar(&n.topo.EventsMaxAge, "events-max-age", n.topo.EventsMaxAge, "how long events and job status are kept")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&httpAddr, "http", "", "address for /metrics, /healthz and /readyz, e.g. 0.0.0.0:9090 (off when empty)")
+	settings(f)
 	return cmd
 }
 
