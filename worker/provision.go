@@ -61,7 +61,14 @@ func Provision(ctx context.Context, js jetstream.JetStream, t Topology) error {
 		{Bucket: t.StatusBucket, Description: "blockferry job status", History: 1, Replicas: t.Replicas, TTL: t.EventsMaxAge},
 		{Bucket: t.CancelBucket, Description: "blockferry cancellation requests", History: 1, Replicas: t.Replicas, TTL: t.EventsMaxAge},
 	} {
-		if _, err := js.CreateOrUpdateKeyValue(ctx, b); err != nil {
+		// An existing bucket is left as it is: a worker started with other
+		// settings (say --replicas 1 against a cluster) must not reshape it.
+		if _, err := js.KeyValue(ctx, b.Bucket); err == nil {
+			continue
+		} else if !errors.Is(err, jetstream.ErrBucketNotFound) {
+			return fmt.Errorf("bucket %s: %w", b.Bucket, err)
+		}
+		if _, err := js.CreateKeyValue(ctx, b); err != nil && !errors.Is(err, jetstream.ErrBucketExists) {
 			return fmt.Errorf("bucket %s: %w", b.Bucket, err)
 		}
 	}
