@@ -54,7 +54,9 @@ type Recorder interface {
 	// retrying or requeued; code is the error code of a failure.
 	JobFinished(kind, outcome, code string, d time.Duration)
 	Heartbeat(err error)
-	Bytes(read, written, deduplicated int64)
+	// Bytes counts what a job of kind read and wrote: for a backup, the source and
+	// the repository; for a restore, the repository and the target.
+	Bytes(kind string, read, written, deduplicated int64)
 }
 
 type nopRecorder struct{}
@@ -62,7 +64,7 @@ type nopRecorder struct{}
 func (nopRecorder) JobStarted(string)                                 {}
 func (nopRecorder) JobFinished(string, string, string, time.Duration) {}
 func (nopRecorder) Heartbeat(error)                                   {}
-func (nopRecorder) Bytes(int64, int64, int64)                         {}
+func (nopRecorder) Bytes(string, int64, int64, int64)                 {}
 
 // WithMetrics reports jobs, heartbeats and bytes to r.
 func WithMetrics(r Recorder) Option { return func(c *config) { c.metrics = r } }
@@ -415,7 +417,7 @@ func (w *Worker) heartbeats(ctx context.Context, j *jobRun, p *jobs.Progress) fu
 func (j *jobRun) countBytes(m Recorder, s jobs.ProgressSnapshot) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	m.Bytes(s.BytesRead-j.counted.BytesRead, s.BytesWritten-j.counted.BytesWritten, s.BytesDeduplicated-j.counted.BytesDeduplicated)
+	m.Bytes(j.spec.Kind, s.BytesRead-j.counted.BytesRead, s.BytesWritten-j.counted.BytesWritten, s.BytesDeduplicated-j.counted.BytesDeduplicated)
 	j.counted = s
 }
 

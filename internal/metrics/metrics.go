@@ -49,7 +49,7 @@ func New() *Metrics {
 	m.HeartbeatFails = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "heartbeat_errors_total",
 		Help: "InProgress heartbeats that failed."})
 	m.BytesTotal = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "bytes_total",
-		Help: "Bytes read from sources, written to repositories (after compression) and deduplicated, by direction."}, []string{"direction"})
+		Help: "Bytes jobs read, wrote and deduplicated, by job kind and direction: a backup reads its source and writes the repository (after compression), a restore reads the repository and writes its target."}, []string{"kind", "direction"})
 	m.NBDLatency = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Name: "source_request_duration_seconds",
 		Help:    "Latency of source (NBD or file) requests, by operation.",
 		Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10)}, []string{"op"})
@@ -109,8 +109,8 @@ func (m *Metrics) Heartbeat(err error) {
 }
 
 // Bytes adds to the byte counters (worker.Recorder).
-func (m *Metrics) Bytes(read, written, deduplicated int64) {
-	m.BytesTotal.WithLabelValues("read").Add(float64(read))
-	m.BytesTotal.WithLabelValues("written").Add(float64(written))
-	m.BytesTotal.WithLabelValues("deduplicated").Add(float64(deduplicated))
+func (m *Metrics) Bytes(kind string, read, written, deduplicated int64) {
+	m.BytesTotal.WithLabelValues(kind, "read").Add(float64(read))
+	m.BytesTotal.WithLabelValues(kind, "written").Add(float64(written))
+	m.BytesTotal.WithLabelValues(kind, "deduplicated").Add(float64(deduplicated))
 }
