@@ -7,7 +7,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"runtime"
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/zeebo/blake3"
@@ -57,25 +56,16 @@ var ErrKeyRequired = errors.New("repository is encrypted: an encryption key is r
 type codec struct {
 	idKey []byte      // nil: unkeyed BLAKE3
 	aead  cipher.AEAD // nil: no encryption
-	enc   *zstd.Encoder
+	enc   zstdEncoder
 	dec   *zstd.Decoder
 }
 
 func newCodec(keys *dataKeys) (*codec, error) {
-	// No zstd checksum: every chunk is checked against its id (and authenticated
-	// when encrypted) on read, which covers what a frame CRC would.
-	// EncodeAll takes an encoder from a pool of this size: one per core, so that
-	// chunks are compressed in parallel.
-	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderCRC(false),
-		zstd.WithEncoderConcurrency(runtime.GOMAXPROCS(0)))
-	if err != nil {
-		return nil, err
-	}
 	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(0), zstd.WithDecoderMaxMemory(1<<30))
 	if err != nil {
 		return nil, err
 	}
-	c := &codec{enc: enc, dec: dec}
+	c := &codec{dec: dec}
 	if keys != nil {
 		block, err := aes.NewCipher(keys.Encryption[:])
 		if err != nil {
@@ -129,7 +119,7 @@ func (c *codec) Seal(dst, plaintext []byte, aad string, compress bool) []byte {
 	stored := false
 	if compress {
 		dst[header] = compressionZstd
-		dst = c.enc.EncodeAll(plaintext, dst)
+		dst = c.enc.appendCompressed(dst, plaintext)
 		// Incompressible data is stored as it is: reading it back then costs nothing.
 		stored = len(dst)-header-1 < len(plaintext)-len(plaintext)/32
 	}
