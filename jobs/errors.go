@@ -15,6 +15,10 @@ import (
 // ErrParentNotFound: the parent of an incremental backup is not in the repository.
 var ErrParentNotFound = errors.New("parent backup not found")
 
+// ErrDeliveriesExhausted: every delivery of a job ended without an outcome (the
+// workers that took it died or missed their heartbeats).
+var ErrDeliveriesExhausted = errors.New("job deliveries exhausted")
+
 // Failure is a classified error, as it goes into a failed event.
 type Failure struct {
 	Code      string `json:"code"`
@@ -37,6 +41,7 @@ const (
 	CodeVerifyFailed      = "verify_failed"
 	CodeTargetTooSmall    = "target_too_small"
 	CodeCancelled         = "cancelled"
+	CodeExhausted         = "deliveries_exhausted"
 	CodeTimeout           = "timeout"
 	CodeIO                = "io_error"
 	CodeInternal          = "internal"
@@ -50,6 +55,7 @@ var classes = []struct {
 	retryable bool
 }{
 	{ErrInvalid, CodeInvalidJob, false},
+	{ErrDeliveriesExhausted, CodeExhausted, false},
 	{backends.ErrUnsupportedScheme, CodeInvalidJob, false},
 	{ErrParentNotFound, CodeParentNotFound, false},
 	{ErrParentMismatch, CodeParentMismatch, false},

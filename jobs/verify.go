@@ -71,7 +71,7 @@ func Verify(ctx context.Context, repo *sinks.Repository, m *sinks.Manifest, src 
 		}
 		g.Go(func() error {
 			defer progress.bytesDone.Add(n)
-			data, err := repo.GetChunk(gctx, id)
+			data, err := repo.GetChunk(gctx, id, nil)
 			if err == nil && int64(len(data)) != n {
 				err = fmt.Errorf("%w: %d bytes, want %d", sinks.ErrCorrupt, len(data), n)
 			}
@@ -148,7 +148,7 @@ func compareWithSource(ctx context.Context, repo *sinks.Repository, m *sinks.Man
 			same := isZero(have)
 			if m.Chunks[i] != "" {
 				id, _ := sinks.ParseChunkID(m.Chunks[i]) // validated with the manifest
-				want, err := repo.GetChunk(gctx, id)
+				want, err := repo.GetChunk(gctx, id, nil)
 				if err != nil {
 					return err
 				}

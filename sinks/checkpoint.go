@@ -57,7 +57,7 @@ func (r *Repository) LoadCheckpoint(ctx context.Context, jobID string) (*Checkpo
 	if err != nil {
 		return nil, fmt.Errorf("checkpoint of job %s: %w", jobID, err)
 	}
-	data, err := r.codec.Open(obj, checkpointAAD(jobID))
+	data, err := r.codec.Open(obj, checkpointAAD(jobID), nil)
 	if err != nil {
 		return nil, fmt.Errorf("checkpoint of job %s: %w", jobID, err)
 	}

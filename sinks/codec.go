@@ -135,8 +135,10 @@ func (c *codec) Seal(dst, plaintext []byte, aad string, compress bool) []byte {
 	return c.aead.Seal(dst[:header], nonce, dst[header:], []byte(aad))
 }
 
-// Open decodes a stored object into its plaintext.
-func (c *codec) Open(obj []byte, aad string) ([]byte, error) {
+// Open decodes a stored object into its plaintext, decompressing into dst's
+// capacity when it is enough (a restore reuses its buffers: fresh 4 MiB ones cost
+// more in page faults than decompression does). It decrypts obj in place.
+func (c *codec) Open(obj []byte, aad string, dst []byte) ([]byte, error) {
 	if len(obj) < 2 {
 		return nil, fmt.Errorf("%w: %d bytes", ErrCorrupt, len(obj))
 	}
@@ -156,7 +158,7 @@ func (c *codec) Open(obj []byte, aad string) ([]byte, error) {
 			return nil, fmt.Errorf("%w: short encrypted object", ErrCorrupt)
 		}
 		var err error
-		inner, err = c.aead.Open(nil, obj[1:1+ns], obj[1+ns:], []byte(aad))
+		inner, err = c.aead.Open(obj[1+ns:1+ns], obj[1:1+ns], obj[1+ns:], []byte(aad))
 		if err != nil {
 			return nil, fmt.Errorf("%w: authentication failed", ErrCorrupt)
 		}
@@ -167,7 +169,7 @@ func (c *codec) Open(obj []byte, aad string) ([]byte, error) {
 	case compressionNone:
 		return inner[1:], nil
 	case compressionZstd:
-		out, err := c.dec.DecodeAll(inner[1:], nil)
+		out, err := c.dec.DecodeAll(inner[1:], dst[:0])
 		if err != nil {
 			return nil, fmt.Errorf("%w: zstd: %v", ErrCorrupt, err)
 		}

@@ -66,10 +66,11 @@ func BenchmarkOpen(b *testing.B) {
 	for name, data := range benchChunks() {
 		c, _ := newCodec(nil)
 		obj := c.Seal(nil, data, "chunk:x", true)
+		buf := make([]byte, 0, len(data))
 		b.Run(name, func(b *testing.B) {
 			b.SetBytes(int64(len(data)))
 			for b.Loop() {
-				if _, err := c.Open(obj, "chunk:x"); err != nil {
+				if _, err := c.Open(obj, "chunk:x", buf); err != nil {
 					b.Fatal(err)
 				}
 			}

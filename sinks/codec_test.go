@@ -26,12 +26,12 @@ func TestCodecRoundTrip(t *testing.T) {
 		for _, data := range [][]byte{text, noise} {
 			for _, compress := range []bool{false, true} {
 				obj := c.Seal(nil, data, "chunk:x", compress)
-				got, err := c.Open(obj, "chunk:x")
+				got, err := c.Open(obj, "chunk:x", nil)
 				if err != nil || !bytes.Equal(got, data) {
 					t.Fatalf("keys %v compress %v: round trip failed: %v", k != nil, compress, err)
 				}
 				if k != nil {
-					if _, err := c.Open(obj, "chunk:y"); !errors.Is(err, ErrCorrupt) {
+					if _, err := c.Open(obj, "chunk:y", nil); !errors.Is(err, ErrCorrupt) {
 						t.Errorf("object opened under another name: %v", err)
 					}
 				}

@@ -211,13 +211,14 @@ func (r *Repository) PutChunk(ctx context.Context, data []byte, compress bool) (
 	return PutResult{ID: id, Stored: v.(int)}, nil
 }
 
-// GetChunk reads a chunk and checks it against its id.
-func (r *Repository) GetChunk(ctx context.Context, id ChunkID) ([]byte, error) {
+// GetChunk reads a chunk and checks it against its id. The plaintext goes into
+// buf's capacity when it fits (it may be nil).
+func (r *Repository) GetChunk(ctx context.Context, id ChunkID, buf []byte) ([]byte, error) {
 	obj, err := r.store.Get(ctx, chunkName(id))
 	if err != nil {
 		return nil, fmt.Errorf("chunk %s: %w", id, err)
 	}
-	data, err := r.codec.Open(obj, chunkAAD(id))
+	data, err := r.codec.Open(obj, chunkAAD(id), buf)
 	if err != nil {
 		return nil, fmt.Errorf("chunk %s: %w", id, err)
 	}
@@ -265,7 +266,7 @@ func (r *Repository) Manifest(ctx context.Context, id string) (*Manifest, error)
 	if err != nil {
 		return nil, fmt.Errorf("backup %s: %w", id, err)
 	}
-	data, err := r.codec.Open(obj, manifestAAD(id))
+	data, err := r.codec.Open(obj, manifestAAD(id), nil)
 	if err != nil {
 		return nil, fmt.Errorf("backup %s: manifest: %w", id, err)
 	}

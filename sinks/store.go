@@ -17,7 +17,8 @@ type Store interface {
 	// PutIfAbsent stores data under name only if nothing is there yet; it returns
 	// ErrExists otherwise. Manifests and the config are written this way.
 	PutIfAbsent(ctx context.Context, name string, data []byte) error
-	// Get returns the whole object; ErrNotFound if there is none.
+	// Get returns the whole object in a new slice the caller owns (it may modify
+	// it); ErrNotFound if there is none.
 	Get(ctx context.Context, name string) ([]byte, error)
 	// Exists reports whether an object is stored under name.
 	Exists(ctx context.Context, name string) (bool, error)
