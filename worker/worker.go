@@ -145,6 +145,12 @@ func (w *Worker) Run(ctx context.Context) error {
 	defer stopJobs(errShutdown)
 	go w.watchCancellations(jobsCtx)
 
+	stopWatching, err := w.watchExhausted(jobsCtx, w.js.Conn())
+	if err != nil {
+		return err
+	}
+	defer stopWatching()
+
 	w.setReady(true)
 	slots := make(chan struct{}, w.cfg.slots)
 	var wg sync.WaitGroup

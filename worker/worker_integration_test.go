@@ -603,3 +603,35 @@ func TestSIGTERM(t *testing.T) {
 	e.restoreAndCheck("term-handback-restore", done.Data.Backup, want2)
 	e.waitDrained()
 }
+
+// TestDeliveriesExhausted: a job whose every attempt dies with its worker still
+// ends in exactly one failed event, from a worker that hears JetStream's
+// max-deliveries advisory, and leaves the queue.
+func TestDeliveriesExhausted(t *testing.T) {
+	e := newProcessEnv(t)
+	uri, _ := randomDisk(t, filepath.Join(e.dir, "disk.raw"), 32*mib, 5)
+	flags := []string{"--ack-wait", "2s", "--max-deliver", "2"}
+	id := "doomed-1"
+	for attempt, name := range []string{"wa", "wb"} {
+		p := e.startWorkerProc(name, flags...)
+		if attempt == 0 { // the first worker provisions the streams
+			e.submit("backup", id, backupJob(id, "vm-5/vda", uri, slowJob))
+		}
+		e.waitEvents(id, 30*time.Second, func(evs []cloudEvent) bool { return len(ofType(evs, typeStarted)) > attempt })
+		p.signal(syscall.SIGKILL)
+		p.wait(10 * time.Second)
+	}
+	e.startWorkerProc("wc", flags...)
+	evs := e.waitEnd(id, 30*time.Second)
+	failed := terminalOnly(t, evs, typeFailed)
+	if failed.Data.Error == nil || failed.Data.Error.Code != "deliveries_exhausted" || failed.Data.Error.Retryable {
+		t.Errorf("failed event %+v, want code deliveries_exhausted", failed.Data.Error)
+	}
+	if n := len(ofType(evs, typeStarted)); n != 2 {
+		t.Errorf("%d started events, want 2", n)
+	}
+	if st := e.status(id); st.State != worker.StateFailed {
+		t.Errorf("status %+v, want failed", st)
+	}
+	e.waitDrained()
+}
