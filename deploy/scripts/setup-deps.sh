@@ -37,7 +37,7 @@ SRC
 install_packages() {
 	local pkgs=(libnbd-dev pkg-config gcc zip unzip ca-certificates dpkg-dev)
 	if [ "$build_only" -eq 0 ]; then
-		pkgs+=(qemu-utils nbdkit libnbd-bin)
+		pkgs+=(qemu-utils nbdkit libnbd-bin curl python3 time) # the last three for make bench
 	fi
 	local missing=()
 	for p in "${pkgs[@]}"; do
