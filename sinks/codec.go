@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/zeebo/blake3"
@@ -57,15 +58,27 @@ type codec struct {
 	idKey []byte      // nil: unkeyed BLAKE3
 	aead  cipher.AEAD // nil: no encryption
 	enc   zstdEncoder
-	dec   *zstd.Decoder
+	// Two decoders, because the most a decoded object may grow to differs: a chunk
+	// is at most MaxChunkSize, so a crafted one cannot inflate to gigabytes, while a
+	// manifest of a large disk at a small chunk size runs to gigabytes of JSON.
+	chunkDec *zstd.Decoder
+	metaDec  *zstd.Decoder
 }
 
+// MaxMetadataSize bounds a decoded manifest or checkpoint: about 120 million chunk
+// positions (480 TiB of disk at 4 MiB chunks, 7 TiB at 64 KiB).
+const MaxMetadataSize = 8 << 30
+
 func newCodec(keys *dataKeys) (*codec, error) {
-	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(0), zstd.WithDecoderMaxMemory(1<<30))
+	chunkDec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(0), zstd.WithDecoderMaxMemory(MaxChunkSize+1))
 	if err != nil {
 		return nil, err
 	}
-	c := &codec{dec: dec}
+	metaDec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(MaxMetadataSize))
+	if err != nil {
+		return nil, err
+	}
+	c := &codec{chunkDec: chunkDec, metaDec: metaDec}
 	if keys != nil {
 		block, err := aes.NewCipher(keys.Encryption[:])
 		if err != nil {
@@ -139,6 +152,10 @@ func (c *codec) Seal(dst, plaintext []byte, aad string, compress bool) []byte {
 // capacity when it is enough (a restore reuses its buffers: fresh 4 MiB ones cost
 // more in page faults than decompression does). It decrypts obj in place.
 func (c *codec) Open(obj []byte, aad string, dst []byte) ([]byte, error) {
+	dec := c.metaDec
+	if strings.HasPrefix(aad, "chunk:") {
+		dec = c.chunkDec
+	}
 	if len(obj) < 2 {
 		return nil, fmt.Errorf("%w: %d bytes", ErrCorrupt, len(obj))
 	}
@@ -169,7 +186,7 @@ func (c *codec) Open(obj []byte, aad string, dst []byte) ([]byte, error) {
 	case compressionNone:
 		return inner[1:], nil
 	case compressionZstd:
-		out, err := c.dec.DecodeAll(inner[1:], dst[:0])
+		out, err := dec.DecodeAll(inner[1:], dst[:0])
 		if err != nil {
 			return nil, fmt.Errorf("%w: zstd: %v", ErrCorrupt, err)
 		}

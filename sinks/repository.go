@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"path"
 	"regexp"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -193,12 +194,13 @@ func (r *Repository) PutChunk(ctx context.Context, data []byte, compress bool) (
 			buf = new([]byte)
 		}
 		obj := r.codec.Seal(*buf, data, chunkAAD(id), compress)
-		err = r.store.Put(ctx, name, obj)
-		*buf = obj
-		r.sealBufs.Put(buf) // stores do not keep data after Put returns
-		if err != nil {
+		if err := r.store.Put(ctx, name, obj); err != nil {
+			// Not recycled: after a failed request an HTTP transport may still be
+			// reading the body.
 			return 0, err
 		}
+		*buf = obj
+		r.sealBufs.Put(buf) // a store keeps nothing of data after a successful Put
 		r.known.Store(id, struct{}{})
 		return len(obj), nil
 	})
@@ -247,8 +249,19 @@ func (r *Repository) PutManifest(ctx context.Context, m *Manifest) error {
 	if err != nil {
 		return err
 	}
+	if len(data) > MaxMetadataSize {
+		return fmt.Errorf("manifest %s: %d bytes is more than a reader accepts (%d): use a larger chunk size", m.ID, len(data), MaxMetadataSize)
+	}
 	obj := r.codec.Seal(nil, data, manifestAAD(m.ID), true)
-	if err := r.store.PutIfAbsent(ctx, manifestName(m.ID), obj); err != nil {
+	err = r.store.PutIfAbsent(ctx, manifestName(m.ID), obj)
+	if errors.Is(err, ErrExists) {
+		// A conditional put retried after a lost answer finds its own object: the
+		// manifest is ours if it says what we wrote.
+		if have, gerr := r.Manifest(ctx, m.ID); gerr == nil && have.JobID == m.JobID && slices.Equal(have.Chunks, m.Chunks) {
+			return nil
+		}
+	}
+	if err != nil {
 		return fmt.Errorf("write manifest %s: %w", m.ID, err)
 	}
 	return nil
