@@ -15,8 +15,13 @@ import (
 
 // BackupParams describe one backup run.
 type BackupParams struct {
-	ID     string // the new backup's id; NewBackupID() when empty
-	JobID  string
+	ID    string // the new backup's id; NewBackupID() when empty
+	JobID string
+	// Resume keeps a checkpoint under JobID, so that a retry of the job continues
+	// where this attempt stopped and a redelivered job never makes two backups.
+	Resume bool
+	// Source is the device URI, recorded in the checkpoint.
+	Source string
 	Disk   string
 	Bitmap string // dirty bitmap the source was opened with; empty for a full backup
 	// Parent is the backup an incremental is taken against; nil for a full backup.
@@ -87,7 +92,7 @@ func Backup(ctx context.Context, repo *sinks.Repository, src backends.Source, p 
 	}
 	m.Chunks = make([]string, sinks.ChunkCount(m.Size, m.ChunkSize))
 	progress.bytesTotal.Store(m.Size)
-	rs, finished, err := resume(ctx, repo, m)
+	rs, finished, err := resume(ctx, repo, m, p)
 	if err != nil {
 		return nil, err
 	}
@@ -207,6 +212,9 @@ func (c *backupCounters) stats(m *sinks.Manifest) sinks.BackupStats {
 
 func backupChunk(ctx context.Context, repo *sinks.Repository, src backends.Source, m *sinks.Manifest, p BackupParams,
 	rs *resumeState, t chunkTask, buf []byte, st *backupCounters, progress *Progress) error {
+	if err := ctx.Err(); err != nil { // a failed sibling: read no more
+		return err
+	}
 	n := m.ChunkLen(t.index)
 	defer progress.bytesDone.Add(n)
 	if id, ok := rs.stored(t.index); ok && t.action == actionRead {

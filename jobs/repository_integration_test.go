@@ -270,3 +270,16 @@ func TestVerifyAgainstSource(t *testing.T) {
 		t.Fatalf("verify against the changed disk: %+v, %v; want chunk at %d", res.Verify, err, 5*mib)
 	}
 }
+
+// TestKeyOnUnencryptedRepository: a worker configured with a key refuses to write
+// unencrypted backups into a repository created without one.
+func TestKeyOnUnencryptedRepository(t *testing.T) {
+	uri := "file://" + filepath.Join(t.TempDir(), "repo")
+	disk, _ := rawDisk(t, 4*mib)
+	fullBackupOfFile(t, jobs.NewRunner(jobs.WithDefaultRepository(uri)), disk)
+	keyed := jobs.NewRunner(jobs.WithDefaultRepository(uri), jobs.WithKey([]byte("a key for this repo")))
+	_, err := runSpec(t, keyed, jobs.Spec{ID: "b", Kind: jobs.KindBackup, Disk: "vm1/vda", Source: &jobs.Endpoint{URI: "file://" + disk}})
+	if f := jobs.Classify(err); f.Code != jobs.CodeKey {
+		t.Fatalf("backup with a key into an unencrypted repository: %v (%s)", err, f.Code)
+	}
+}

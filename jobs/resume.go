@@ -33,16 +33,16 @@ type resumeState struct {
 // disk, size, chunk size, parent and bitmap), m takes the earlier attempt's backup
 // id, so a retried job never makes two backups. It returns the finished manifest
 // when the earlier attempt got as far as writing it.
-func resume(ctx context.Context, repo *sinks.Repository, m *sinks.Manifest) (*resumeState, *sinks.Manifest, error) {
+func resume(ctx context.Context, repo *sinks.Repository, m *sinks.Manifest, p BackupParams) (*resumeState, *sinks.Manifest, error) {
 	rs := &resumeState{repo: repo}
-	if m.JobID == "" {
+	if !p.Resume || m.JobID == "" {
 		return rs, nil, nil
 	}
-	cp, err := repo.LoadCheckpoint(ctx, m.JobID)
-	if err != nil {
-		return nil, nil, err
-	}
-	if cp != nil && cp.Disk == m.Disk && cp.Size == m.Size && cp.ChunkSize == m.ChunkSize && cp.Parent == m.Parent && cp.Bitmap == m.Bitmap {
+	// A checkpoint only saves work: one that cannot be read (damaged, written with
+	// another key) is ignored and the backup starts over, under a new id.
+	cp, _ := repo.LoadCheckpoint(ctx, m.JobID)
+	if cp != nil && cp.Source == p.Source && cp.Disk == m.Disk && cp.Size == m.Size && cp.ChunkSize == m.ChunkSize &&
+		cp.Parent == m.Parent && cp.Bitmap == m.Bitmap {
 		done, err := repo.Manifest(ctx, cp.BackupID)
 		if err == nil {
 			return nil, done, nil
@@ -54,11 +54,18 @@ func resume(ctx context.Context, repo *sinks.Repository, m *sinks.Manifest) (*re
 		rs.prev = cp.Done
 	}
 	rs.cp = &sinks.Checkpoint{
-		JobID: m.JobID, BackupID: m.ID, Disk: m.Disk, Size: m.Size, ChunkSize: m.ChunkSize,
+		JobID: m.JobID, BackupID: m.ID, Source: p.Source, Disk: m.Disk, Size: m.Size, ChunkSize: m.ChunkSize,
 		Parent: m.Parent, Bitmap: m.Bitmap, Started: m.Started, Done: map[int]string{},
 	}
 	for i, id := range rs.prev {
 		rs.cp.Done[i] = id
+	}
+	// The backup id is recorded before any chunk, so that even a backup that reads
+	// nothing (a clean incremental) is found again if its worker dies after
+	// writing the manifest.
+	rs.dirty = true
+	if err := rs.save(ctx); err != nil {
+		return nil, nil, err
 	}
 	return rs, nil, nil
 }
@@ -99,6 +106,9 @@ func (rs *resumeState) save(ctx context.Context) error {
 	rs.mu.Unlock()
 	cp.Updated = time.Now().UTC()
 	if err := rs.repo.PutCheckpoint(ctx, &cp); err != nil {
+		rs.mu.Lock()
+		rs.dirty = true // try again at the next save
+		rs.mu.Unlock()
 		return fmt.Errorf("checkpoint: %w", err)
 	}
 	return nil

@@ -56,7 +56,7 @@ func TestResumeAfterInterruption(t *testing.T) {
 	defer img.Close()
 	src := &failingSource{Source: img}
 	src.after.Store(3)
-	params := jobs.BackupParams{JobID: "job-1", Disk: "vm1/vda", ChunkSize: chunkSize, Concurrency: 1, Compress: true}
+	params := jobs.BackupParams{JobID: "job-1", Resume: true, Source: "file://" + path, Disk: "vm1/vda", ChunkSize: chunkSize, Concurrency: 1, Compress: true}
 	if _, err := jobs.Backup(context.Background(), repo, src, params, nil); !errors.Is(err, errDropped) {
 		t.Fatalf("first attempt: %v, want the dropped connection", err)
 	}
@@ -109,7 +109,7 @@ func TestCancelledBackupLeavesNothing(t *testing.T) {
 	defer img.Close()
 	ctx, cancel := context.WithCancelCause(context.Background())
 	src := &cancellingSource{Source: img, cancel: func() { cancel(jobs.ErrCancelled) }}
-	_, err = jobs.Backup(ctx, repo, src, jobs.BackupParams{JobID: "job-c", Disk: "d", ChunkSize: chunkSize, Concurrency: 1}, nil)
+	_, err = jobs.Backup(ctx, repo, src, jobs.BackupParams{JobID: "job-c", Resume: true, Disk: "d", ChunkSize: chunkSize, Concurrency: 1}, nil)
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("err %v, want cancelled", err)
 	}

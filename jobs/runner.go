@@ -33,7 +33,13 @@ type runnerConfig struct {
 	log         *zap.Logger
 	onSource    backends.SourceObserver
 	onStore     sinks.StoreObserver
+	resume      bool
 }
+
+// WithResume makes backups keep a checkpoint under their job id, so that a retry
+// of the job resumes. Queue workers want it; a one-off command line backup, whose
+// job id is never seen again, does not.
+func WithResume() RunnerOption { return func(c *runnerConfig) { c.resume = true } }
 
 // WithObservers reports every source and store request, for metrics.
 func WithObservers(src backends.SourceObserver, store sinks.StoreObserver) RunnerOption {
@@ -141,6 +147,10 @@ func (r *Runner) backup(ctx context.Context, store sinks.Store, s Spec, concurre
 	if err != nil {
 		return Result{}, err
 	}
+	if len(r.cfg.key) > 0 && !repo.Encrypted() {
+		// An operator who configured a key expects encrypted backups.
+		return Result{}, fmt.Errorf("%s: %w: the repository is not encrypted but a key is configured; refusing to write unencrypted backups", repo.Location(), sinks.ErrWrongKey)
+	}
 	// The parent is checked before the source is opened, so that a bad parent is
 	// reported as such even when the source is gone.
 	var parent *sinks.Manifest
@@ -164,7 +174,7 @@ func (r *Runner) backup(ctx context.Context, store sinks.Store, s Spec, concurre
 		src = backends.RateLimited(ctx, src, backends.NewLimiter(bps))
 	}
 	m, err := Backup(ctx, repo, src, BackupParams{
-		JobID: s.ID, Disk: s.Disk, Bitmap: s.Source.Bitmap, Parent: parent, Labels: s.Labels,
+		JobID: s.ID, Resume: r.cfg.resume, Source: s.Source.URI, Disk: s.Disk, Bitmap: s.Source.Bitmap, Parent: parent, Labels: s.Labels,
 		ChunkSize: s.Options.ChunkSize, Concurrency: concurrency,
 		Compress: s.Options.Compression != "none" && (s.Options.Compression == "zstd" || repo.Config().Compression == "zstd"),
 	}, progress)

@@ -175,6 +175,8 @@ func (s *Spec) Validate() error {
 		}
 	case KindRestore:
 		switch {
+		case s.Options.ChunkSize != 0 || s.Options.Compression != "" || s.Options.RateLimit != "":
+			return bad("a restore takes only options.concurrency")
 		case s.Backup == "":
 			return bad("a restore needs a backup id")
 		case s.Target == nil:
@@ -184,6 +186,8 @@ func (s *Spec) Validate() error {
 		}
 	case KindVerify:
 		switch {
+		case s.Options.ChunkSize != 0 || s.Options.Compression != "" || s.Options.RateLimit != "":
+			return bad("a verify takes only options.concurrency")
 		case s.Backup == "":
 			return bad("a verify needs a backup id")
 		case s.Target != nil || s.Parent != "":

@@ -12,11 +12,14 @@ const checkpointsPrefix = "checkpoints/"
 
 // Checkpoint records how far a running backup got, so that a retry of the same job
 // (after a crash, a lost connection, a worker shut down) resumes instead of
-// starting over. It is written now and then while a backup runs and deleted when
-// its manifest is written. A reader of backups ignores checkpoints.
+// starting over. It is written when a backup starts and now and then while it runs;
+// when the manifest is written, Done is emptied and the checkpoint stays as a record
+// of which backup the job made. A reader of backups ignores checkpoints.
 type Checkpoint struct {
-	JobID     string    `json:"job_id"`
-	BackupID  string    `json:"backup_id"`
+	JobID    string `json:"job_id"`
+	BackupID string `json:"backup_id"`
+	// Source is the device URI read: a retry must read the same snapshot.
+	Source    string    `json:"source,omitempty"`
 	Disk      string    `json:"disk"`
 	Size      int64     `json:"size"`
 	ChunkSize int64     `json:"chunk_size"`

@@ -553,7 +553,7 @@ func (e *env) startWorker(name string, opts ...worker.Option) *inproc {
 		e.t.Fatal(err)
 	}
 	log := zaptest.NewLogger(e.t, zaptest.Level(zap.InfoLevel)).With(zap.String("test_worker", name))
-	runner := jobs.NewRunner(jobs.WithDefaultRepository(e.repo), jobs.WithConcurrency(2), jobs.WithLogger(log))
+	runner := jobs.NewRunner(jobs.WithDefaultRepository(e.repo), jobs.WithConcurrency(2), jobs.WithLogger(log), jobs.WithResume())
 	all := append([]worker.Option{worker.WithTopology(testTopology()), worker.WithName(name),
 		worker.WithGracePeriod(10 * time.Second), worker.WithLogger(log)}, opts...)
 	ctx, cancel := context.WithCancel(context.Background())
