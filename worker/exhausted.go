@@ -55,7 +55,7 @@ func (w *Worker) failExhausted(ctx context.Context, seq uint64) {
 	spec, _ := jobs.DecodeSpec(raw.Data)
 	if spec.ID != "" {
 		j := &jobRun{spec: spec, attempt: t.MaxDeliver, log: w.cfg.log.With(zap.String("job_id", spec.ID), zap.String("disk", spec.Disk))}
-		err := fmt.Errorf("%w: no attempt of %d ended with an outcome (workers died or missed their heartbeats)", jobs.ErrDeliveriesExhausted, t.MaxDeliver)
+		err := fmt.Errorf("%w: no attempt of %d ended with an outcome (its workers died, lost their heartbeats or were shut down)", jobs.ErrDeliveriesExhausted, t.MaxDeliver)
 		w.finish(ctx, j, EventFailed, nil, err)
 	}
 	// The message would otherwise stay in the work queue for good.

@@ -18,6 +18,9 @@ import (
 var (
 	errCancelled = jobs.ErrCancelled
 	errShutdown  = errors.New("worker shutting down")
+	// errLostDelivery: heartbeats failed for longer than the ack wait, so JetStream
+	// has handed the job to another worker; this attempt stops without a word.
+	errLostDelivery = errors.New("delivery lost: heartbeats failed for longer than the ack wait")
 )
 
 // Worker pulls jobs from JetStream and runs them.
@@ -29,8 +32,10 @@ type Worker struct {
 	status  statusStore
 	cancels jetstream.KeyValue
 
-	mu      sync.Mutex
-	running map[string]context.CancelCauseFunc
+	mu sync.Mutex
+	// running holds the delivery of each job this worker runs; a job delivered
+	// twice (heartbeats lost) is replaced by its later delivery.
+	running map[string]*delivery
 	ready   bool
 }
 
@@ -106,7 +111,7 @@ func New(js jetstream.JetStream, runner *jobs.Runner, opts ...Option) *Worker {
 	// Heartbeats well inside the ack wait, so a healthy long job is never redelivered.
 	c.heartbeat = max(c.topo.AckWait/4, 250*time.Millisecond)
 	return &Worker{
-		js: js, runner: runner, cfg: c, running: map[string]context.CancelCauseFunc{},
+		js: js, runner: runner, cfg: c, running: map[string]*delivery{},
 		events: &publisher{js: js, topo: c.topo, source: "blockferry/worker/" + c.name},
 	}
 }
@@ -240,8 +245,8 @@ func (w *Worker) watchCancellations(ctx context.Context) {
 				continue
 			}
 			w.mu.Lock()
-			if cancel, ok := w.running[e.Key()]; ok {
-				cancel(errCancelled)
+			if d, ok := w.running[e.Key()]; ok {
+				d.cancel(errCancelled)
 			}
 			w.mu.Unlock()
 		}
@@ -253,6 +258,9 @@ func (w *Worker) cancelRequested(ctx context.Context, id string) bool {
 	_, err := w.cancels.Get(ctx, id)
 	return err == nil
 }
+
+// delivery is a running job's entry in Worker.running.
+type delivery struct{ cancel context.CancelCauseFunc }
 
 // jobRun is one delivery of a job being handled.
 type jobRun struct {
@@ -309,12 +317,15 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 
 	jobCtx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
+	mine := &delivery{cancel: cancel}
 	w.mu.Lock()
-	w.running[spec.ID] = cancel
+	w.running[spec.ID] = mine
 	w.mu.Unlock()
 	defer func() {
 		w.mu.Lock()
-		delete(w.running, spec.ID)
+		if w.running[spec.ID] == mine {
+			delete(w.running, spec.ID)
+		}
 		w.mu.Unlock()
 	}()
 	if w.cancelRequested(ctx, spec.ID) { // requested between the check and registering
@@ -332,7 +343,7 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 		j.log.Warn("publishing started event", zap.Error(err))
 	}
 	j.log.Info("job started", zap.String("kind", spec.Kind))
-	stopBeats := w.heartbeats(jobCtx, j, progress)
+	stopBeats := w.heartbeats(jobCtx, j, progress, cancel)
 	res, err := w.runner.Run(jobCtx, spec, progress)
 	stopBeats()
 
@@ -348,6 +359,10 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 		outcome = StateCancelled
 		w.finish(ctx, j, EventCancelled, nil, errCancelled)
 		_ = msg.Term()
+	case errors.Is(cause, errLostDelivery):
+		outcome = "requeued"
+		j.log.Error("stopping a job whose delivery was lost")
+		_ = msg.Nak()
 	case errors.Is(cause, errShutdown):
 		outcome = "requeued"
 		j.log.Info("handing job back to the queue")
@@ -375,12 +390,13 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 // heartbeats keeps the delivery alive with InProgress and publishes progress; the
 // returned function stops both. They run apart so that a slow publish never holds
 // up a heartbeat.
-func (w *Worker) heartbeats(ctx context.Context, j *jobRun, p *jobs.Progress) func() {
+func (w *Worker) heartbeats(ctx context.Context, j *jobRun, p *jobs.Progress, cancel context.CancelCauseFunc) func() {
 	ctx, stop := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	wg.Go(func() {
 		beat := time.NewTicker(w.cfg.heartbeat)
 		defer beat.Stop()
+		lastOK := time.Now()
 		for {
 			select {
 			case <-ctx.Done():
@@ -388,8 +404,16 @@ func (w *Worker) heartbeats(ctx context.Context, j *jobRun, p *jobs.Progress) fu
 			case <-beat.C:
 				err := j.msg.InProgress()
 				w.cfg.metrics.Heartbeat(err)
-				if err != nil {
-					j.log.Warn("heartbeat", zap.Error(err))
+				if err == nil {
+					lastOK = time.Now()
+					continue
+				}
+				j.log.Warn("heartbeat", zap.Error(err))
+				if time.Since(lastOK) > w.cfg.topo.AckWait {
+					// Another worker has the job by now: two attempts at once
+					// would race on its checkpoint and outcome.
+					cancel(errLostDelivery)
+					return
 				}
 			}
 		}
