@@ -57,10 +57,7 @@ func Restore(ctx context.Context, repo *sinks.Repository, m *sinks.Manifest, tgt
 			})
 			continue
 		}
-		id, err := sinks.ParseChunkID(m.Chunks[i])
-		if err != nil {
-			return RestoreStats{}, err
-		}
+		id, _ := sinks.ParseChunkID(m.Chunks[i]) // every id was checked when the manifest was read
 		g.Go(func() error {
 			buf, _ := bufs.Get().(*[]byte)
 			if buf == nil {

@@ -104,7 +104,15 @@ func (c *Client) Watch(ctx context.Context, id string, replay bool, fn func(Even
 		return fmt.Errorf("watch events: %w", err)
 	}
 	defer it.Stop()
-	go func() { <-ctx.Done(); it.Stop() }()
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		select {
+		case <-ctx.Done():
+			it.Stop()
+		case <-done:
+		}
+	}()
 	for {
 		msg, err := it.Next()
 		if err != nil {

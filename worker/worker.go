@@ -145,6 +145,12 @@ func (w *Worker) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("consumer %s/%s: %w", t.JobsStream, t.Consumer, err)
 	}
+	// The consumer's settings rule, whoever made it: they decide when a job is
+	// redelivered and when its attempts run out.
+	if info := cons.CachedInfo(); info != nil {
+		w.cfg.topo.MaxDeliver, w.cfg.topo.AckWait = info.Config.MaxDeliver, info.Config.AckWait
+		w.cfg.heartbeat = max(info.Config.AckWait/4, 250*time.Millisecond)
+	}
 	// Jobs outlive ctx by the grace period; jobsCtx ends them after it.
 	jobsCtx, stopJobs := context.WithCancelCause(context.Background())
 	defer stopJobs(errShutdown)
@@ -371,7 +377,7 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 	default:
 		f := jobs.Classify(err)
 		code = f.Code
-		if !f.Retryable || j.attempt >= w.cfg.topo.MaxDeliver {
+		if !f.Retryable || (w.cfg.topo.MaxDeliver > 0 && j.attempt >= w.cfg.topo.MaxDeliver) {
 			outcome = StateFailed
 			w.finish(ctx, j, EventFailed, nil, err)
 			_ = msg.Term()
