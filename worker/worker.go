@@ -379,7 +379,7 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 		code = f.Code
 		if !f.Retryable || (w.cfg.topo.MaxDeliver > 0 && j.attempt >= w.cfg.topo.MaxDeliver) {
 			outcome = StateFailed
-			w.finish(ctx, j, EventFailed, nil, err)
+			w.finish(ctx, j, EventFailed, &res, err) // a failed verify says what it found
 			_ = msg.Term()
 			return
 		}
@@ -475,6 +475,9 @@ func (w *Worker) finish(ctx context.Context, j *jobRun, typ string, res *jobs.Re
 		st.State = StateFailed
 		f := jobs.Classify(err)
 		d.Error, st.Error = &f, &f
+		if res != nil && res.Verify != nil { // the chunks found missing or corrupt
+			d.Stats, st.Stats = res.Verify, res.Verify
+		}
 	}
 	written, serr := w.status.transition(ctx, st)
 	if serr != nil {
