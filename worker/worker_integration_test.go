@@ -2,6 +2,7 @@ package worker_test
 
 import (
 	"fmt"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -634,4 +635,37 @@ func TestDeliveriesExhausted(t *testing.T) {
 		t.Errorf("status %+v, want failed", st)
 	}
 	e.waitDrained()
+}
+
+// TestFailedVerifyReport: a verify job that finds a corrupt chunk fails with
+// verify_failed, and its failed event names the chunk.
+func TestFailedVerifyReport(t *testing.T) {
+	e := newEmbeddedEnv(t)
+	e.startWorker("wv")
+	e.waitProvisioned()
+	uri, _ := randomDisk(t, filepath.Join(e.dir, "disk.raw"), 4*mib, 9)
+	e.submit("backup", "vb-1", backupJob("vb-1", "vm-9/vda", uri, `{"chunk_size":1048576}`))
+	backup := terminalOnly(t, e.waitEnd("vb-1", 30*time.Second), typeCompleted).Data.Backup
+
+	chunks, err := filepath.Glob(filepath.Join(e.dir, "repository", "chunks", "*", "*"))
+	if err != nil || len(chunks) == 0 {
+		t.Fatalf("no chunks stored: %v", err)
+	}
+	data, err := os.ReadFile(chunks[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	data[len(data)/2] ^= 1
+	if err := os.WriteFile(chunks[0], data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e.submit("verify", "vv-1", fmt.Sprintf(`{"spec_version":1,"id":"vv-1","kind":"verify","backup":%q}`, backup))
+	failed := terminalOnly(t, e.waitEnd("vv-1", 30*time.Second), typeFailed)
+	if failed.Data.Error == nil || failed.Data.Error.Code != "verify_failed" {
+		t.Fatalf("failed event %+v, want verify_failed", failed.Data.Error)
+	}
+	corrupt, _ := failed.Data.Stats["corrupt"].([]any)
+	if len(corrupt) != 1 || corrupt[0] != filepath.Base(chunks[0]) {
+		t.Errorf("failed event stats %v, want corrupt [%s]", failed.Data.Stats, filepath.Base(chunks[0]))
+	}
 }
