@@ -15,6 +15,7 @@ import (
 	"testing"
 
 	"github.com/blockferry/blockferry/sinks"
+	"github.com/blockferry/blockferry/sinks/storetest"
 )
 
 func newStore(t *testing.T) (*Store, string) {
@@ -39,45 +40,9 @@ func TestRoundTrip(t *testing.T) {
 		t.Fatalf("List of missing dir: %v", err)
 	}
 
-	for name, data := range map[string][]byte{
-		"config":             []byte("cfg"),
-		"chunks/ab/abcdef01": bytes.Repeat([]byte{7}, 1<<20),
-		"empty":              {},
-	} {
-		if err := s.Put(ctx, name, data); err != nil {
-			t.Fatalf("Put %s: %v", name, err)
-		}
-		got, err := s.Get(ctx, name)
-		if err != nil {
-			t.Fatalf("Get %s: %v", name, err)
-		}
-		if !bytes.Equal(got, data) {
-			t.Fatalf("Get %s: got %d bytes, want %d", name, len(got), len(data))
-		}
-		if ok, err := s.Exists(ctx, name); err != nil || !ok {
-			t.Fatalf("Exists %s = %v, %v", name, ok, err)
-		}
-	}
+	storetest.Run(t, s)
 	if _, err := os.Stat(filepath.Join(dir, "chunks", "ab", "abcdef01")); err != nil {
 		t.Fatalf("object not at its path: %v", err)
-	}
-
-	// Put replaces.
-	if err := s.Put(ctx, "config", []byte("cfg2")); err != nil {
-		t.Fatal(err)
-	}
-	if got, _ := s.Get(ctx, "config"); string(got) != "cfg2" {
-		t.Fatalf("after replace got %q", got)
-	}
-
-	if err := s.Delete(ctx, "config"); err != nil {
-		t.Fatal(err)
-	}
-	if ok, err := s.Exists(ctx, "config"); err != nil || ok {
-		t.Fatalf("Exists after Delete = %v, %v", ok, err)
-	}
-	if err := s.Delete(ctx, "config"); err != nil {
-		t.Fatalf("Delete of missing object: %v", err)
 	}
 	if err := s.Delete(ctx, "nodir/x"); err != nil {
 		t.Fatalf("Delete in missing directory: %v", err)

@@ -1,7 +1,6 @@
 package s3
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -13,6 +12,7 @@ import (
 
 	"github.com/blockferry/blockferry/internal/testutil"
 	"github.com/blockferry/blockferry/sinks"
+	"github.com/blockferry/blockferry/sinks/storetest"
 )
 
 func open(t *testing.T, uri string) *Store {
@@ -44,40 +44,7 @@ func TestVersity(t *testing.T) {
 		if err := s.Check(ctx); err != nil {
 			t.Fatalf("Check: %v", err)
 		}
-		for name, data := range map[string][]byte{
-			"config":             []byte("cfg"),
-			"chunks/ab/abcdef01": bytes.Repeat([]byte("0123456789"), 400_000), // 4 MB
-			"empty":              {},
-		} {
-			if err := s.Put(ctx, name, data); err != nil {
-				t.Fatalf("Put %s: %v", name, err)
-			}
-			got, err := s.Get(ctx, name)
-			if err != nil {
-				t.Fatalf("Get %s: %v", name, err)
-			}
-			if !bytes.Equal(got, data) {
-				t.Fatalf("Get %s: got %d bytes, want %d", name, len(got), len(data))
-			}
-			if ok, err := s.Exists(ctx, name); err != nil || !ok {
-				t.Fatalf("Exists %s = %v, %v", name, ok, err)
-			}
-		}
-		if err := s.Put(ctx, "config", []byte("cfg2")); err != nil {
-			t.Fatal(err)
-		}
-		if got, _ := s.Get(ctx, "config"); string(got) != "cfg2" {
-			t.Fatalf("after replace got %q", got)
-		}
-		if err := s.Delete(ctx, "config"); err != nil {
-			t.Fatal(err)
-		}
-		if ok, err := s.Exists(ctx, "config"); err != nil || ok {
-			t.Fatalf("Exists after Delete = %v, %v", ok, err)
-		}
-		if err := s.Delete(ctx, "config"); err != nil {
-			t.Fatalf("Delete of missing object: %v", err)
-		}
+		storetest.Run(t, s)
 		// The objects are under the prefix in the bucket.
 		root := open(t, uri(""))
 		if ok, err := root.Exists(ctx, "rt/empty"); err != nil || !ok {
