@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -49,12 +51,25 @@ const (
 	actionRead  chunkAction = iota // read, hash, store
 	actionZero                     // reads as zeroes: store a marker, never read
 	actionReuse                    // clean in the bitmap: the parent's entry holds
+	actionPatch                    // a little changed: read and store only that, as patches
 )
 
 type chunkTask struct {
 	index  int
 	action chunkAction
+	// dirty lists, for actionPatch, the dirty extents of the position in order.
+	dirty []backends.Extent
 }
+
+// Limits of patching (see sinks.Manifest.Patches). A dirty position beyond any of
+// them is read whole instead, which also folds the patches earlier incrementals
+// left there back into one chunk: a restore then never assembles a position from
+// more than a few objects, however long the chain of incrementals.
+const (
+	maxPatchedShare = 2  // at most 1/maxPatchedShare of a position is patched
+	maxPatches      = 64 // patches per position
+	maxPatchChunks  = 4  // distinct chunks the patches of a position refer to
+)
 
 // Backup reads src and stores it in repo as a new backup. Only after every chunk
 // the manifest names is stored is the manifest written; a backup that fails or is
@@ -91,6 +106,7 @@ func Backup(ctx context.Context, repo *sinks.Repository, src backends.Source, p 
 		return nil, fmt.Errorf("%w: chunk size %d: want a power of two from %d to %d", ErrInvalid, m.ChunkSize, sinks.MinChunkSize, sinks.MaxChunkSize)
 	}
 	m.Chunks = make([]string, sinks.ChunkCount(m.Size, m.ChunkSize))
+	patches := &patchSet{}
 	progress.bytesTotal.Store(m.Size)
 	rs, finished, err := resume(ctx, repo, m, p)
 	if err != nil {
@@ -107,13 +123,13 @@ func Backup(ctx context.Context, repo *sinks.Repository, src backends.Source, p 
 	tasks := make(chan chunkTask, 2*max(p.Concurrency, 1))
 	g.Go(func() error {
 		defer close(tasks)
-		return planChunks(gctx, src, m, parent != nil, tasks)
+		return planChunks(gctx, src, m, parent, tasks)
 	})
 	for range max(p.Concurrency, 1) {
 		g.Go(func() error {
 			buf := make([]byte, m.ChunkSize)
 			for t := range tasks {
-				if err := backupChunk(gctx, repo, src, m, p, rs, t, buf, &st, progress); err != nil {
+				if err := backupChunk(gctx, repo, src, m, patches, p, rs, t, buf, &st, progress); err != nil {
 					return err
 				}
 			}
@@ -131,6 +147,7 @@ func Backup(ctx context.Context, repo *sinks.Repository, src backends.Source, p 
 		}
 		return nil, err
 	}
+	m.Patches = patches.m
 	m.Completed = time.Now().UTC()
 	m.Stats = st.stats(m)
 	if err := repo.PutManifest(ctx, m); err != nil {
@@ -142,15 +159,18 @@ func Backup(ctx context.Context, repo *sinks.Repository, src backends.Source, p 
 
 // planChunks walks the source's extents window by window and sends one task per
 // chunk position, in order. It never asks for the whole disk's map at once.
-func planChunks(ctx context.Context, src backends.Source, m *sinks.Manifest, incremental bool, tasks chan<- chunkTask) error {
+// parent is nil for a full backup.
+func planChunks(ctx context.Context, src backends.Source, m *sinks.Manifest, parent *sinks.Manifest, tasks chan<- chunkTask) error {
 	const windowChunks = 256 // 1 GiB of 4 MiB chunks per block status window
 	window := m.ChunkSize * windowChunks
 	var pending []backends.Extent // extents not yet consumed, starting at pos
+	var dirtyExtents []backends.Extent
 	pos := int64(0)
 	for i := range m.Chunks {
 		start := int64(i) * m.ChunkSize
 		end := min(start+m.ChunkSize, m.Size)
 		dirty, data := false, false
+		dirtyExtents = dirtyExtents[:0]
 		for start < end {
 			if len(pending) == 0 {
 				ext, err := src.Extents(ctx, pos, window)
@@ -166,6 +186,9 @@ func planChunks(ctx context.Context, src backends.Source, m *sinks.Manifest, inc
 			n := min(e.End(), end) - start
 			dirty = dirty || e.Dirty
 			data = data || !e.Zero
+			if e.Dirty {
+				dirtyExtents = append(dirtyExtents, backends.Extent{Start: start, Length: n, Dirty: true, Zero: e.Zero})
+			}
 			start += n
 			pos = start
 			e.Start, e.Length = e.Start+n, e.Length-n
@@ -175,10 +198,12 @@ func planChunks(ctx context.Context, src backends.Source, m *sinks.Manifest, inc
 		}
 		t := chunkTask{index: i, action: actionRead}
 		switch {
-		case incremental && !dirty:
+		case parent != nil && !dirty:
 			t.action = actionReuse
 		case !data:
 			t.action = actionZero
+		case parent != nil && patchable(parent.Patches[i], dirtyExtents, int64(i)*m.ChunkSize, m.ChunkLen(i)):
+			t.action, t.dirty = actionPatch, slices.Clone(dirtyExtents)
 		}
 		select {
 		case tasks <- t:
@@ -189,9 +214,51 @@ func planChunks(ctx context.Context, src backends.Source, m *sinks.Manifest, inc
 	return nil
 }
 
+// patchable reports whether the dirty extents of the position at posStart, n bytes
+// long, laid over the patches its parent already has there, stay within the limits
+// of patching.
+func patchable(have []sinks.Patch, dirty []backends.Extent, posStart, n int64) bool {
+	top := make([]sinks.Patch, len(dirty))
+	for k, e := range dirty {
+		top[k] = sinks.Patch{Offset: e.Start - posStart, Length: e.Length, Chunk: newPatchChunk}
+	}
+	all := sinks.OverlayPatches(have, top)
+	var patched int64
+	chunks := map[string]bool{}
+	for _, p := range all {
+		patched += p.Length
+		if p.Chunk != "" {
+			chunks[p.Chunk] = true
+		}
+	}
+	return patched*maxPatchedShare <= n && len(all) <= maxPatches && len(chunks) <= maxPatchChunks
+}
+
+// newPatchChunk stands for the chunk a position's new patches will refer to
+// before it is stored.
+const newPatchChunk = "new"
+
+// patchSet collects the patches of a backup's positions from its workers.
+type patchSet struct {
+	mu sync.Mutex
+	m  map[int][]sinks.Patch
+}
+
+func (s *patchSet) set(i int, ps []sinks.Patch) {
+	if len(ps) == 0 {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.m == nil {
+		s.m = map[int][]sinks.Patch{}
+	}
+	s.m[i] = ps
+}
+
 type backupCounters struct {
-	read, written, deduped, reused, zero, resumed atomic.Int64
-	nUploaded, nDeduped, nReused, nZero, nResumed atomic.Int64
+	read, written, deduped, reused, zero, resumed           atomic.Int64
+	nUploaded, nDeduped, nReused, nZero, nResumed, nPatched atomic.Int64
 }
 
 func (c *backupCounters) stats(m *sinks.Manifest) sinks.BackupStats {
@@ -201,7 +268,7 @@ func (c *backupCounters) stats(m *sinks.Manifest) sinks.BackupStats {
 		BytesDeduplicated: c.deduped.Load(), BytesReused: c.reused.Load(), BytesZero: c.zero.Load(),
 		ChunksTotal: len(m.Chunks), ChunksUploaded: int(c.nUploaded.Load()), ChunksDeduped: int(c.nDeduped.Load()),
 		ChunksReused: int(c.nReused.Load()), ChunksZero: int(c.nZero.Load()), DurationSeconds: d,
-		BytesResumed: c.resumed.Load(), ChunksResumed: int(c.nResumed.Load()),
+		BytesResumed: c.resumed.Load(), ChunksResumed: int(c.nResumed.Load()), ChunksPatched: int(c.nPatched.Load()),
 	}
 	if d > 0 {
 		s.ReadBytesPerSec = float64(s.BytesRead) / d
@@ -210,15 +277,16 @@ func (c *backupCounters) stats(m *sinks.Manifest) sinks.BackupStats {
 	return s
 }
 
-func backupChunk(ctx context.Context, repo *sinks.Repository, src backends.Source, m *sinks.Manifest, p BackupParams,
-	rs *resumeState, t chunkTask, buf []byte, st *backupCounters, progress *Progress) error {
+func backupChunk(ctx context.Context, repo *sinks.Repository, src backends.Source, m *sinks.Manifest, patches *patchSet,
+	p BackupParams, rs *resumeState, t chunkTask, buf []byte, st *backupCounters, progress *Progress) error {
 	if err := ctx.Err(); err != nil { // a failed sibling: read no more
 		return err
 	}
 	n := m.ChunkLen(t.index)
 	defer progress.bytesDone.Add(n)
-	if id, ok := rs.stored(t.index); ok && t.action == actionRead {
-		m.Chunks[t.index] = id
+	if e, ok := rs.stored(t.index); ok && (t.action == actionRead || t.action == actionPatch) {
+		m.Chunks[t.index] = e.chunk
+		patches.set(t.index, e.patches)
 		st.resumed.Add(n)
 		st.nResumed.Add(1)
 		return nil
@@ -226,6 +294,7 @@ func backupChunk(ctx context.Context, repo *sinks.Repository, src backends.Sourc
 	switch t.action {
 	case actionReuse:
 		m.Chunks[t.index] = p.Parent.Chunks[t.index]
+		patches.set(t.index, p.Parent.Patches[t.index])
 		st.reused.Add(n)
 		st.nReused.Add(1)
 		return nil
@@ -233,6 +302,8 @@ func backupChunk(ctx context.Context, repo *sinks.Repository, src backends.Sourc
 		st.zero.Add(n)
 		st.nZero.Add(1)
 		return nil
+	case actionPatch:
+		return backupPatch(ctx, repo, src, m, patches, p, rs, t, buf, st, progress)
 	}
 	data := buf[:n]
 	off := int64(t.index) * m.ChunkSize
@@ -244,24 +315,91 @@ func backupChunk(ctx context.Context, repo *sinks.Repository, src backends.Sourc
 	if isZero(data) { // allocated, or dirty, but zeroes: a marker is enough
 		st.zero.Add(n)
 		st.nZero.Add(1)
-		rs.record(t.index, "")
+		rs.record(t.index, storedEntry{})
 		return nil
 	}
-	res, err := repo.PutChunk(ctx, data, p.Compress)
+	id, err := storeChunk(ctx, repo, data, p.Compress, st, progress)
 	if err != nil {
 		return err
 	}
-	m.Chunks[t.index] = res.ID.String()
-	rs.record(t.index, m.Chunks[t.index])
+	m.Chunks[t.index] = id
+	rs.record(t.index, storedEntry{chunk: id})
+	return nil
+}
+
+// storeChunk puts data into the repository and counts what that cost.
+func storeChunk(ctx context.Context, repo *sinks.Repository, data []byte, compress bool, st *backupCounters, progress *Progress) (string, error) {
+	res, err := repo.PutChunk(ctx, data, compress)
+	if err != nil {
+		return "", err
+	}
+	n := int64(len(data))
 	if res.Stored == 0 {
 		st.deduped.Add(n)
 		st.nDeduped.Add(1)
 		progress.bytesDeduplicated.Add(n)
-		return nil
+	} else {
+		st.written.Add(int64(res.Stored))
+		st.nUploaded.Add(1)
+		progress.bytesWritten.Add(int64(res.Stored))
 	}
-	st.written.Add(int64(res.Stored))
-	st.nUploaded.Add(1)
-	progress.bytesWritten.Add(int64(res.Stored))
+	return res.ID.String(), nil
+}
+
+// backupPatch reads only the dirty extents of a position, stores the ones that
+// hold data as one chunk, and records the position as its parent's entry with
+// patches laid over it.
+func backupPatch(ctx context.Context, repo *sinks.Repository, src backends.Source, m *sinks.Manifest, patches *patchSet,
+	p BackupParams, rs *resumeState, t chunkTask, buf []byte, st *backupCounters, progress *Progress) error {
+	posStart, n := int64(t.index)*m.ChunkSize, m.ChunkLen(t.index)
+	top := make([]sinks.Patch, 0, len(t.dirty))
+	blob := buf[:0] // the dirty data, extent after extent
+	var dirtyBytes, zeroBytes int64
+	for _, e := range t.dirty {
+		dirtyBytes += e.Length
+		patch := sinks.Patch{Offset: e.Start - posStart, Length: e.Length}
+		if !e.Zero {
+			data := buf[len(blob) : len(blob)+int(e.Length)]
+			if _, err := src.ReadAt(data, e.Start); err != nil {
+				return fmt.Errorf("read %d bytes at offset %d: %w", e.Length, e.Start, err)
+			}
+			st.read.Add(e.Length)
+			progress.bytesRead.Add(e.Length)
+			if !isZero(data) {
+				patch.Chunk, patch.ChunkOffset = newPatchChunk, int64(len(blob))
+				blob = blob[:len(blob)+len(data)]
+			}
+		}
+		if patch.Chunk == "" {
+			zeroBytes += e.Length
+		}
+		top = append(top, patch)
+	}
+	if len(blob) > 0 {
+		id, err := storeChunk(ctx, repo, blob, p.Compress, st, progress)
+		if err != nil {
+			return err
+		}
+		for k := range top {
+			if top[k].Chunk == newPatchChunk {
+				top[k].Chunk = id
+			}
+		}
+	} else {
+		st.nZero.Add(1)
+	}
+	st.zero.Add(zeroBytes)
+	st.reused.Add(n - dirtyBytes)
+	st.nPatched.Add(1)
+
+	base := p.Parent.Chunks[t.index]
+	all := sinks.OverlayPatches(p.Parent.Patches[t.index], top)
+	if base == "" { // zeroes laid over zeroes change nothing
+		all = slices.DeleteFunc(all, func(p sinks.Patch) bool { return p.Chunk == "" })
+	}
+	m.Chunks[t.index] = base
+	patches.set(t.index, all)
+	rs.record(t.index, storedEntry{chunk: base, patches: all})
 	return nil
 }
 

@@ -2,6 +2,8 @@ package jobs
 
 import (
 	"context"
+	"slices"
+	"strings"
 	"testing"
 
 	"github.com/blockferry/blockferry/backends"
@@ -48,9 +50,10 @@ func TestPlanChunks(t *testing.T) {
 		{Start: 4 * cs, Length: cs + 100},                    // 4, 5 (short): clean data
 	}}
 	m := &sinks.Manifest{Size: src.size, ChunkSize: cs, Chunks: make([]string, 6)}
-	plan := func(incremental bool) []chunkAction {
+	var dirty1 []backends.Extent // what the plan gave chunk 1 to patch
+	plan := func(parent *sinks.Manifest) []chunkAction {
 		tasks := make(chan chunkTask, 10)
-		if err := planChunks(context.Background(), src, m, incremental, tasks); err != nil {
+		if err := planChunks(context.Background(), src, m, parent, tasks); err != nil {
 			t.Fatal(err)
 		}
 		close(tasks)
@@ -60,6 +63,9 @@ func TestPlanChunks(t *testing.T) {
 				t.Fatalf("task for chunk %d out of order", task.index)
 			}
 			got = append(got, task.action)
+			if task.index == 1 {
+				dirty1 = task.dirty
+			}
 		}
 		return got
 	}
@@ -73,8 +79,54 @@ func TestPlanChunks(t *testing.T) {
 			}
 		}
 	}
-	check("full", plan(false), []chunkAction{actionZero, actionRead, actionRead, actionZero, actionRead, actionRead})
-	check("incremental", plan(true), []chunkAction{actionReuse, actionRead, actionReuse, actionZero, actionReuse, actionReuse})
+	check("full", plan(nil), []chunkAction{actionZero, actionRead, actionRead, actionZero, actionRead, actionRead})
+	parent := &sinks.Manifest{Size: src.size, ChunkSize: cs, Chunks: make([]string, 6)}
+	// Half of chunk 1 is dirty: patched, reading only that half.
+	check("incremental", plan(parent), []chunkAction{actionReuse, actionPatch, actionReuse, actionZero, actionReuse, actionReuse})
+	if want := []backends.Extent{{Start: cs, Length: cs / 2, Dirty: true}}; !slices.Equal(dirty1, want) {
+		t.Errorf("chunk 1 patches %v, want %v", dirty1, want)
+	}
+	// The parent already patched the other half of chunk 1 (not overlapping the
+	// dirty one): together more than half of it, so it is read whole.
+	parent.Patches = map[int][]sinks.Patch{1: {{Offset: cs/2 + 4096, Length: 4096, Chunk: strings.Repeat("ab", 32)}}}
+	check("incremental over patches", plan(parent), []chunkAction{actionReuse, actionRead, actionReuse, actionZero, actionReuse, actionReuse})
+	// Patches the dirty range replaces entirely do not count.
+	parent.Patches = map[int][]sinks.Patch{1: {{Offset: 4096, Length: 4096, Chunk: strings.Repeat("ab", 32)}}}
+	check("incremental over replaced patches", plan(parent), []chunkAction{actionReuse, actionPatch, actionReuse, actionZero, actionReuse, actionReuse})
+}
+
+func TestPatchable(t *testing.T) {
+	const n = 1 << 20
+	id := func(k int) string { return strings.Repeat(string(rune('a'+k)), 64) }
+	extents := func(k int, length int64) []backends.Extent { // k extents of length, 8 KiB apart
+		var out []backends.Extent
+		for j := range k {
+			out = append(out, backends.Extent{Start: int64(j) * 8192, Length: length, Dirty: true})
+		}
+		return out
+	}
+	var fourChunks []sinks.Patch
+	for k := range 4 {
+		fourChunks = append(fourChunks, sinks.Patch{Offset: n/2 + int64(k)*4096, Length: 4096, Chunk: id(k)})
+	}
+	for _, c := range []struct {
+		name  string
+		have  []sinks.Patch
+		dirty []backends.Extent
+		want  bool
+	}{
+		{"one block", nil, extents(1, 4096), true},
+		{"exactly half", nil, []backends.Extent{{Start: 0, Length: n / 2, Dirty: true}}, true},
+		{"more than half", nil, []backends.Extent{{Start: 0, Length: n/2 + 512, Dirty: true}}, false},
+		{"as many patches as allowed", nil, extents(maxPatches, 4096), true},
+		{"too many patches", nil, extents(maxPatches+1, 4096), false},
+		{"a fifth chunk", fourChunks, extents(1, 4096), false},
+		{"a fifth chunk replacing one", fourChunks, []backends.Extent{{Start: n / 2, Length: 4096, Dirty: true}}, true},
+	} {
+		if got := patchable(c.have, c.dirty, 0, n); got != c.want {
+			t.Errorf("%s: patchable %t, want %t", c.name, got, c.want)
+		}
+	}
 }
 
 func TestIsZero(t *testing.T) {

@@ -40,9 +40,9 @@ func Restore(ctx context.Context, repo *sinks.Repository, m *sinks.Manifest, tgt
 	for i := 0; i < len(m.Chunks) && gctx.Err() == nil; i++ {
 		off, n := int64(i)*m.ChunkSize, m.ChunkLen(i)
 		// Runs of zero chunks become one zero request.
-		if m.Chunks[i] == "" {
+		if m.ReadsAsZero(i) {
 			j := i
-			for j+1 < len(m.Chunks) && m.Chunks[j+1] == "" {
+			for j+1 < len(m.Chunks) && m.ReadsAsZero(j+1) {
 				j++
 			}
 			n = int64(j)*m.ChunkSize + m.ChunkLen(j) - off
@@ -57,20 +57,15 @@ func Restore(ctx context.Context, repo *sinks.Repository, m *sinks.Manifest, tgt
 			})
 			continue
 		}
-		id, _ := sinks.ParseChunkID(m.Chunks[i]) // every id was checked when the manifest was read
 		g.Go(func() error {
-			buf, _ := bufs.Get().(*[]byte)
+			buf, _ := bufs.Get().(*positionBuffers)
 			if buf == nil {
-				buf = new([]byte)
+				buf = &positionBuffers{}
 			}
 			defer bufs.Put(buf)
-			data, err := repo.GetChunk(gctx, id, *buf)
+			data, err := readPosition(gctx, repo, m, i, buf)
 			if err != nil {
 				return err
-			}
-			*buf = data
-			if int64(len(data)) != n {
-				return fmt.Errorf("chunk %s: %w: %d bytes, the manifest needs %d at offset %d", id, sinks.ErrCorrupt, len(data), n, off)
 			}
 			fetched.Add(n)
 			progress.bytesRead.Add(n)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"sync"
 	"time"
 
@@ -24,7 +25,7 @@ type resumeState struct {
 	repo *sinks.Repository
 	mu   sync.Mutex
 	cp   *sinks.Checkpoint // nil: no job id, nothing is recorded
-	prev map[int]string    // stored by an earlier attempt
+	prev *sinks.Checkpoint // what an earlier attempt stored; nil: nothing
 	// dirty is set when cp changed since it was last written.
 	dirty bool
 }
@@ -51,14 +52,15 @@ func resume(ctx context.Context, repo *sinks.Repository, m *sinks.Manifest, p Ba
 			return nil, nil, err
 		}
 		m.ID, m.Started = cp.BackupID, cp.Started
-		rs.prev = cp.Done
+		rs.prev = cp
 	}
 	rs.cp = &sinks.Checkpoint{
 		JobID: m.JobID, BackupID: m.ID, Source: p.Source, Disk: m.Disk, Size: m.Size, ChunkSize: m.ChunkSize,
-		Parent: m.Parent, Bitmap: m.Bitmap, Started: m.Started, Done: map[int]string{},
+		Parent: m.Parent, Bitmap: m.Bitmap, Started: m.Started, Done: map[int]string{}, Patches: map[int][]sinks.Patch{},
 	}
-	for i, id := range rs.prev {
-		rs.cp.Done[i] = id
+	if rs.prev != nil {
+		maps.Copy(rs.cp.Done, rs.prev.Done)
+		maps.Copy(rs.cp.Patches, rs.prev.Patches)
 	}
 	// The backup id is recorded before any chunk, so that even a backup that reads
 	// nothing (a clean incremental) is found again if its worker dies after
@@ -70,19 +72,32 @@ func resume(ctx context.Context, repo *sinks.Repository, m *sinks.Manifest, p Ba
 	return rs, nil, nil
 }
 
-// stored returns what an earlier attempt stored at chunk position i.
-func (rs *resumeState) stored(i int) (string, bool) {
-	id, ok := rs.prev[i]
-	return id, ok
+// storedEntry is what a chunk position was stored as: a chunk id ("" for zeroes)
+// and the patches laid over it, if any.
+type storedEntry struct {
+	chunk   string
+	patches []sinks.Patch
 }
 
-// record notes that chunk position i is stored as id.
-func (rs *resumeState) record(i int, id string) {
+// stored returns what an earlier attempt stored at chunk position i.
+func (rs *resumeState) stored(i int) (storedEntry, bool) {
+	if rs.prev == nil {
+		return storedEntry{}, false
+	}
+	id, ok := rs.prev.Done[i]
+	return storedEntry{chunk: id, patches: rs.prev.Patches[i]}, ok
+}
+
+// record notes what chunk position i is stored as.
+func (rs *resumeState) record(i int, e storedEntry) {
 	if rs.cp == nil {
 		return
 	}
 	rs.mu.Lock()
-	rs.cp.Done[i] = id
+	rs.cp.Done[i] = e.chunk
+	if len(e.patches) > 0 {
+		rs.cp.Patches[i] = e.patches
+	}
 	rs.dirty = true
 	rs.mu.Unlock()
 }
@@ -99,10 +114,8 @@ func (rs *resumeState) save(ctx context.Context) error {
 	}
 	rs.dirty = false
 	cp := *rs.cp
-	cp.Done = make(map[int]string, len(rs.cp.Done))
-	for i, id := range rs.cp.Done {
-		cp.Done[i] = id
-	}
+	cp.Done = maps.Clone(rs.cp.Done)
+	cp.Patches = maps.Clone(rs.cp.Patches) // the patch slices themselves are never modified
 	rs.mu.Unlock()
 	cp.Updated = time.Now().UTC()
 	if err := rs.repo.PutCheckpoint(ctx, &cp); err != nil {
@@ -153,7 +166,7 @@ func (rs *resumeState) finish(ctx context.Context) {
 		return
 	}
 	rs.mu.Lock()
-	rs.cp.Done, rs.dirty = map[int]string{}, true
+	rs.cp.Done, rs.cp.Patches, rs.dirty = map[int]string{}, nil, true
 	rs.mu.Unlock()
 	_ = rs.save(context.WithoutCancel(ctx))
 }

@@ -48,15 +48,10 @@ func Verify(ctx context.Context, repo *sinks.Repository, m *sinks.Manifest, src 
 		progress = NewProgress()
 	}
 	start := time.Now()
-	sizes := map[string]int64{}
-	for i, c := range m.Chunks {
-		if c != "" {
-			sizes[c] = m.ChunkLen(i)
-		}
-	}
+	sizes := chunkSizes(m)
 	var total int64
-	for _, n := range sizes {
-		total += n
+	for _, s := range sizes {
+		total += s.length
 	}
 	progress.bytesTotal.Store(total)
 	rep := VerifyReport{Backup: m.ID, Missing: []string{}, Corrupt: []string{}}
@@ -64,12 +59,13 @@ func Verify(ctx context.Context, repo *sinks.Repository, m *sinks.Manifest, src 
 	var checked atomic.Int64
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(max(concurrency, 1))
-	for c, n := range sizes {
+	for c, size := range sizes {
 		id, _ := sinks.ParseChunkID(c) // every id was checked when the manifest was read
+		n := size.length
 		g.Go(func() error {
 			defer progress.bytesDone.Add(n)
 			data, err := repo.GetChunk(gctx, id, nil)
-			if err == nil && int64(len(data)) != n {
+			if err == nil && !size.fits(int64(len(data))) {
 				err = fmt.Errorf("%w: %d bytes, want %d", sinks.ErrCorrupt, len(data), n)
 			}
 			switch {
@@ -116,6 +112,33 @@ func Verify(ctx context.Context, repo *sinks.Repository, m *sinks.Manifest, src 
 	return rep, nil
 }
 
+// chunkSize is what a backup needs of a chunk's length: exactly length for a base
+// chunk, at least length for one that only patches refer to.
+type chunkSize struct {
+	length int64
+	exact  bool
+}
+
+func (s chunkSize) fits(n int64) bool { return n == s.length || !s.exact && n > s.length }
+
+// chunkSizes lists every chunk a backup names, with the length it needs.
+func chunkSizes(m *sinks.Manifest) map[string]chunkSize {
+	sizes := map[string]chunkSize{}
+	for i, c := range m.Chunks {
+		if c != "" {
+			sizes[c] = chunkSize{length: m.ChunkLen(i), exact: true}
+		}
+	}
+	for _, ps := range m.Patches {
+		for _, p := range ps {
+			if s := sizes[p.Chunk]; p.Chunk != "" && !s.exact {
+				sizes[p.Chunk] = chunkSize{length: max(s.length, p.ChunkOffset+p.Length)}
+			}
+		}
+	}
+	return sizes
+}
+
 func firstOf(lists ...[]string) string {
 	for _, l := range lists {
 		if len(l) > 0 {
@@ -143,9 +166,8 @@ func compareWithSource(ctx context.Context, repo *sinks.Repository, m *sinks.Man
 				return fmt.Errorf("read source at %d: %w", off, err)
 			}
 			same := isZero(have)
-			if m.Chunks[i] != "" {
-				id, _ := sinks.ParseChunkID(m.Chunks[i]) // validated with the manifest
-				want, err := repo.GetChunk(gctx, id, nil)
+			if !m.ReadsAsZero(i) {
+				want, err := readPosition(gctx, repo, m, i, &positionBuffers{})
 				if err != nil {
 					return err
 				}

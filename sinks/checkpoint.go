@@ -30,6 +30,9 @@ type Checkpoint struct {
 	// Done maps a chunk position that was read and stored to its chunk id ("" for
 	// one that read as zeroes).
 	Done map[int]string `json:"done"`
+	// Patches holds the patches of the positions in Done that were stored as
+	// patches over their base entry (see Manifest.Patches).
+	Patches map[int][]Patch `json:"patches,omitempty"`
 }
 
 func checkpointName(jobID string) string { return checkpointsPrefix + jobID }
@@ -68,7 +71,37 @@ func (r *Repository) LoadCheckpoint(ctx context.Context, jobID string) (*Checkpo
 	if err := json.Unmarshal(data, &cp); err != nil {
 		return nil, fmt.Errorf("checkpoint of job %s: %w: %v", jobID, ErrCorrupt, err)
 	}
+	if err := cp.validate(); err != nil {
+		return nil, fmt.Errorf("checkpoint of job %s: %w: %v", jobID, ErrCorrupt, err)
+	}
 	return &cp, nil
+}
+
+// validate checks what a resumed backup would copy into its manifest.
+func (cp *Checkpoint) validate() error {
+	if !ValidChunkSize(cp.ChunkSize) || cp.Size < 0 {
+		return fmt.Errorf("bad size %d or chunk size %d", cp.Size, cp.ChunkSize)
+	}
+	count := ChunkCount(cp.Size, cp.ChunkSize)
+	for i, id := range cp.Done {
+		if i < 0 || i >= count {
+			return fmt.Errorf("chunk position %d of %d", i, count)
+		}
+		if id != "" {
+			if _, err := ParseChunkID(id); err != nil {
+				return err
+			}
+		}
+	}
+	for i, ps := range cp.Patches {
+		if _, ok := cp.Done[i]; !ok {
+			return fmt.Errorf("patches for chunk position %d, which is not done", i)
+		}
+		if err := validPatches(ps, min(cp.ChunkSize, cp.Size-int64(i)*cp.ChunkSize)); err != nil {
+			return fmt.Errorf("chunk position %d: %w", i, err)
+		}
+	}
+	return nil
 }
 
 // DeleteCheckpoint removes a job's checkpoint.

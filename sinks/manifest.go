@@ -1,8 +1,10 @@
 package sinks
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"time"
 )
 
@@ -29,6 +31,87 @@ type Manifest struct {
 	// Chunks has one entry per chunk position: a chunk id in hex, or "" for a chunk
 	// that reads as zeroes.
 	Chunks []string `json:"chunks"`
+	// Patches overlays ranges of some chunk positions with bytes of other chunks:
+	// position i reads as Chunks[i] with each of Patches[i] laid over it. An
+	// incremental backup writes them where little of a position changed, so that it
+	// reads and stores only the changed blocks instead of the whole chunk.
+	Patches map[int][]Patch `json:"patches,omitempty"`
+}
+
+// Patch replaces Length bytes at Offset of a chunk position with the bytes at
+// ChunkOffset of chunk Chunk, or with zeroes when Chunk is "".
+type Patch struct {
+	Offset      int64  `json:"offset"`
+	Length      int64  `json:"length"`
+	Chunk       string `json:"chunk,omitempty"`
+	ChunkOffset int64  `json:"chunk_offset,omitempty"`
+}
+
+// End is the offset in the chunk position just past the patch.
+func (p Patch) End() int64 { return p.Offset + p.Length }
+
+// ReadsAsZero reports whether chunk position i holds only zeroes by construction:
+// no base chunk and no patch with data.
+func (m *Manifest) ReadsAsZero(i int) bool {
+	if m.Chunks[i] != "" {
+		return false
+	}
+	for _, p := range m.Patches[i] {
+		if p.Chunk != "" {
+			return false
+		}
+	}
+	return true
+}
+
+// OverlayPatches lays the patches top over the patches base of one chunk
+// position: where they overlap, top wins. Both are sorted and non-overlapping, and
+// so is the result, in which the ranges of base that top covers are cut away.
+func OverlayPatches(base, top []Patch) []Patch {
+	out := make([]Patch, 0, len(base)+len(top))
+	t0 := 0 // first top patch that may overlap the current base patch
+	for _, b := range base {
+		for t0 < len(top) && top[t0].End() <= b.Offset {
+			t0++
+		}
+		pos := b.Offset
+		for _, t := range top[t0:] {
+			if t.Offset >= b.End() {
+				break
+			}
+			if t.Offset > pos {
+				out = append(out, b.slice(pos, t.Offset))
+			}
+			pos = max(pos, t.End())
+		}
+		if pos < b.End() {
+			out = append(out, b.slice(pos, b.End()))
+		}
+	}
+	out = append(out, top...)
+	slices.SortFunc(out, func(a, b Patch) int { return cmp.Compare(a.Offset, b.Offset) })
+	// Neighbours that continue each other become one patch.
+	merged := out[:0]
+	for _, p := range out {
+		if n := len(merged); n > 0 {
+			q := &merged[n-1]
+			if q.End() == p.Offset && q.Chunk == p.Chunk && (p.Chunk == "" || q.ChunkOffset+q.Length == p.ChunkOffset) {
+				q.Length += p.Length
+				continue
+			}
+		}
+		merged = append(merged, p)
+	}
+	return merged
+}
+
+// slice is the part [from, to) of p, offsets in the chunk position.
+func (p Patch) slice(from, to int64) Patch {
+	q := Patch{Offset: from, Length: to - from, Chunk: p.Chunk}
+	if p.Chunk != "" {
+		q.ChunkOffset = p.ChunkOffset + from - p.Offset
+	}
+	return q
 }
 
 // BackupStats are the figures of one backup run.
@@ -48,13 +131,17 @@ type BackupStats struct {
 	BytesZero int64 `json:"bytes_zero"`
 	// BytesResumed is plaintext an earlier, interrupted attempt of the same job
 	// stored, taken from its checkpoint without reading.
-	BytesResumed      int64   `json:"bytes_resumed,omitempty"`
-	ChunksResumed     int     `json:"chunks_resumed,omitempty"`
-	ChunksTotal       int     `json:"chunks_total"`
-	ChunksUploaded    int     `json:"chunks_uploaded"`
-	ChunksDeduped     int     `json:"chunks_deduplicated"`
-	ChunksReused      int     `json:"chunks_reused"`
-	ChunksZero        int     `json:"chunks_zero"`
+	BytesResumed   int64 `json:"bytes_resumed,omitempty"`
+	ChunksResumed  int   `json:"chunks_resumed,omitempty"`
+	ChunksTotal    int   `json:"chunks_total"`
+	ChunksUploaded int   `json:"chunks_uploaded"`
+	ChunksDeduped  int   `json:"chunks_deduplicated"`
+	ChunksReused   int   `json:"chunks_reused"`
+	ChunksZero     int   `json:"chunks_zero"`
+	// ChunksPatched counts the chunk positions stored as patches over the parent's
+	// entry: only their changed blocks were read (they are also counted as uploaded,
+	// deduplicated or zero, by what became of those blocks).
+	ChunksPatched     int     `json:"chunks_patched,omitempty"`
 	DurationSeconds   float64 `json:"duration_seconds"`
 	ReadBytesPerSec   float64 `json:"read_bytes_per_second"`
 	StoredBytesPerSec float64 `json:"stored_bytes_per_second,omitempty"`
@@ -86,6 +173,38 @@ func (m *Manifest) validate() error {
 		if _, err := ParseChunkID(c); err != nil {
 			return fmt.Errorf("manifest %s: chunk %d: %w", m.ID, i, err)
 		}
+	}
+	for i, ps := range m.Patches {
+		if i < 0 || i >= len(m.Chunks) {
+			return fmt.Errorf("manifest %s: patches for chunk position %d of %d", m.ID, i, len(m.Chunks))
+		}
+		if err := validPatches(ps, m.ChunkLen(i)); err != nil {
+			return fmt.Errorf("manifest %s: chunk %d: %w", m.ID, i, err)
+		}
+	}
+	return nil
+}
+
+// validPatches checks that ps are sorted, do not overlap and stay within a chunk
+// position of n bytes.
+func validPatches(ps []Patch, n int64) error {
+	if len(ps) == 0 {
+		return fmt.Errorf("empty patch list")
+	}
+	end := int64(0)
+	for _, p := range ps {
+		switch {
+		case p.Length <= 0 || p.Offset < end || p.End() > n || p.ChunkOffset < 0:
+			return fmt.Errorf("patch %+v: out of order, overlapping or out of range", p)
+		case p.Chunk == "" && p.ChunkOffset != 0:
+			return fmt.Errorf("patch %+v: a zero patch has no chunk offset", p)
+		}
+		if p.Chunk != "" {
+			if _, err := ParseChunkID(p.Chunk); err != nil {
+				return err
+			}
+		}
+		end = p.End()
 	}
 	return nil
 }

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"path"
+	"reflect"
 	"regexp"
 	"slices"
 	"sort"
@@ -257,7 +258,8 @@ func (r *Repository) PutManifest(ctx context.Context, m *Manifest) error {
 	if errors.Is(err, ErrExists) {
 		// A conditional put retried after a lost answer finds its own object: the
 		// manifest is ours if it says what we wrote.
-		if have, gerr := r.Manifest(ctx, m.ID); gerr == nil && have.JobID == m.JobID && slices.Equal(have.Chunks, m.Chunks) {
+		if have, gerr := r.Manifest(ctx, m.ID); gerr == nil && have.JobID == m.JobID && slices.Equal(have.Chunks, m.Chunks) &&
+			reflect.DeepEqual(have.Patches, m.Patches) {
 			return nil
 		}
 	}
@@ -326,7 +328,7 @@ func (r *Repository) Backups(ctx context.Context, disk string) ([]*Manifest, err
 	var out []*Manifest
 	for _, m := range all {
 		if disk == "" || m.Disk == disk {
-			m.Chunks = nil // a listing does not need the index
+			m.Chunks, m.Patches = nil, nil // a listing does not need the index
 			out = append(out, m)
 		}
 	}
