@@ -176,7 +176,7 @@ func (s *Store) writeTemp(p string, data []byte) (string, error) {
 	if err := s.mkdirs(dir); err != nil {
 		return "", err
 	}
-	f, err := os.CreateTemp(dir, tempPrefix+filepath.Base(p)+"-*")
+	f, direct, err := createTemp(dir, tempPrefix+filepath.Base(p)+"-")
 	if err != nil {
 		return "", err
 	}
@@ -186,7 +186,12 @@ func (s *Store) writeTemp(p string, data []byte) (string, error) {
 		_ = os.Remove(tmp)
 		return "", err
 	}
-	if _, err := f.Write(data); err != nil {
+	if direct {
+		err = writeDirect(f, data)
+	} else {
+		_, err = f.Write(data)
+	}
+	if err != nil {
 		return fail(err)
 	}
 	if err := f.Sync(); err != nil {

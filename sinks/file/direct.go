@@ -1,0 +1,106 @@
+package file
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"os"
+	"path/filepath"
+	"sync"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// Why direct I/O: a backup writes each chunk once and reads it back rarely, so
+// going through the page cache only costs. Buffered writes followed by fsync spent
+// 2.6 CPU-s in the kernel per GiB on our test machine (allocating page cache, then
+// writing it back), direct ones 1.2, and a backup no longer evicts the cache of
+// the virtual machines that run next to it. Where the file system refuses
+// O_DIRECT (tmpfs, some FUSE and network file systems) the store writes buffered.
+
+// directAlign is the alignment direct I/O needs of buffer addresses, file offsets
+// and lengths: the page size covers every logical block size in use.
+const directAlign = 4096
+
+// createTemp creates a new file in dir whose name starts with prefix, opened for
+// direct I/O where the file system allows it.
+func createTemp(dir, prefix string) (f *os.File, direct bool, err error) {
+	for range 10 {
+		var r [8]byte
+		_, _ = rand.Read(r[:])
+		name := filepath.Join(dir, prefix+hex.EncodeToString(r[:]))
+		flags := os.O_RDWR | os.O_CREATE | os.O_EXCL
+		f, err = os.OpenFile(name, flags|unix.O_DIRECT, 0o600)
+		if errors.Is(err, unix.EINVAL) {
+			f, err = os.OpenFile(name, flags, 0o600)
+			return f, false, err
+		}
+		if !errors.Is(err, os.ErrExist) {
+			return f, err == nil, err
+		}
+	}
+	return nil, false, err
+}
+
+// alignedBufs recycles aligned copies of objects whose own buffer is not aligned.
+var alignedBufs sync.Pool
+
+// writeDirect writes data to f, which is open for direct I/O, at offset 0. Direct
+// I/O moves whole aligned blocks: the tail is padded to a block and the file then
+// truncated to its length. A file system that refuses the write after all gets a
+// buffered one.
+func writeDirect(f *os.File, data []byte) error {
+	padded := (len(data) + directAlign - 1) &^ (directAlign - 1)
+	if padded == 0 {
+		return nil
+	}
+	buf := data[:cap(data)]
+	if cap(data) < padded || uintptr(unsafe.Pointer(unsafe.SliceData(data)))%directAlign != 0 {
+		bp, _ := alignedBufs.Get().(*[]byte)
+		if bp == nil || cap(*bp) < padded {
+			bp = new([]byte)
+			*bp = alignedSlice(padded)
+		}
+		defer alignedBufs.Put(bp)
+		buf = (*bp)[:cap(*bp)]
+		copy(buf, data)
+	}
+	if _, err := f.Write(buf[:padded]); err != nil {
+		if !errors.Is(err, unix.EINVAL) {
+			return err
+		}
+		// The device wants larger blocks than directAlign, or the file system
+		// takes O_DIRECT at open but not at write: write through the cache.
+		if err := clearDirect(f); err != nil {
+			return err
+		}
+		if err := f.Truncate(0); err != nil {
+			return err
+		}
+		_, err = f.WriteAt(data, 0)
+		return err
+	}
+	if padded != len(data) {
+		return f.Truncate(int64(len(data)))
+	}
+	return nil
+}
+
+// alignedSlice returns n bytes (n a multiple of directAlign) starting at an
+// aligned address.
+func alignedSlice(n int) []byte {
+	b := make([]byte, n+directAlign)
+	skip := int(-uintptr(unsafe.Pointer(unsafe.SliceData(b))) & (directAlign - 1))
+	return b[skip : skip+n : skip+n]
+}
+
+func clearDirect(f *os.File) error {
+	fd := int(f.Fd())
+	fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
+	if err != nil {
+		return err
+	}
+	_, err = unix.FcntlInt(uintptr(fd), unix.F_SETFL, fl&^unix.O_DIRECT)
+	return err
+}
