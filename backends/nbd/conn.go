@@ -40,10 +40,8 @@ type request struct {
 	kind  opKind
 	off   uint64
 	count uint64 // bytes the command covers
-	// buf is the payload in C memory, which libnbd may use after the Aio* call
-	// returns. For a write the submitter fills it; for a read the loop takes it from
-	// the buffer pool when it starts the command, so memory follows the in-flight
-	// bound. Once done has delivered, the submitter copies out of it and returns it.
+	// buf is the payload, which libnbd uses until the command completes: the
+	// submitter's pinned memory (pool.transfer), or C memory.
 	buf libnbd.AioBuffer
 	// ctx, when set, lets the loop drop the request if it ends before the command
 	// is started. Requests without one are always answered.
@@ -70,7 +68,6 @@ func (r *request) cost() int64 {
 // conn is one NBD connection and the goroutine that drives it.
 type conn struct {
 	h           *libnbd.Libnbd
-	bufs        *bufPool
 	fd          int // the socket; libnbd owns it
 	wake        int // eventfd that submitters write to
 	maxInFlight int64
@@ -89,7 +86,7 @@ type conn struct {
 	loopDone      chan struct{}
 }
 
-func newConn(h *libnbd.Libnbd, bufs *bufPool, maxInFlight int64) (*conn, error) {
+func newConn(h *libnbd.Libnbd, maxInFlight int64) (*conn, error) {
 	fd, err := h.AioGetFd()
 	if err != nil {
 		return nil, fmt.Errorf("socket: %w", err)
@@ -100,7 +97,6 @@ func newConn(h *libnbd.Libnbd, bufs *bufPool, maxInFlight int64) (*conn, error) 
 	}
 	c := &conn{
 		h:           h,
-		bufs:        bufs,
 		fd:          fd,
 		wake:        wake,
 		maxInFlight: maxInFlight,
@@ -207,13 +203,8 @@ func (c *conn) issue(r *request) error {
 	var err error
 	switch r.kind {
 	case opRead:
-		r.buf = c.bufs.get(r.count)
 		_, err = c.h.AioPread(r.buf, r.off, &libnbd.AioPreadOptargs{
 			CompletionCallbackSet: true, CompletionCallback: complete})
-		if err != nil {
-			c.bufs.put(r.buf)
-			r.buf = libnbd.AioBuffer{}
-		}
 	case opWrite:
 		_, err = c.h.AioPwrite(r.buf, r.off, &libnbd.AioPwriteOptargs{
 			CompletionCallbackSet: true, CompletionCallback: complete})

@@ -170,10 +170,9 @@ func connections(ctx context.Context, first *libnbd.Libnbd, e export, uri string
 		}
 		handles = append(handles, h)
 	}
-	// Enough buffers for every connection's in-flight bound.
-	p := &pool{bufs: newBufPool(e.maxRequest, len(handles)*int(max(1, maxInFlight/e.maxRequest)))}
+	p := &pool{}
 	for i, h := range handles {
-		c, err := newConn(h, p.bufs, maxInFlight)
+		c, err := newConn(h, maxInFlight)
 		if err != nil {
 			p.close()
 			for _, h := range handles[i:] {

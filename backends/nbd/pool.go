@@ -2,76 +2,15 @@ package nbd
 
 import (
 	"context"
-	"sync"
+	"runtime"
 	"sync/atomic"
+	"unsafe"
 
 	"libguestfs.org/libnbd"
 )
 
-// bufPool recycles the C buffers of reads and writes, all of the export's
-// request size. Fresh malloc'd buffers this large are mmap'd, and faulting their
-// pages in on every command costs more than the copy through them.
-type bufPool struct {
-	size uint
-	keep int
-
-	mu     sync.Mutex
-	free   []libnbd.AioBuffer
-	closed bool
-}
-
-// newBufPool keeps up to keep buffers of size bytes.
-func newBufPool(size int64, keep int) *bufPool {
-	return &bufPool{size: uint(size), keep: keep}
-}
-
-// get returns a buffer of n bytes, n at most the pool's size.
-func (b *bufPool) get(n uint64) libnbd.AioBuffer {
-	b.mu.Lock()
-	var buf libnbd.AioBuffer
-	if k := len(b.free); k > 0 {
-		buf = b.free[k-1]
-		b.free = b.free[:k-1]
-	}
-	b.mu.Unlock()
-	if buf.P == nil {
-		buf = libnbd.MakeAioBuffer(b.size)
-	}
-	buf.Size = uint(n) // free(3) needs only the pointer
-	return buf
-}
-
-// put keeps buf for reuse, or frees it when the pool is full or closed. A zero
-// buf is ignored.
-func (b *bufPool) put(buf libnbd.AioBuffer) {
-	if buf.P == nil {
-		return
-	}
-	b.mu.Lock()
-	if !b.closed && len(b.free) < b.keep {
-		b.free = append(b.free, buf)
-		b.mu.Unlock()
-		return
-	}
-	b.mu.Unlock()
-	buf.Free()
-}
-
-// close frees the buffers kept; buffers put back later are freed at once (a
-// reader may still hold one when Close cuts its request short).
-func (b *bufPool) close() {
-	b.mu.Lock()
-	free := b.free
-	b.free, b.closed = nil, true
-	b.mu.Unlock()
-	for _, buf := range free {
-		buf.Free()
-	}
-}
-
 // pool spreads requests over the connections to one export.
 type pool struct {
-	bufs  *bufPool
 	conns []*conn
 	next  atomic.Uint32 // rotates the search start so that ties take turns
 }
@@ -94,7 +33,7 @@ func (p *pool) pick() *conn {
 // submit hands r to the least busy connection.
 func (p *pool) submit(r *request) { p.pick().submit(r) }
 
-// close closes every connection, returning the first error, and frees the buffers.
+// close closes every connection, returning the first error.
 func (p *pool) close() error {
 	var first error
 	for _, c := range p.conns {
@@ -102,8 +41,39 @@ func (p *pool) close() error {
 			first = err
 		}
 	}
-	p.bufs.close()
 	return first
+}
+
+// transfer reads into or writes from buf at off, in commands of at most maxRequest
+// bytes spread over the connections, and waits for all of them. libnbd works on
+// buf itself: a runtime.Pinner keeps it in place while C holds pointers into it,
+// and every command is waited for, also after a failure, so that none is left
+// touching buf once transfer returns. It returns the bytes before the first
+// failure.
+func (p *pool) transfer(kind opKind, buf []byte, off, maxRequest int64) (int, error) {
+	if len(buf) == 0 {
+		return 0, nil
+	}
+	var pin runtime.Pinner
+	pin.Pin(unsafe.SliceData(buf))
+	defer pin.Unpin()
+	reqs := make([]*request, 0, (int64(len(buf))+maxRequest-1)/maxRequest)
+	for done := int64(0); done < int64(len(buf)); done += maxRequest {
+		n := min(maxRequest, int64(len(buf))-done)
+		r := newRequest(kind, off+done, n)
+		r.buf = libnbd.AioBuffer{P: unsafe.Pointer(&buf[done]), Size: uint(n)}
+		p.submit(r)
+		reqs = append(reqs, r)
+	}
+	n, failed := 0, error(nil)
+	for _, r := range reqs {
+		if err := <-r.done; err != nil && failed == nil {
+			failed = err
+		} else if failed == nil {
+			n += int(r.count)
+		}
+	}
+	return n, failed
 }
 
 // await collects the results of reqs and returns the first error. A nil ctx waits

@@ -53,8 +53,9 @@ func (s *source) Size() int64                         { return s.exp.size }
 func (s *source) Capabilities() backends.Capabilities { return s.exp.caps }
 
 // ReadAt reads p in commands of at most the request size, spread over the
-// connections, and copies each reply out of C memory as it arrives. Reading past
-// the end returns what the image holds and io.EOF.
+// connections. libnbd reads the replies straight into p, which stays pinned until
+// every command is answered: no C buffer, no copy. Reading past the end returns
+// what the image holds and io.EOF.
 func (s *source) ReadAt(p []byte, off int64) (int, error) {
 	if off < 0 {
 		return 0, fmt.Errorf("nbd %s: read at negative offset %d", s.exp.uri, off)
@@ -64,26 +65,9 @@ func (s *source) ReadAt(p []byte, off int64) (int, error) {
 		p = p[:max(0, s.exp.size-off)]
 		eof = io.EOF
 	}
-	reqs := make([]*request, 0, (int64(len(p))+s.exp.maxRequest-1)/s.exp.maxRequest)
-	for done := int64(0); done < int64(len(p)); done += s.exp.maxRequest {
-		r := newRequest(opRead, off+done, min(s.exp.maxRequest, int64(len(p))-done))
-		s.pool.submit(r)
-		reqs = append(reqs, r)
-	}
-	// Every request is waited for, so that every buffer is returned. n counts the
-	// bytes before the first failure.
-	n, failed := 0, error(nil)
-	for _, r := range reqs {
-		err := <-r.done
-		if err == nil && failed == nil {
-			n += copy(p[n:], r.buf.Slice())
-		} else if failed == nil {
-			failed = err
-		}
-		s.pool.bufs.put(r.buf)
-	}
-	if failed != nil {
-		return n, fmt.Errorf("nbd %s: %w", s.exp.uri, failed)
+	n, err := s.pool.transfer(opRead, p, off, s.exp.maxRequest)
+	if err != nil {
+		return n, fmt.Errorf("nbd %s: %w", s.exp.uri, err)
 	}
 	return n, eof
 }

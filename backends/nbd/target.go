@@ -63,32 +63,15 @@ func (t *target) check(what string, off, length int64) error {
 	return nil
 }
 
-// WriteAt copies p into C buffers for commands of at most the request size, spread
-// over the connections, and returns once the server acknowledged them all.
+// WriteAt sends p in commands of at most the request size, spread over the
+// connections, straight from p (pinned until the server acknowledged them all).
 func (t *target) WriteAt(p []byte, off int64) (int, error) {
 	if err := t.check("write", off, int64(len(p))); err != nil {
 		return 0, err
 	}
-	reqs := make([]*request, 0, (int64(len(p))+t.exp.maxRequest-1)/t.exp.maxRequest)
-	for done := int64(0); done < int64(len(p)); done += t.exp.maxRequest {
-		r := newRequest(opWrite, off+done, min(t.exp.maxRequest, int64(len(p))-done))
-		r.buf = t.pool.bufs.get(r.count)
-		copy(r.buf.Slice(), p[done:])
-		t.pool.submit(r)
-		reqs = append(reqs, r)
-	}
-	// n counts the bytes before the first failure.
-	n, failed := 0, error(nil)
-	for _, r := range reqs {
-		if err := <-r.done; err != nil && failed == nil {
-			failed = err
-		} else if failed == nil {
-			n += int(r.count)
-		}
-		t.pool.bufs.put(r.buf)
-	}
-	if failed != nil {
-		return n, fmt.Errorf("nbd %s: %w", t.exp.uri, failed)
+	n, err := t.pool.transfer(opWrite, p, off, t.exp.maxRequest)
+	if err != nil {
+		return n, fmt.Errorf("nbd %s: %w", t.exp.uri, err)
 	}
 	return n, nil
 }
