@@ -32,8 +32,8 @@ type BackupParams struct {
 	// ChunkSize of a full backup; 0 takes the repository's. An incremental always
 	// uses its parent's.
 	ChunkSize int64
-	// Concurrency is the number of chunks in flight (read, hash, compress, upload).
-	Concurrency int
+	// Limits bound the chunks in flight (read, hash, compress, upload).
+	Limits Limits
 	// Compress chunks with zstd (incompressible ones are stored as they are).
 	Compress bool
 }
@@ -120,16 +120,15 @@ func Backup(ctx context.Context, repo *sinks.Repository, src backends.Source, p 
 
 	var st backupCounters
 	g, gctx := errgroup.WithContext(ctx)
-	tasks := make(chan chunkTask, 2*max(p.Concurrency, 1))
+	tasks := make(chan chunkTask, 2*p.Limits.concurrency())
 	g.Go(func() error {
 		defer close(tasks)
 		return planChunks(gctx, src, m, parent, tasks)
 	})
-	for range max(p.Concurrency, 1) {
+	for range p.Limits.concurrency() {
 		g.Go(func() error {
-			buf := make([]byte, m.ChunkSize)
 			for t := range tasks {
-				if err := backupChunk(gctx, repo, src, m, patches, p, rs, t, buf, &st, progress); err != nil {
+				if err := backupChunk(gctx, repo, src, m, patches, p, rs, t, &st, progress); err != nil {
 					return err
 				}
 			}
@@ -278,7 +277,7 @@ func (c *backupCounters) stats(m *sinks.Manifest) sinks.BackupStats {
 }
 
 func backupChunk(ctx context.Context, repo *sinks.Repository, src backends.Source, m *sinks.Manifest, patches *patchSet,
-	p BackupParams, rs *resumeState, t chunkTask, buf []byte, st *backupCounters, progress *Progress) error {
+	p BackupParams, rs *resumeState, t chunkTask, st *backupCounters, progress *Progress) error {
 	if err := ctx.Err(); err != nil { // a failed sibling: read no more
 		return err
 	}
@@ -302,10 +301,19 @@ func backupChunk(ctx context.Context, repo *sinks.Repository, src backends.Sourc
 		st.zero.Add(n)
 		st.nZero.Add(1)
 		return nil
-	case actionPatch:
-		return backupPatch(ctx, repo, src, m, patches, p, rs, t, buf, st, progress)
 	}
-	data := buf[:n]
+	// Only now does the chunk need buffers: it waits for room in the budget.
+	release, err := p.Limits.Memory.reserve(ctx, backupChunkMemory(m.ChunkSize))
+	if err != nil {
+		return err
+	}
+	defer release()
+	buf := getChunkBuffer(m.ChunkSize)
+	defer putChunkBuffer(buf)
+	if t.action == actionPatch {
+		return backupPatch(ctx, repo, src, m, patches, p, rs, t, *buf, st, progress)
+	}
+	data := (*buf)[:n]
 	off := int64(t.index) * m.ChunkSize
 	if _, err := src.ReadAt(data, off); err != nil {
 		return fmt.Errorf("read chunk %d at offset %d: %w", t.index, off, err)

@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io/fs"
 	"math/rand/v2"
 	"os"
@@ -281,5 +282,56 @@ func TestKeyOnUnencryptedRepository(t *testing.T) {
 	_, err := runSpec(t, keyed, jobs.Spec{ID: "b", Kind: jobs.KindBackup, Disk: "vm1/vda", Source: &jobs.Endpoint{URI: "file://" + disk}})
 	if f := jobs.Classify(err); f.Code != jobs.CodeKey {
 		t.Fatalf("backup with a key into an unencrypted repository: %v (%s)", err, f.Code)
+	}
+}
+
+// TestJobsShareMemoryBudget: backups and restores running at once through one
+// runner never reserve more than its memory budget together, however many chunks
+// each may have in flight, and still finish bit for bit.
+func TestJobsShareMemoryBudget(t *testing.T) {
+	uri := "file://" + filepath.Join(t.TempDir(), "repo")
+	// Room for 3 or 4 chunks of 1 MiB in flight, of the 24 the backups would like.
+	budget := jobs.NewMemoryBudget(8 * mib)
+	r := jobs.NewRunner(jobs.WithDefaultRepository(uri), jobs.WithConcurrency(8), jobs.WithMemoryBudget(budget))
+	type disk struct{ path, sum string }
+	var disks []disk
+	for range 3 {
+		p, sum := rawDisk(t, 16*mib)
+		disks = append(disks, disk{p, sum})
+	}
+	ids := make([]string, len(disks))
+	errs := make(chan error, len(disks))
+	for i, d := range disks {
+		go func() {
+			res, err := runSpec(t, r, jobs.Spec{ID: fmt.Sprintf("b%d", i), Kind: jobs.KindBackup, Disk: fmt.Sprintf("vm%d/vda", i),
+				Source: &jobs.Endpoint{URI: "file://" + d.path}, Options: jobs.Options{ChunkSize: chunkSize}})
+			if err == nil {
+				ids[i] = res.Backup.ID
+			}
+			errs <- err
+		}()
+	}
+	for range disks {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, d := range disks {
+		go func() {
+			out, err := restoreToFile(t, r, ids[i])
+			if err == nil && fileSum(t, out) != d.sum {
+				err = fmt.Errorf("restore of %s differs from the disk", ids[i])
+			}
+			errs <- err
+		}()
+	}
+	for range disks {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The jobs wanted more than the budget and got it all, but not more.
+	if budget.Peak() > budget.Size() || budget.Peak() < budget.Size()/2 {
+		t.Errorf("peak reservation %d, budget %d", budget.Peak(), budget.Size())
 	}
 }

@@ -25,7 +25,7 @@ type RestoreStats struct {
 
 // Restore writes backup id into tgt. Every chunk is checked against its id before it
 // is written: a corrupt or missing chunk fails the restore, it is never written.
-func Restore(ctx context.Context, repo *sinks.Repository, m *sinks.Manifest, tgt backends.Target, concurrency int, progress *Progress) (RestoreStats, error) {
+func Restore(ctx context.Context, repo *sinks.Repository, m *sinks.Manifest, tgt backends.Target, lim Limits, progress *Progress) (RestoreStats, error) {
 	if progress == nil {
 		progress = NewProgress()
 	}
@@ -36,7 +36,7 @@ func Restore(ctx context.Context, repo *sinks.Repository, m *sinks.Manifest, tgt
 	// faults than decompressing into them.
 	var bufs sync.Pool
 	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(max(concurrency, 1))
+	g.SetLimit(lim.concurrency())
 	for i := 0; i < len(m.Chunks) && gctx.Err() == nil; i++ {
 		off, n := int64(i)*m.ChunkSize, m.ChunkLen(i)
 		// Runs of zero chunks become one zero request.
@@ -58,6 +58,11 @@ func Restore(ctx context.Context, repo *sinks.Repository, m *sinks.Manifest, tgt
 			continue
 		}
 		g.Go(func() error {
+			release, err := lim.Memory.reserve(gctx, restoreChunkMemory(m.ChunkSize))
+			if err != nil {
+				return err
+			}
+			defer release()
 			buf, _ := bufs.Get().(*positionBuffers)
 			if buf == nil {
 				buf = &positionBuffers{}

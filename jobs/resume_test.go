@@ -58,7 +58,7 @@ func TestResumeAfterInterruption(t *testing.T) {
 	defer img.Close()
 	src := &failingSource{Source: img}
 	src.after.Store(3)
-	params := jobs.BackupParams{JobID: "job-1", Resume: true, Source: "file://" + path, Disk: "vm1/vda", ChunkSize: chunkSize, Concurrency: 1, Compress: true}
+	params := jobs.BackupParams{JobID: "job-1", Resume: true, Source: "file://" + path, Disk: "vm1/vda", ChunkSize: chunkSize, Limits: jobs.Limits{Concurrency: 1}, Compress: true}
 	if _, err := jobs.Backup(context.Background(), repo, src, params, nil); !errors.Is(err, errDropped) {
 		t.Fatalf("first attempt: %v, want the dropped connection", err)
 	}
@@ -111,7 +111,7 @@ func TestCancelledBackupLeavesNothing(t *testing.T) {
 	defer img.Close()
 	ctx, cancel := context.WithCancelCause(context.Background())
 	src := &cancellingSource{Source: img, cancel: func() { cancel(jobs.ErrCancelled) }}
-	_, err = jobs.Backup(ctx, repo, src, jobs.BackupParams{JobID: "job-c", Resume: true, Disk: "d", ChunkSize: chunkSize, Concurrency: 1}, nil)
+	_, err = jobs.Backup(ctx, repo, src, jobs.BackupParams{JobID: "job-c", Resume: true, Disk: "d", ChunkSize: chunkSize, Limits: jobs.Limits{Concurrency: 1}}, nil)
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("err %v, want cancelled", err)
 	}
@@ -181,7 +181,7 @@ func TestResumePatchedIncremental(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer img.Close()
-	full, err := jobs.Backup(context.Background(), repo, img, jobs.BackupParams{Disk: "vm1/vda", ChunkSize: chunkSize, Concurrency: 2, Compress: true}, nil)
+	full, err := jobs.Backup(context.Background(), repo, img, jobs.BackupParams{Disk: "vm1/vda", ChunkSize: chunkSize, Limits: jobs.Limits{Concurrency: 2}, Compress: true}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -204,7 +204,7 @@ func TestResumePatchedIncremental(t *testing.T) {
 
 	src := &failingSource{Source: &dirtySource{Source: img, dirty: dirty}}
 	src.after.Store(3)
-	params := jobs.BackupParams{JobID: "job-p", Resume: true, Source: "file://" + path, Disk: "vm1/vda", Bitmap: "b1", Parent: full, Concurrency: 1, Compress: true}
+	params := jobs.BackupParams{JobID: "job-p", Resume: true, Source: "file://" + path, Disk: "vm1/vda", Bitmap: "b1", Parent: full, Limits: jobs.Limits{Concurrency: 1}, Compress: true}
 	if _, err := jobs.Backup(context.Background(), repo, src, params, nil); !errors.Is(err, errDropped) {
 		t.Fatalf("first attempt: %v, want the dropped connection", err)
 	}

@@ -29,6 +29,7 @@ type runnerConfig struct {
 	repository  string
 	key         []byte
 	concurrency int
+	memory      *MemoryBudget
 	limiter     *rate.Limiter
 	log         *zap.Logger
 	onSource    backends.SourceObserver
@@ -60,6 +61,10 @@ func WithKey(key []byte) RunnerOption { return func(c *runnerConfig) { c.key = k
 
 // WithConcurrency is the default number of chunks in flight per job.
 func WithConcurrency(n int) RunnerOption { return func(c *runnerConfig) { c.concurrency = n } }
+
+// WithMemoryBudget makes every job of the runner take its chunk buffers out of b,
+// so that jobs running at once together stay within it.
+func WithMemoryBudget(b *MemoryBudget) RunnerOption { return func(c *runnerConfig) { c.memory = b } }
 
 // WithRateLimiter caps the source reads of all jobs of this runner together.
 func WithRateLimiter(l *rate.Limiter) RunnerOption {
@@ -98,13 +103,13 @@ func (r *Runner) Run(ctx context.Context, s Spec, progress *Progress) (Result, e
 		return Result{}, err
 	}
 	store = sinks.Instrumented(store, r.cfg.onStore)
-	concurrency := s.Options.Concurrency
-	if concurrency == 0 {
-		concurrency = r.cfg.concurrency
+	lim := Limits{Concurrency: s.Options.Concurrency, Memory: r.cfg.memory}
+	if lim.Concurrency == 0 {
+		lim.Concurrency = r.cfg.concurrency
 	}
 	switch s.Kind {
 	case KindBackup:
-		return r.backup(ctx, store, s, concurrency, progress)
+		return r.backup(ctx, store, s, lim, progress)
 	case KindRestore, KindVerify:
 		repo, err := sinks.Open(ctx, store, r.cfg.key)
 		if err != nil {
@@ -123,14 +128,14 @@ func (r *Runner) Run(ctx context.Context, s Spec, progress *Progress) (Result, e
 				defer src.Close()
 				src = backends.Instrumented(src, r.cfg.onSource)
 			}
-			rep, err := Verify(ctx, repo, m, src, concurrency, progress)
+			rep, err := Verify(ctx, repo, m, src, lim, progress)
 			return Result{Verify: &rep}, err
 		}
 		tgt, err := backends.OpenTarget(ctx, s.Target.URI, backends.WithSize(m.Size))
 		if err != nil {
 			return Result{}, err
 		}
-		st, err := Restore(ctx, repo, m, tgt, concurrency, progress)
+		st, err := Restore(ctx, repo, m, tgt, lim, progress)
 		if cerr := tgt.Close(); err == nil && cerr != nil {
 			err = fmt.Errorf("close target: %w", cerr)
 		}
@@ -142,7 +147,7 @@ func (r *Runner) Run(ctx context.Context, s Spec, progress *Progress) (Result, e
 	return Result{}, fmt.Errorf("%w: unknown kind %q", ErrInvalid, s.Kind)
 }
 
-func (r *Runner) backup(ctx context.Context, store sinks.Store, s Spec, concurrency int, progress *Progress) (Result, error) {
+func (r *Runner) backup(ctx context.Context, store sinks.Store, s Spec, lim Limits, progress *Progress) (Result, error) {
 	repo, err := sinks.OpenOrInit(ctx, store, sinks.InitOptions{Key: r.cfg.key, ChunkSize: s.Options.ChunkSize, Compression: s.Options.Compression})
 	if err != nil {
 		return Result{}, err
@@ -175,7 +180,7 @@ func (r *Runner) backup(ctx context.Context, store sinks.Store, s Spec, concurre
 	}
 	m, err := Backup(ctx, repo, src, BackupParams{
 		JobID: s.ID, Resume: r.cfg.resume, Source: s.Source.URI, Disk: s.Disk, Bitmap: s.Source.Bitmap, Parent: parent, Labels: s.Labels,
-		ChunkSize: s.Options.ChunkSize, Concurrency: concurrency,
+		ChunkSize: s.Options.ChunkSize, Limits: lim,
 		Compress: s.Options.Compression != "none" && (s.Options.Compression == "zstd" || repo.Config().Compression == "zstd"),
 	}, progress)
 	if err != nil {

@@ -43,7 +43,7 @@ var ErrVerifyFailed = errors.New("backup is damaged")
 // corrupt chunks are collected and named in the report; any other error (the store
 // unreachable) ends the verify, since it says nothing about the backup. With a
 // source, every chunk position is also compared with it.
-func Verify(ctx context.Context, repo *sinks.Repository, m *sinks.Manifest, src backends.Source, concurrency int, progress *Progress) (VerifyReport, error) {
+func Verify(ctx context.Context, repo *sinks.Repository, m *sinks.Manifest, src backends.Source, lim Limits, progress *Progress) (VerifyReport, error) {
 	if progress == nil {
 		progress = NewProgress()
 	}
@@ -58,13 +58,18 @@ func Verify(ctx context.Context, repo *sinks.Repository, m *sinks.Manifest, src 
 	var mu sync.Mutex
 	var checked atomic.Int64
 	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(max(concurrency, 1))
+	g.SetLimit(lim.concurrency())
 	for c, size := range sizes {
 		id, _ := sinks.ParseChunkID(c) // every id was checked when the manifest was read
 		n := size.length
 		g.Go(func() error {
 			defer progress.bytesDone.Add(n)
+			release, err := lim.Memory.reserve(gctx, verifyChunkMemory(n))
+			if err != nil {
+				return err
+			}
 			data, err := repo.GetChunk(gctx, id, nil)
+			release() // data is dropped below
 			if err == nil && !size.fits(int64(len(data))) {
 				err = fmt.Errorf("%w: %d bytes, want %d", sinks.ErrCorrupt, len(data), n)
 			}
@@ -90,7 +95,7 @@ func Verify(ctx context.Context, repo *sinks.Repository, m *sinks.Manifest, src 
 		return rep, err
 	}
 	if src != nil && len(rep.Missing)+len(rep.Corrupt) == 0 {
-		differ, err := compareWithSource(ctx, repo, m, src, concurrency)
+		differ, err := compareWithSource(ctx, repo, m, src, lim)
 		if err != nil {
 			return rep, err
 		}
@@ -150,17 +155,22 @@ func firstOf(lists ...[]string) string {
 
 // compareWithSource reads every chunk position of the source and compares it with
 // the backup's content there, returning the offsets that differ.
-func compareWithSource(ctx context.Context, repo *sinks.Repository, m *sinks.Manifest, src backends.Source, concurrency int) ([]int64, error) {
+func compareWithSource(ctx context.Context, repo *sinks.Repository, m *sinks.Manifest, src backends.Source, lim Limits) ([]int64, error) {
 	if src.Size() != m.Size {
 		return nil, fmt.Errorf("%w: the source has %d bytes, backup %s %d", ErrVerifyFailed, src.Size(), m.ID, m.Size)
 	}
 	var mu sync.Mutex
 	var differ []int64
 	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(max(concurrency, 1))
+	g.SetLimit(lim.concurrency())
 	for i := range m.Chunks {
 		g.Go(func() error {
 			off, n := int64(i)*m.ChunkSize, m.ChunkLen(i)
+			release, err := lim.Memory.reserve(gctx, n+restoreChunkMemory(m.ChunkSize))
+			if err != nil {
+				return err
+			}
+			defer release()
 			have := make([]byte, n)
 			if _, err := src.ReadAt(have, off); err != nil {
 				return fmt.Errorf("read source at %d: %w", off, err)

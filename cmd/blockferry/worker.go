@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -37,6 +38,7 @@ func newWorkerCommand(g *globals) *cobra.Command {
 		slots       int
 		concurrency int
 		rateLimit   string
+		memoryLimit string
 		grace       time.Duration
 		logLevel    string
 		httpAddr    string
@@ -87,10 +89,14 @@ func newWorkerCommand(g *globals) *cobra.Command {
 				}
 				limiter = backends.NewLimiter(bps)
 			}
+			budget, err := memoryBudget(memoryLimit, slots)
+			if err != nil {
+				return err
+			}
 			m := metrics.New()
 			runner := jobs.NewRunner(jobs.WithDefaultRepository(repo), jobs.WithKey(key), jobs.WithConcurrency(concurrency),
 				jobs.WithRateLimiter(limiter), jobs.WithLogger(log), jobs.WithObservers(m.ObserveSource, m.ObserveStore),
-				jobs.WithResume())
+				jobs.WithResume(), jobs.WithMemoryBudget(budget))
 			w := worker.New(js, runner, worker.WithTopology(n.topo), worker.WithName(name), worker.WithJobs(slots),
 				worker.WithGracePeriod(grace), worker.WithLogger(log), worker.WithMetrics(m))
 			if httpAddr != "" {
@@ -130,7 +136,8 @@ func newWorkerCommand(g *globals) *cobra.Command {
 				}
 				log.Info("serving /metrics, /healthz and /readyz", zap.String("address", addr))
 			}
-			log.Info("worker configuration", zap.String("repository", redactURI(repo)), zap.Int("jobs", slots), zap.String("worker", name))
+			log.Info("worker configuration", zap.String("repository", redactURI(repo)), zap.Int("jobs", slots), zap.String("worker", name),
+				zap.Int64("memory_limit", budget.Size()))
 			return w.Run(cmd.Context())
 		},
 	}
@@ -142,6 +149,7 @@ func newWorkerCommand(g *globals) *cobra.Command {
 	f.IntVar(&slots, "jobs", 1, "jobs run at once")
 	f.IntVar(&concurrency, "concurrency", 8, "chunks in flight per job")
 	f.StringVar(&rateLimit, "rate-limit", "", "cap on source reads of all jobs together, e.g. 400MiB (per second)")
+	f.StringVar(&memoryLimit, "memory-limit", "", "bound on the chunk buffers of all running jobs together, e.g. 512MiB; jobs wait for buffers rather than exceed it (default: 128MiB per --jobs)")
 	f.DurationVar(&grace, "grace-period", 5*time.Minute, "on SIGTERM, how long running jobs may finish before they are handed back")
 	f.IntVar(&n.topo.Replicas, "replicas", 1, "replicas of the streams and buckets the worker creates (3 on a cluster)")
 	f.DurationVar(&n.topo.AckWait, "ack-wait", n.topo.AckWait, "redeliver a job whose worker sent no heartbeat for this long")
@@ -152,6 +160,32 @@ func newWorkerCommand(g *globals) *cobra.Command {
 	f.StringVar(&httpAddr, "http", "", "address for /metrics, /healthz and /readyz, e.g. 0.0.0.0:9090 (off when empty)")
 	settings(f)
 	return cmd
+}
+
+// defaultMemoryPerJob is the chunk buffer budget per job slot: a job with default
+// settings (8 chunks of 4 MiB in flight) needs 64 MiB for a backup, 96 for a
+// restore.
+const defaultMemoryPerJob = 128 << 20
+
+// memoryBudget makes the worker's buffer budget from --memory-limit, and tells
+// the Go runtime to collect garbage before its heap outgrows the budget by more
+// than a margin for everything else (NATS, an embedded server, metrics), unless
+// GOMEMLIMIT says otherwise.
+func memoryBudget(flag string, slots int) (*jobs.MemoryBudget, error) {
+	size := int64(max(slots, 1)) * defaultMemoryPerJob
+	if flag != "" {
+		var err error
+		if size, err = jobs.ParseByteSize(flag); err != nil {
+			return nil, fmt.Errorf("--memory-limit: %w", err)
+		}
+		if size < 16<<20 {
+			return nil, fmt.Errorf("--memory-limit: %s is less than 16MiB", flag)
+		}
+	}
+	if os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(size + size/4 + 64<<20)
+	}
+	return jobs.NewMemoryBudget(size), nil
 }
 
 func newLogger(level string) (*zap.Logger, error) {
