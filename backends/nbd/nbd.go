@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"strings"
 	"syscall"
+	"time"
 
 	"libguestfs.org/libnbd"
 
@@ -63,9 +64,24 @@ type export struct {
 	contexts map[string]bool
 }
 
-// dial opens one connection, asking for the meta contexts given. ConnectUri blocks
-// until the handshake ends, so ctx is only checked before it starts.
-func dial(ctx context.Context, uri, shown string, contexts []string) (*libnbd.Libnbd, error) {
+// Handshake timeouts. A server at its client limit (qemu-nbd -e N) accepts the
+// connection but does not negotiate until another client leaves, and a wedged one
+// may never answer: without a limit a job would hang there, deaf to cancellation.
+const (
+	// firstHandshakeTimeout bounds the wait for the connection a device needs.
+	firstHandshakeTimeout = 30 * time.Second
+	// extraHandshakeTimeout bounds the wait for the optional extra connections of
+	// a multi-conn export: jobs sharing an export with a client limit would
+	// otherwise each hold some connections and wait for the rest forever.
+	extraHandshakeTimeout = 3 * time.Second
+)
+
+// errHandshakeTimeout: the server did not finish the handshake in time.
+var errHandshakeTimeout = errors.New("no NBD handshake: the server accepted the connection but did not negotiate (is the export at its client limit?)")
+
+// dial opens one connection, asking for the meta contexts given, and waits at most
+// timeout for the handshake, or until ctx ends.
+func dial(ctx context.Context, uri, shown string, contexts []string, timeout time.Duration) (*libnbd.Libnbd, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -86,14 +102,44 @@ func dial(ctx context.Context, uri, shown string, contexts []string) (*libnbd.Li
 			return nil, fmt.Errorf("nbd %s: request meta context %q: %w", shown, name, err)
 		}
 	}
-	if err := h.ConnectUri(uri); err != nil {
+	if err := handshake(ctx, h, uri, timeout); err != nil {
 		h.Close()
 		if unreachable(err) {
 			return nil, fmt.Errorf("nbd %s: %w: %w", shown, backends.ErrUnreachable, err)
 		}
+		if errors.Is(err, ctx.Err()) {
+			return nil, err
+		}
 		return nil, fmt.Errorf("nbd %s: connect: %w", shown, err)
 	}
 	return h, nil
+}
+
+// handshake connects h to uri and drives the handshake until the connection is
+// ready, it fails, ctx ends or timeout passes.
+func handshake(ctx context.Context, h *libnbd.Libnbd, uri string, timeout time.Duration) error {
+	if err := h.AioConnectUri(uri); err != nil {
+		return err
+	}
+	deadline := time.Now().Add(timeout)
+	for {
+		if ready, _ := h.AioIsReady(); ready {
+			return nil
+		}
+		if connecting, _ := h.AioIsConnecting(); !connecting {
+			return errors.New("the server closed the connection during the handshake")
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if time.Now().After(deadline) {
+			return errHandshakeTimeout
+		}
+		// One step of the state machine, or 100 ms without one.
+		if _, err := h.Poll(100); err != nil {
+			return err
+		}
+	}
 }
 
 // unreachable tells a server that is not there (no socket, nothing listening, no
@@ -161,12 +207,15 @@ func connections(ctx context.Context, first *libnbd.Libnbd, e export, uri string
 	}
 	handles := []*libnbd.Libnbd{first}
 	for len(handles) < want {
-		h, err := dial(ctx, uri, e.uri, contexts)
+		h, err := dial(ctx, uri, e.uri, contexts, extraHandshakeTimeout)
 		if err != nil {
-			for _, h := range handles {
-				h.Close()
+			if ctx.Err() != nil {
+				for _, h := range handles {
+					h.Close()
+				}
+				return nil, ctx.Err()
 			}
-			return nil, err
+			break // extra connections only add speed: go on with those we have
 		}
 		handles = append(handles, h)
 	}

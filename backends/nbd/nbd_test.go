@@ -566,3 +566,47 @@ func TestServerGoneFailsReads(t *testing.T) {
 		})
 	}
 }
+
+// TestClientLimit: an export that takes fewer clients than a source would like to
+// open (qemu-nbd --shared=N advertises multi-conn but does not negotiate with
+// client N+1 until another leaves) still opens with the connections it can get,
+// and a source waiting for a connection at the limit gives up when its context
+// ends instead of hanging.
+func TestClientLimit(t *testing.T) {
+	image, _ := bitmapImage(t)
+	uri, _ := testutil.ServeQemuNBD(t, image, "", "--shared=2") // the last --shared wins
+	ctx := context.Background()
+	start := time.Now()
+	a, err := backends.OpenSource(ctx, uri, backends.WithConnections(4))
+	if err != nil {
+		t.Fatalf("open with a client limit of 2: %v", err)
+	}
+	defer a.Close()
+	if d := time.Since(start); d > extraHandshakeTimeout+5*time.Second {
+		t.Errorf("open took %v", d)
+	}
+	buf := make([]byte, 1<<20)
+	if _, err := a.ReadAt(buf, 0); err != nil {
+		t.Fatalf("read: %v", err)
+	}
+
+	// Both connections are a's: another source waits, until its context ends.
+	short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	start = time.Now()
+	if b, err := backends.OpenSource(short, uri); err == nil {
+		b.Close()
+		t.Fatal("opened a source past the client limit")
+	} else if !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("open past the client limit: %v, want the context's deadline", err)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Errorf("open past the client limit returned after %v, not when its context ended", d)
+	}
+	a.Close()
+	b, err := backends.OpenSource(ctx, uri)
+	if err != nil {
+		t.Fatalf("open after the first source closed: %v", err)
+	}
+	b.Close()
+}

@@ -28,7 +28,7 @@ func openSource(ctx context.Context, u *url.URL, o backends.SourceOptions) (back
 		bitmap = bitmapContextPrefix + o.Bitmap
 		contexts = append(contexts, bitmap)
 	}
-	h, err := dial(ctx, uri, shown, contexts)
+	h, err := dial(ctx, uri, shown, contexts, firstHandshakeTimeout)
 	if err != nil {
 		return nil, err
 	}

@@ -28,7 +28,7 @@ type target struct {
 
 func openTarget(ctx context.Context, u *url.URL, o backends.TargetOptions) (backends.Target, error) {
 	uri, shown := u.String(), u.Redacted()
-	h, err := dial(ctx, uri, shown, nil)
+	h, err := dial(ctx, uri, shown, nil, firstHandshakeTimeout)
 	if err != nil {
 		return nil, err
 	}

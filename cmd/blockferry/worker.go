@@ -183,7 +183,7 @@ func memoryBudget(flag string, slots int) (*jobs.MemoryBudget, error) {
 		}
 	}
 	if os.Getenv("GOMEMLIMIT") == "" {
-		debug.SetMemoryLimit(size + size/4 + 64<<20)
+		debug.SetMemoryLimit(size + 64<<20)
 	}
 	return jobs.NewMemoryBudget(size), nil
 }
