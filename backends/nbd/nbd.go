@@ -39,10 +39,13 @@ const (
 	// the caller sets no bound.
 	defaultMaxInFlight = 64 << 20
 	// maxRequestSize is the largest read or write sent as one NBD command. Servers
-	// commonly cap payloads at 32 MiB, but qemu-nbd serves large commands slowly:
-	// nbdcopy with 2 MiB requests reads a 512 MiB image in 1.31 s against 0.52 s
-	// with 256 KiB ones; our backup read it fastest with 512 KiB.
-	maxRequestSize = 512 << 10
+	// commonly cap payloads at 32 MiB, but QEMU's NBD server (qemu-nbd, and libvirt
+	// backups through QEMU) allocates a buffer per command, and above glibc's mmap
+	// threshold those are fresh pages that fault on every command: a full backup of
+	// make bench's image cost qemu-nbd 5.0-6.5 CPU-s with 512 KiB commands, 2.7-3.8
+	// with 256 KiB and 1.7 with 128 KiB (with 64 KiB, 2.6-2.9: too many commands),
+	// and took 8.5-9.7, 6.9-8.3 and 6.6-6.8 s on 2 cores.
+	maxRequestSize = 128 << 10
 	// maxStatusWindow bounds one block status query: NBD lengths are 32 bits and a
 	// server may spend long on a huge range.
 	maxStatusWindow = 1 << 30
