@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -55,21 +53,12 @@ const (
 )
 
 type chunkTask struct {
-	index  int
+	index  int // the position, but for actionPatch
 	action chunkAction
-	// dirty lists, for actionPatch, the dirty extents of the position in order.
-	dirty []backends.Extent
+	// group lists, for actionPatch, the positions whose dirty blocks are stored
+	// together in one new chunk.
+	group []patchPosition
 }
-
-// Limits of patching (see sinks.Manifest.Patches). A dirty position beyond any of
-// them is read whole instead, which also folds the patches earlier incrementals
-// left there back into one chunk: a restore then never assembles a position from
-// more than a few objects, however long the chain of incrementals.
-const (
-	maxPatchedShare = 2  // at most 1/maxPatchedShare of a position is patched
-	maxPatches      = 64 // patches per position
-	maxPatchChunks  = 4  // distinct chunks the patches of a position refer to
-)
 
 // Backup reads src and stores it in repo as a new backup. Only after every chunk
 // the manifest names is stored is the manifest written; a backup that fails or is
@@ -164,6 +153,15 @@ func planChunks(ctx context.Context, src backends.Source, m *sinks.Manifest, par
 	window := m.ChunkSize * windowChunks
 	var pending []backends.Extent // extents not yet consumed, starting at pos
 	var dirtyExtents []backends.Extent
+	send := func(t chunkTask) error {
+		select {
+		case tasks <- t:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	group := patchGroup{limit: patchChunkSize(m.ChunkSize)}
 	pos := int64(0)
 	for i := range m.Chunks {
 		start := int64(i) * m.ChunkSize
@@ -202,57 +200,23 @@ func planChunks(ctx context.Context, src backends.Source, m *sinks.Manifest, par
 		case !data:
 			t.action = actionZero
 		case parent != nil && patchable(parent.Patches[i], dirtyExtents, int64(i)*m.ChunkSize, m.ChunkLen(i)):
-			t.action, t.dirty = actionPatch, slices.Clone(dirtyExtents)
+			// Into the group of positions whose changed blocks make one chunk; a
+			// group that is full goes out first.
+			if full, ok := group.add(i, dirtyExtents); ok {
+				if err := send(full); err != nil {
+					return err
+				}
+			}
+			continue
 		}
-		select {
-		case tasks <- t:
-		case <-ctx.Done():
-			return ctx.Err()
+		if err := send(t); err != nil {
+			return err
 		}
+	}
+	if last, ok := group.flush(); ok {
+		return send(last)
 	}
 	return nil
-}
-
-// patchable reports whether the dirty extents of the position at posStart, n bytes
-// long, laid over the patches its parent already has there, stay within the limits
-// of patching.
-func patchable(have []sinks.Patch, dirty []backends.Extent, posStart, n int64) bool {
-	top := make([]sinks.Patch, len(dirty))
-	for k, e := range dirty {
-		top[k] = sinks.Patch{Offset: e.Start - posStart, Length: e.Length, Chunk: newPatchChunk}
-	}
-	all := sinks.OverlayPatches(have, top)
-	var patched int64
-	chunks := map[string]bool{}
-	for _, p := range all {
-		patched += p.Length
-		if p.Chunk != "" {
-			chunks[p.Chunk] = true
-		}
-	}
-	return patched*maxPatchedShare <= n && len(all) <= maxPatches && len(chunks) <= maxPatchChunks
-}
-
-// newPatchChunk stands for the chunk a position's new patches will refer to
-// before it is stored.
-const newPatchChunk = "new"
-
-// patchSet collects the patches of a backup's positions from its workers.
-type patchSet struct {
-	mu sync.Mutex
-	m  map[int][]sinks.Patch
-}
-
-func (s *patchSet) set(i int, ps []sinks.Patch) {
-	if len(ps) == 0 {
-		return
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.m == nil {
-		s.m = map[int][]sinks.Patch{}
-	}
-	s.m[i] = ps
 }
 
 type backupCounters struct {
@@ -281,9 +245,19 @@ func backupChunk(ctx context.Context, repo *sinks.Repository, src backends.Sourc
 	if err := ctx.Err(); err != nil { // a failed sibling: read no more
 		return err
 	}
+	if t.action == actionPatch {
+		release, err := p.Limits.Memory.reserve(ctx, backupChunkMemory(m.ChunkSize))
+		if err != nil {
+			return err
+		}
+		defer release()
+		buf := getChunkBuffer(m.ChunkSize)
+		defer putChunkBuffer(buf)
+		return backupPatches(ctx, repo, src, m, patches, p, rs, t.group, *buf, st, progress)
+	}
 	n := m.ChunkLen(t.index)
 	defer progress.bytesDone.Add(n)
-	if e, ok := rs.stored(t.index); ok && (t.action == actionRead || t.action == actionPatch) {
+	if e, ok := rs.stored(t.index); ok && t.action == actionRead {
 		m.Chunks[t.index] = e.chunk
 		patches.set(t.index, e.patches)
 		st.resumed.Add(n)
@@ -310,9 +284,6 @@ func backupChunk(ctx context.Context, repo *sinks.Repository, src backends.Sourc
 	defer release()
 	buf := getChunkBuffer(m.ChunkSize)
 	defer putChunkBuffer(buf)
-	if t.action == actionPatch {
-		return backupPatch(ctx, repo, src, m, patches, p, rs, t, *buf, st, progress)
-	}
 	data := (*buf)[:n]
 	off := int64(t.index) * m.ChunkSize
 	if _, err := src.ReadAt(data, off); err != nil {
@@ -352,63 +323,6 @@ func storeChunk(ctx context.Context, repo *sinks.Repository, data []byte, compre
 		progress.bytesWritten.Add(int64(res.Stored))
 	}
 	return res.ID.String(), nil
-}
-
-// backupPatch reads only the dirty extents of a position, stores the ones that
-// hold data as one chunk, and records the position as its parent's entry with
-// patches laid over it.
-func backupPatch(ctx context.Context, repo *sinks.Repository, src backends.Source, m *sinks.Manifest, patches *patchSet,
-	p BackupParams, rs *resumeState, t chunkTask, buf []byte, st *backupCounters, progress *Progress) error {
-	posStart, n := int64(t.index)*m.ChunkSize, m.ChunkLen(t.index)
-	top := make([]sinks.Patch, 0, len(t.dirty))
-	blob := buf[:0] // the dirty data, extent after extent
-	var dirtyBytes, zeroBytes int64
-	for _, e := range t.dirty {
-		dirtyBytes += e.Length
-		patch := sinks.Patch{Offset: e.Start - posStart, Length: e.Length}
-		if !e.Zero {
-			data := buf[len(blob) : len(blob)+int(e.Length)]
-			if _, err := src.ReadAt(data, e.Start); err != nil {
-				return fmt.Errorf("read %d bytes at offset %d: %w", e.Length, e.Start, err)
-			}
-			st.read.Add(e.Length)
-			progress.bytesRead.Add(e.Length)
-			if !isZero(data) {
-				patch.Chunk, patch.ChunkOffset = newPatchChunk, int64(len(blob))
-				blob = blob[:len(blob)+len(data)]
-			}
-		}
-		if patch.Chunk == "" {
-			zeroBytes += e.Length
-		}
-		top = append(top, patch)
-	}
-	if len(blob) > 0 {
-		id, err := storeChunk(ctx, repo, blob, p.Compress, st, progress)
-		if err != nil {
-			return err
-		}
-		for k := range top {
-			if top[k].Chunk == newPatchChunk {
-				top[k].Chunk = id
-			}
-		}
-	} else {
-		st.nZero.Add(1)
-	}
-	st.zero.Add(zeroBytes)
-	st.reused.Add(n - dirtyBytes)
-	st.nPatched.Add(1)
-
-	base := p.Parent.Chunks[t.index]
-	all := sinks.OverlayPatches(p.Parent.Patches[t.index], top)
-	if base == "" { // zeroes laid over zeroes change nothing
-		all = slices.DeleteFunc(all, func(p sinks.Patch) bool { return p.Chunk == "" })
-	}
-	m.Chunks[t.index] = base
-	patches.set(t.index, all)
-	rs.record(t.index, storedEntry{chunk: base, patches: all})
-	return nil
 }
 
 var zeroPage [64 << 10]byte

@@ -57,15 +57,30 @@ func TestPlanChunks(t *testing.T) {
 			t.Fatal(err)
 		}
 		close(tasks)
-		var got []chunkAction
+		got := make([]chunkAction, len(m.Chunks))
+		seen := map[int]bool{}
+		see := func(i int) {
+			if seen[i] {
+				t.Fatalf("chunk %d planned twice", i)
+			}
+			seen[i] = true
+		}
 		for task := range tasks {
-			if task.index != len(got) {
-				t.Fatalf("task for chunk %d out of order", task.index)
+			if task.action != actionPatch {
+				see(task.index)
+				got[task.index] = task.action
+				continue
 			}
-			got = append(got, task.action)
-			if task.index == 1 {
-				dirty1 = task.dirty
+			for _, pp := range task.group {
+				see(pp.index)
+				got[pp.index] = actionPatch
+				if pp.index == 1 {
+					dirty1 = pp.dirty
+				}
 			}
+		}
+		if len(seen) != len(m.Chunks) {
+			t.Fatalf("%d of %d chunks planned", len(seen), len(m.Chunks))
 		}
 		return got
 	}

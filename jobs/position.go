@@ -4,6 +4,9 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"sync"
+
+	"golang.org/x/sync/singleflight"
 
 	"github.com/blockferry/blockferry/sinks"
 )
@@ -18,8 +21,9 @@ type positionBuffers struct {
 // readPosition reads chunk position i of backup m from the repository: its base
 // chunk, or zeroes, with its patches laid over it. Every chunk is checked against
 // its id, and a chunk too short for what the manifest takes from it is corrupt.
-// The result lives in b.data.
-func readPosition(ctx context.Context, repo *sinks.Repository, m *sinks.Manifest, i int, b *positionBuffers) ([]byte, error) {
+// The chunks patches refer to come through cache when it is not nil. The result
+// lives in b.data.
+func readPosition(ctx context.Context, repo *sinks.Repository, m *sinks.Manifest, i int, b *positionBuffers, cache *patchChunkCache) ([]byte, error) {
 	n := m.ChunkLen(i)
 	var data []byte
 	if m.Chunks[i] != "" {
@@ -48,11 +52,16 @@ func readPosition(ctx context.Context, repo *sinks.Repository, m *sinks.Manifest
 			continue
 		}
 		id, _ := sinks.ParseChunkID(p.Chunk)
-		src, err := repo.GetChunk(ctx, id, b.patch)
+		var src []byte
+		var err error
+		if cache != nil {
+			src, err = cache.get(ctx, repo, id)
+		} else if src, err = repo.GetChunk(ctx, id, b.patch); err == nil {
+			b.patch = src
+		}
 		if err != nil {
 			return nil, err
 		}
-		b.patch = src
 		for _, q := range patches[k:] {
 			if q.Chunk != p.Chunk {
 				continue
@@ -65,4 +74,57 @@ func readPosition(ctx context.Context, repo *sinks.Repository, m *sinks.Manifest
 		done = append(done, p.Chunk)
 	}
 	return data, nil
+}
+
+// patchChunkCache keeps the last chunks that patches referred to while a restore
+// runs. The changed blocks of up to maxGroupPositions neighbouring positions share
+// one chunk, and a restore goes through positions roughly in order, so a few
+// entries spare reading (and checking) that chunk once for every position.
+type patchChunkCache struct {
+	max int64 // bytes
+
+	mu      sync.Mutex
+	entries []cachedChunk // least recently used first
+	size    int64
+	flight  singleflight.Group
+}
+
+type cachedChunk struct {
+	id   sinks.ChunkID
+	data []byte // shared: never written to
+}
+
+// patchCacheSize bounds a restore's cache: four chunks of patches as backups
+// write them.
+const patchCacheSize = 4 << 20
+
+func (c *patchChunkCache) get(ctx context.Context, repo *sinks.Repository, id sinks.ChunkID) ([]byte, error) {
+	c.mu.Lock()
+	for k, e := range c.entries {
+		if e.id == id {
+			c.entries = append(append(c.entries[:k:k], c.entries[k+1:]...), e)
+			c.mu.Unlock()
+			return e.data, nil
+		}
+	}
+	c.mu.Unlock()
+	v, err, _ := c.flight.Do(id.String(), func() (any, error) {
+		data, err := repo.GetChunk(ctx, id, nil)
+		if err != nil {
+			return nil, err
+		}
+		if int64(len(data)) <= c.max {
+			c.mu.Lock()
+			c.entries = append(c.entries, cachedChunk{id: id, data: data})
+			for c.size += int64(len(data)); c.size > c.max; c.entries = c.entries[1:] {
+				c.size -= int64(len(c.entries[0].data))
+			}
+			c.mu.Unlock()
+		}
+		return data, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return v.([]byte), nil
 }

@@ -35,6 +35,7 @@ func Restore(ctx context.Context, repo *sinks.Repository, m *sinks.Manifest, tgt
 	// Decompression buffers are recycled: fresh 4 MiB buffers cost more in page
 	// faults than decompressing into them.
 	var bufs sync.Pool
+	cache := &patchChunkCache{max: patchCacheSize}
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(lim.concurrency())
 	for i := 0; i < len(m.Chunks) && gctx.Err() == nil; i++ {
@@ -68,7 +69,7 @@ func Restore(ctx context.Context, repo *sinks.Repository, m *sinks.Manifest, tgt
 				buf = &positionBuffers{}
 			}
 			defer bufs.Put(buf)
-			data, err := readPosition(gctx, repo, m, i, buf)
+			data, err := readPosition(gctx, repo, m, i, buf, cache)
 			if err != nil {
 				return err
 			}

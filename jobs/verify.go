@@ -177,7 +177,7 @@ func compareWithSource(ctx context.Context, repo *sinks.Repository, m *sinks.Man
 			}
 			same := isZero(have)
 			if !m.ReadsAsZero(i) {
-				want, err := readPosition(gctx, repo, m, i, &positionBuffers{})
+				want, err := readPosition(gctx, repo, m, i, &positionBuffers{}, nil)
 				if err != nil {
 					return err
 				}
