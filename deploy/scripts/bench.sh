@@ -10,17 +10,27 @@
 #   full backup to a file:// repository
 #   full backup to S3 (versitygw on loopback, fresh bucket)
 #   incremental (dirty bitmap b1) after 1% of the disk is rewritten in scattered
-#   64 KiB writes, to the file:// repository
+#   64 KiB writes of random bytes, to the file:// repository
+#   the same incremental to the S3 bucket (parent: the last full backup there),
+#   then verified chunk by chunk against the disk (exit 1 if it differs)
 #   restore of that incremental from the file:// repository to a raw file, whose
 #   sha256 must equal that of the image after the writes (exit 1 otherwise)
-# and prints one markdown table and the bar checks.
+#   restic 0.14 (Debian's package, installed when missing; BENCH_RESTIC=0 skips it)
+#   to a fresh bucket on the same versitygw: `nbdcopy SRC - | restic backup --stdin`
+#   once for the full, once more after the 1% rewrite for restic's incremental
+#   (restic deduplicates against the chunks it stored; it reads the whole disk)
+#   cost growth: the incremental of the same changed bytes on a sparse disk of the
+#   image's size and on one 4 times larger
+#   a worker with --jobs 4 running 4 full backups at once, with the default
+#   --memory-limit and with 128MiB: wall time and the worker's peak RSS
+# and prints one markdown table and a table of the bars issues #2 and #4 set.
 #
-# Every run but the incremental is repeated BENCH_RUNS times (default 3; a backup
-# goes to a fresh repository or bucket each time) and the fastest is reported, with
-# the highest peak RSS of all: on a shared machine the minimum is the figure least
-# disturbed by other load.
+# Every run but the incrementals, restic's and the worker's is repeated BENCH_RUNS
+# times (default 3; a backup goes to a fresh repository or bucket each time) and the
+# fastest is reported, with the highest peak RSS of all: on a shared machine the
+# minimum is the figure least disturbed by other load.
 #
-# Environment: BENCH_QUICK=1, BENCH_RUNS, BLOCKFERRY (binary; default
+# Environment: BENCH_QUICK=1, BENCH_RUNS, BENCH_RESTIC=0, BLOCKFERRY (binary; default
 # bin/blockferry, built when missing), BENCH_KEEP=1 keeps the work directory, TMPDIR
 # (where the work directory goes: it needs about 5x the data size free). `make bench`
 # builds the binary first.
@@ -46,10 +56,9 @@ fi
 regions=8 # data regions, alternately random and text, spread over the disk
 region_size=$((data_size / regions))
 region_stride=$((disk_size / regions))
-bar_ratio=3
 runs=${BENCH_RUNS:-3}
 [[ "$runs" =~ ^[1-9][0-9]*$ ]] || { echo "bench: BENCH_RUNS=$runs is not a positive number" >&2; exit 2; }
-bar_rss_mib=512
+bench_restic=${BENCH_RESTIC:-1}
 
 # --- tools -----------------------------------------------------------------------
 
@@ -63,6 +72,13 @@ if ! { [ -x "$gnu_time" ] && "$gnu_time" -f '%M' true >/dev/null 2>&1; }; then
 	"${sudo_cmd[@]}" apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends time >/dev/null
 fi
+if [ "$bench_restic" != 0 ] && ! command -v restic >/dev/null; then
+	log "installing restic"
+	"${sudo_cmd[@]}" apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends restic >/dev/null
+fi
+[ "$bench_restic" = 0 ] || command -v restic >/dev/null || die "restic is not installed (BENCH_RESTIC=0 skips it)"
+
 for t in qemu-img qemu-io qemu-nbd nbdcopy nbdinfo versitygw curl python3 sha256sum base64 seq paste; do
 	command -v "$t" >/dev/null || die "$t is not installed (make setup installs the test tools)"
 done
@@ -78,6 +94,7 @@ fi
 work=$(mktemp -d "${TMPDIR:-/tmp}/blockferry-bench.XXXXXX")
 nbd_pid=""
 s3_pid=""
+worker_pid=""
 
 stop_pid() { # pid: TERM, then KILL if it lingers, and reap
 	local pid=$1 i
@@ -93,6 +110,7 @@ stop_pid() { # pid: TERM, then KILL if it lingers, and reap
 
 cleanup() {
 	local rc=$?
+	stop_pid "$worker_pid"
 	stop_pid "$nbd_pid"
 	stop_pid "$s3_pid"
 	if [ "${BENCH_KEEP:-0}" = 1 ]; then
@@ -146,13 +164,13 @@ allocated_bytes() {
 	nbdinfo --map "$src" | awk '$3 == 0 { n += $2 } END { printf "%.0f\n", n }' # mawk clamps %d at 2^31-1
 }
 
-start_nbd() {
+start_nbd() { # [image]: the bench image by default
 	# Read-only, 4 clients (nbdcopy and blockferry both use up to 4 connections),
 	# persistent so that it outlives each client, the host page cache left on
 	# (--cache=writeback, the default): after the warm-up read every reader is served
 	# from memory, so no reader pays for cold disk reads the others do not.
 	rm -f "$sock"
-	qemu-nbd -r -f qcow2 -e 4 -t -B b1 --cache=writeback --aio=threads --socket="$sock" "$img" &
+	qemu-nbd -r -f qcow2 -e 4 -t -B b1 --cache=writeback --aio=threads --socket="$sock" "${1:-$img}" &
 	nbd_pid=$!
 	local i
 	for i in $(seq 100); do
@@ -224,6 +242,14 @@ PY
 s3_key=blockferry-bench
 s3_secret=blockferry-bench-secret
 
+make_bucket() { # name
+	# versitygw wants x-amz-content-sha256 (here of the empty body), which curl then
+	# signs along with the rest.
+	curl -sSf --aws-sigv4 "aws:amz:us-east-1:s3" --user "$s3_key:$s3_secret" \
+		-H "x-amz-content-sha256: $(printf '' | sha256sum | cut -d' ' -f1)" \
+		-X PUT "$s3_endpoint/$1" -o /dev/null || die "creating the bucket $1 failed"
+}
+
 start_s3() {
 	local dir=$work/s3 port i
 	mkdir -p "$dir"
@@ -235,11 +261,7 @@ start_s3() {
 	s3_pid=$!
 	for i in $(seq 300); do
 		if curl -s -o /dev/null -D - "$s3_endpoint/" 2>/dev/null | grep -qi '^server: *versitygw'; then
-			# versitygw wants x-amz-content-sha256 (here of the empty body), which curl
-			# then signs along with the rest.
-			curl -sSf --aws-sigv4 "aws:amz:us-east-1:s3" --user "$s3_key:$s3_secret" \
-				-H "x-amz-content-sha256: $(printf '' | sha256sum | cut -d' ' -f1)" \
-				-X PUT "$s3_endpoint/bench" -o /dev/null || die "creating the bucket failed"
+			make_bucket bench
 			return 0
 		fi
 		kill -0 "$s3_pid" 2>/dev/null || die "versitygw exited: $(cat "$work/versitygw.log")"
@@ -254,6 +276,14 @@ export AWS_SESSION_TOKEN="" AWS_PROFILE="" AWS_EC2_METADATA_DISABLED=true
 export AWS_CONFIG_FILE=/nonexistent/blockferry-bench/aws-config
 export AWS_SHARED_CREDENTIALS_FILE=/nonexistent/blockferry-bench/aws-credentials
 unset AWS_ENDPOINT_URL AWS_ENDPOINT_URL_S3 BLOCKFERRY_REPOSITORY BLOCKFERRY_KEY BLOCKFERRY_KEY_FILE
+unset RESTIC_REPOSITORY_FILE RESTIC_PASSWORD_FILE RESTIC_PASSWORD_COMMAND RESTIC_KEY_HINT RESTIC_COMPRESSION RESTIC_PACK_SIZE
+# restic's cache in the work directory: the incremental gets the one the full left.
+export RESTIC_PASSWORD=bench RESTIC_CACHE_DIR=$work/restic-cache
+
+# The whole disk through a pipe (nbdcopy writes its holes as zeros): GNU time around
+# bash reports the pipeline's wall time, the CPU of both processes, and the peak RSS
+# of its largest process (restic's).
+restic_cmd=(bash -c 'set -o pipefail; nbdcopy "$1" - | restic backup --stdin --stdin-filename disk.raw --json --quiet' restic-backup "$src")
 
 # --- the runs ----------------------------------------------------------------------
 
@@ -285,38 +315,81 @@ start_s3
 s3_repo="s3://bench/bf?endpoint=$s3_endpoint&region=us-east-1"
 measure full_s3 "$runs" "$data_bytes" nbdcopy_null "$s3_pid" reset_full_s3 -- \
 	"$bf" backup --source "$src" --disk "$disk" --repository "$s3_repo" --json
-stop_pid "$s3_pid"
-s3_pid=""
-s3_stored=$(du -sb "$work/s3" | cut -f1)
-rm -rf "$work/s3"
+s3_full_id=$(json_field "$work/full_s3.out" .backup)
+s3_stored=$(du -sb "$work/s3/bench" | cut -f1)
 
-# 1% of the disk rewritten in 64 KiB writes at distinct pseudo-random 64 KiB-aligned
-# offsets (fixed seed: every run writes the same places), with qemu-io, which keeps
-# the image's persistent bitmap b1 up to date.
-stop_nbd
-n_writes=$((disk_size / 100 / (64 << 10)))
-log "rewriting 1% of the disk: $n_writes scattered 64 KiB writes"
-qemu_io_args=()
-while read -r off pat; do
-	qemu_io_args+=(-c "write -q -P $pat $off 64k")
-done < <(python3 - "$disk_size" "$n_writes" <<'PY'
+# restic to a fresh bucket on the same server; the repository stays for its incremental.
+if [ "$bench_restic" != 0 ]; then
+	make_bucket restic
+	export RESTIC_REPOSITORY=s3:$s3_endpoint/restic
+	log "restic init ($(restic version | cut -d' ' -f1-2); not measured)"
+	restic init >"$work/restic-init.log" 2>&1 || { cat "$work/restic-init.log" >&2; die "restic init failed"; }
+	measure restic_full 1 "$disk_size" nbdcopy_null "$s3_pid" "" -- "${restic_cmd[@]}"
+fi
+
+# scatter_writes IMAGE SIZE N SEED: N writes of 64 KiB of random bytes at distinct
+# pseudo-random 64 KiB-aligned offsets of IMAGE (fixed seed: every run writes the
+# same places and bytes), with qemu-io, which keeps the image's persistent bitmap
+# b1 up to date. Random bytes, as a guest's new data often is, so that nothing of
+# it compresses or deduplicates.
+scatter_writes() {
+	local image=$1 size=$2 n=$3 seed=$4 dir=$work/writes args=() off file
+	rm -rf "$dir"
+	mkdir -p "$dir"
+	while read -r off file; do
+		args+=(-c "write -q -s $file $off 64k")
+	done < <(python3 - "$size" "$n" "$seed" "$dir" <<'PY'
 import random, sys
-size, n = int(sys.argv[1]), int(sys.argv[2])
-rng = random.Random(20240601)
+size, n, seed, d = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+rng = random.Random(seed)
 for i, slot in enumerate(sorted(rng.sample(range(size // 65536), n))):
-    print(slot * 65536, 1 + i % 255)
+    path = f"{d}/{i}"
+    with open(path, "wb") as f:
+        f.write(rng.randbytes(65536))
+    print(slot * 65536, path)
 PY
 )
-qemu-io -f qcow2 "${qemu_io_args[@]}" "$img" >/dev/null
+	qemu-io -f qcow2 "${args[@]}" "$image" >/dev/null
+	rm -rf "$dir"
+}
+
+# 1% of the disk rewritten in scattered 64 KiB writes.
+stop_nbd
+n_writes=$((disk_size / 100 / (64 << 10)))
+log "rewriting 1% of the disk: $n_writes scattered 64 KiB writes of random bytes"
+scatter_writes "$img" "$disk_size" "$n_writes" 20240601
+# The 4 MiB chunks they touch: what an incremental that reads whole chunks reads.
+dirty_chunks=$(python3 - "$disk_size" "$n_writes" 20240601 <<'PY'
+import random, sys
+size, n, seed = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+rng = random.Random(seed)
+print(len({slot * 65536 // (4 << 20) for slot in rng.sample(range(size // 65536), n)}))
+PY
+)
 start_nbd
 nbdcopy "$src" null: # the rewritten clusters into the page cache too
 
-# The incremental reads every chunk the bitmap marks; its MiB/s counts those bytes
+# The incremental reads the blocks the bitmap marks; its MiB/s counts those bytes
 # (bytes_read of its stats, filled in by the report).
 # It runs once: a second run against the same repository would find its chunks stored.
 measure incr_file 1 0 "" "" "" -- \
 	"$bf" backup --source "$src" --bitmap b1 --parent "$full_id" --disk "$disk" --repository "$file_repo" --json
 incr_id=$(json_field "$work/incr_file.out" .backup)
+# The same incremental to S3, its parent the full backup left in the bucket (the
+# export is read-only: b1 still marks the same clusters).
+measure incr_s3 1 0 "" "$s3_pid" "" -- \
+	"$bf" backup --source "$src" --bitmap b1 --parent "$s3_full_id" --disk "$disk" --repository "$s3_repo" --json
+s3_incr_id=$(json_field "$work/incr_s3.out" .backup)
+log "verifying the S3 incremental chunk by chunk against the disk (not measured)"
+"$bf" verify --repository "$s3_repo" --backup "$s3_incr_id" --source "$src" >"$work/verify_s3.out" 2>&1 ||
+	{ cat "$work/verify_s3.out" >&2; die "the S3 incremental differs from the disk"; }
+# restic's incremental, on the same image state: the whole disk again, deduplicated.
+[ "$bench_restic" = 0 ] || measure restic_incr 1 "$disk_size" "" "$s3_pid" "" -- "${restic_cmd[@]}"
+restic_stored=0
+[ "$bench_restic" = 0 ] || restic_stored=$(du -sb "$work/s3/restic" | cut -f1)
+stop_pid "$s3_pid"
+s3_pid=""
+rm -rf "$work/s3" "$work/restic-cache"
 stop_nbd
 
 measure restore_file "$runs" "$data_bytes" nbdcopy_file "" reset_restore_file -- \
@@ -331,30 +404,120 @@ rm -f "$work/expected.raw" "$work/restored.raw"
 restore_ok=PASS
 [ "$want" = "$got" ] || restore_ok=FAIL
 
+# --- cost growth: the same changed bytes on a small and a 4x larger sparse disk -----
+
+# Each disk holds only what n_writes scattered 64 KiB writes put there; after a
+# full backup, n_writes more are scattered over it, and the incremental measured.
+growth_small=$disk_size
+growth_large=$((4 * disk_size))
+for g in small large; do
+	gsize=growth_$g
+	gsize=${!gsize}
+	gimg=$work/sparse-$g.qcow2
+	log "cost growth: $((gsize / MiB)) MiB sparse disk"
+	qemu-img create -q -f qcow2 "$gimg" "$gsize"
+	scatter_writes "$gimg" "$gsize" "$n_writes" 7
+	qemu-img bitmap --add "$gimg" b1
+	start_nbd "$gimg"
+	"$bf" backup --source "$src" --disk "sparse/$g" --repository "file://$work/growth-repo" --json >"$work/growth_full_$g.out" ||
+		die "full backup of the $g sparse disk failed"
+	stop_nbd
+	scatter_writes "$gimg" "$gsize" "$n_writes" 8
+	start_nbd "$gimg"
+	nbdcopy "$src" null:
+	measure "growth_$g" 1 0 "" "" "" -- "$bf" backup --source "$src" --bitmap b1 \
+		--parent "$(json_field "$work/growth_full_$g.out" .backup)" --disk "sparse/$g" --repository "file://$work/growth-repo" --json
+	stop_nbd
+	rm -f "$gimg"
+done
+rm -rf "$work/growth-repo"
+
+# --- memory of a worker running 4 jobs -----------------------------------------------
+
+# A worker with --jobs 4 (embedded NATS, file repository) runs 4 full backups of the
+# image at once, submitted as jobs: once with the default --memory-limit (128 MiB
+# per job) and once with 128 MiB for all four. Its peak RSS must stay within the
+# bound docs/PERFORMANCE.md states: the memory limit plus 128 MiB.
+run_worker_jobs() { # name [memory limit in MiB]
+	local name=$1 limit_mib=${2:-} port wdir=$work/worker-$1 i pids=() t0 t1 args=()
+	port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')
+	[ -z "$limit_mib" ] || args=(--memory-limit "${limit_mib}MiB")
+	mkdir -p "$wdir"
+	"$bf" worker --jobs 4 "${args[@]}" --data-dir "$wdir" --listen "127.0.0.1:$port" \
+		--repository "file://$wdir/repository" --log-level warn >"$wdir/worker.log" 2>&1 &
+	worker_pid=$!
+	# Ready once its streams and status bucket answer: a job it does not know.
+	for i in $(seq 100); do
+		"$bf" status --nats-url "nats://127.0.0.1:$port" none 2>&1 | grep -q 'unknown job' && break
+		kill -0 "$worker_pid" 2>/dev/null || die "the worker exited: $(cat "$wdir/worker.log")"
+		sleep 0.2
+	done
+	log "running: 4 jobs at once in one worker ($name)"
+	t0=$(date +%s.%N)
+	for i in 1 2 3 4; do
+		"$bf" submit backup --nats-url "nats://127.0.0.1:$port" --disk "bench/vd$i" --source "$src" --wait \
+			>"$wdir/job$i.out" 2>&1 &
+		pids+=($!)
+	done
+	for i in "${pids[@]}"; do
+		wait "$i" || die "a job of the worker failed: $(tail -n 3 "$wdir"/job*.out)"
+	done
+	t1=$(date +%s.%N)
+	local rss
+	rss=$(awk '/^VmHWM:/ { print $2 }' "/proc/$worker_pid/status")
+	stop_pid "$worker_pid"
+	worker_pid=""
+	printf '%s\t%s\t%s\t0\t0\t%s\t\n' "$name" "$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }')" "$rss" "$((4 * data_bytes))" >>"$results"
+	echo "$name.limit_mib=${limit_mib:-512}" >>"$work/worker.txt"
+	rm -rf "$wdir"
+}
+: >"$work/worker.txt"
+start_nbd
+nbdcopy "$src" null:
+run_worker_jobs worker4_default ""
+run_worker_jobs worker4_128 128
+stop_nbd
+
 # --- report ------------------------------------------------------------------------
 
 file_stored=$(du -sb "$work/repo" | cut -f1)
 {
 	echo "full_id=$full_id"
 	echo "incr_id=$incr_id"
-	for r in full_file full_s3 incr_file; do
+	for r in full_file full_s3 incr_file incr_s3; do
 		for f in bytes_read bytes_written bytes_deduplicated bytes_reused bytes_zero; do
 			echo "$r.$f=$(json_field "$work/$r.out" ".stats.$f")"
 		done
 	done
+	echo "dirty_chunks=$dirty_chunks"
+	echo "growth_small.size=$growth_small"
+	echo "growth_large.size=$growth_large"
+	for g in small large; do
+		echo "growth_$g.bytes_read=$(json_field "$work/growth_$g.out" .stats.bytes_read)"
+	done
+	cat "$work/worker.txt"
 	echo "restore_file.bytes_written=$(json_field "$work/restore_file.out" .bytes_written)"
 	echo "restore_file.bytes_zero=$(json_field "$work/restore_file.out" .bytes_zero)"
+	if [ "$bench_restic" != 0 ]; then
+		for r in restic_full restic_incr; do
+			# --json --quiet: the summary is the one line restic prints.
+			grep '"message_type":"summary"' "$work/$r.out" | tail -n 1 >"$work/$r.summary"
+			for f in total_bytes_processed data_added snapshot_id; do
+				echo "$r.$f=$(json_field "$work/$r.summary" ".$f")"
+			done
+		done
+		echo "restic_version=$(restic version | cut -d' ' -f2)"
+	fi
 } >"$work/stats.txt"
 
 python3 - "$results" "$work/stats.txt" "$mode" "$disk_size" "$data_bytes" "$n_writes" \
-	"$file_stored" "$s3_stored" "$want" "$got" "$bar_ratio" "$bar_rss_mib" "$runs" \
-	"$(nproc)" "$load_before" "$load_after" <<'PY'
+	"$file_stored" "$s3_stored" "$want" "$got" "$runs" "$(nproc)" "$load_before" "$load_after" \
+	"$restic_stored" <<'PY'
 import sys
 
 (results, stats_path, mode, disk_size, data_bytes, n_writes, file_stored, s3_stored,
- want, got, bar_ratio, bar_rss, runs, ncpu, load_before, load_after) = sys.argv[1:]
+ want, got, runs, ncpu, load_before, load_after, restic_stored) = sys.argv[1:]
 disk_size, data_bytes, n_writes, runs = int(disk_size), int(data_bytes), int(n_writes), int(runs)
-bar_ratio, bar_rss = float(bar_ratio), float(bar_rss)
 MiB = 1 << 20
 
 stats = dict(l.strip().split("=", 1) for l in open(stats_path) if "=" in l)
@@ -372,7 +535,11 @@ for name, rs in all_runs.items():
     best["rss"] = max(r["rss"] for r in rs)        # ...but the highest peak RSS of all
     best["walls"] = sorted(r["wall"] for r in rs)
     rows[name] = best
-rows["incr_file"]["bytes"] = int(stats["incr_file.bytes_read"])
+for n in ("incr_file", "incr_s3", "growth_small", "growth_large"):
+    rows[n]["bytes"] = int(stats[n + ".bytes_read"])
+has_restic = "restic_full" in rows
+restic_v = stats.get("restic_version", "0.14")
+gs, gl = int(stats["growth_small.size"]) // MiB, int(stats["growth_large.size"]) // MiB
 
 labels = {
     "nbdcopy_null": "nbdcopy SRC null: (read baseline)",
@@ -380,7 +547,14 @@ labels = {
     "full_file": "blockferry full backup -> file://",
     "full_s3": "blockferry full backup -> s3:// (versitygw)",
     "incr_file": "blockferry incremental (1% rewritten) -> file://",
+    "incr_s3": "blockferry incremental (1% rewritten) -> s3://",
+    "restic_full": f"restic {restic_v} full (nbdcopy SRC - \\| restic backup --stdin) -> s3://",
+    "restic_incr": "restic incremental (1% rewritten) -> s3://",
     "restore_file": "blockferry restore of the incremental -> raw file",
+    "growth_small": f"blockferry incremental, {gs} MiB sparse disk -> file://",
+    "growth_large": f"blockferry incremental, {gl} MiB sparse disk -> file://",
+    "worker4_default": "worker --jobs 4: 4 full backups at once (default --memory-limit 512MiB)",
+    "worker4_128": "worker --jobs 4: 4 full backups at once (--memory-limit 128MiB)",
 }
 
 print()
@@ -388,7 +562,7 @@ print(f"blockferry benchmark, {mode} mode: {disk_size // MiB} MiB qcow2 holding 
       "of data (half random, half text), exported by qemu-nbd -r -e 4 over a unix socket; "
       f"{ncpu} CPUs, load average {load_before} before the runs, {load_after} after.")
 print("One unmeasured nbdcopy read warmed the page cache first: every reader is served from memory.")
-print(f"Fastest of {runs} runs (the incremental: 1 run); peak RSS: the highest of all runs.")
+print(f"Fastest of {runs} runs (incrementals, restic and the worker runs: 1 run); peak RSS: the highest of all runs.")
 print()
 print("| what | wall s | MiB/s (disk bytes / wall) | peak RSS MiB | vs nbdcopy | CPU s (client user+sys) | CPU s (servers) |")
 print("|---|---:|---:|---:|---:|---:|---:|")
@@ -397,18 +571,26 @@ for name in order:
     mibs = r["bytes"] / MiB / r["wall"] if r["wall"] > 0 else float("inf")
     base = r["base"]
     vs = f"{r['wall'] / rows[base]['wall']:.2f}x" if base else "-"
-    print(f"| {labels.get(name, name)} | {r['wall']:.2f} | {mibs:.0f} | {r['rss']:.0f} | {vs} "
-          f"| {r['cpu']:.2f} | {r['server']:.2f} |")
+    cpu = "-" if name.startswith("worker") else f"{r['cpu']:.2f}"
+    srv = "-" if name.startswith("worker") else f"{r['server']:.2f}"
+    print(f"| {labels.get(name, name)} | {r['wall']:.2f} | {mibs:.0f} | {r['rss']:.0f} | {vs} | {cpu} | {srv} |")
 print()
-print(f"- disk bytes: the {data_bytes // MiB} MiB the export reports as data; for the incremental the "
-      f"{rows['incr_file']['bytes'] // MiB} MiB it read, the 4 MiB chunks that its {n_writes} scattered "
-      "64 KiB writes touched.")
+print(f"- disk bytes: the {data_bytes // MiB} MiB the export reports as data; for an incremental, the bytes "
+      f"it read: the dirty 64 KiB blocks of its {n_writes} scattered 64 KiB writes of random bytes "
+      f"({n_writes * 64 // 1024} MiB), which touched {stats['dirty_chunks']} of the 4 MiB chunks.")
+print(f"- cost growth rows: a {gs} MiB and a {gl} MiB sparse qcow2, each holding {n_writes} scattered 64 KiB "
+      f"blocks, fully backed up, then {n_writes} more blocks written: the same changed bytes on both.")
+print("- worker rows: wall time of 4 jobs submitted at once to one worker (embedded NATS, file:// repository), "
+      "peak RSS of the worker process (VmHWM); disk bytes: 4 times the data.")
+if has_restic:
+    print(f"- restic rows: the whole {disk_size // MiB} MiB disk, which nbdcopy writes to the pipe holes and all; "
+          "peak RSS: the largest process of the pipeline (restic); CPU s (client): nbdcopy and restic.")
 print("- vs nbdcopy: wall time over that of nbdcopy SRC null: for backups, of nbdcopy --flush SRC FILE "
       "for the restore.")
-print("- CPU s (servers): qemu-nbd's CPU time during the run, plus versitygw's for the S3 backup.")
+print("- CPU s (servers): qemu-nbd's CPU time during the run, plus versitygw's for the S3 backups.")
 if runs > 1:
     print("- wall s of every run: " + "; ".join(
-        f"{n} " + " ".join(f"{w:.2f}" for w in rows[n]["walls"]) for n in order))
+        f"{n} " + " ".join(f"{w:.2f}" for w in rows[n]["walls"]) for n in order if len(rows[n]["walls"]) > 1))
 print()
 
 
@@ -425,19 +607,66 @@ print(f"- full -> file://: {fmt('full_file')}")
 print(f"- full -> s3://:   {fmt('full_s3')} (bucket: {int(s3_stored) / MiB:.1f} MiB on disk)")
 print(f"- incremental:     {fmt('incr_file')} (repository after full + incremental: "
       f"{int(file_stored) / MiB:.1f} MiB on disk)")
+print(f"- incremental s3:  {fmt('incr_s3')}; verify --source against the disk: passed")
+if has_restic:
+    for n, what in (("restic_full", "restic full"), ("restic_incr", "restic incr")):
+        print(f"- {what + ':':16} processed {int(stats[n + '.total_bytes_processed']) / MiB:.1f} MiB, "
+              f"added {int(stats[n + '.data_added']) / MiB:.1f} MiB (snapshot {stats[n + '.snapshot_id'][:8]})")
+    print(f"- restic bucket after full + incremental: {int(restic_stored) / MiB:.1f} MiB on disk")
 print(f"- restore:         written {int(stats['restore_file.bytes_written']) / MiB:.1f} MiB, "
       f"zero {int(stats['restore_file.bytes_zero']) / MiB:.1f} MiB")
 print()
 
-ratio = rows["full_file"]["wall"] / rows["nbdcopy_null"]["wall"]
-print(f"full backup within {bar_ratio:g}x of nbdcopy: {'PASS' if ratio <= bar_ratio else 'FAIL'} "
-      f"({ratio:.2f}x; file:// repository vs nbdcopy SRC null:; "
-      f"S3: {rows['full_s3']['wall'] / rows['nbdcopy_null']['wall']:.2f}x)")
-bf_rows = [n for n in order if not n.startswith("nbdcopy")]
-worst = max(bf_rows, key=lambda n: rows[n]["rss"])
+wall = lambda n: rows[n]["wall"]
+bars = []  # (issue, what, passed, measured)
+
+
+def bar(issue, what, passed, measured):
+    bars.append((issue, what, passed, measured))
+
+
+r = wall("full_file") / wall("nbdcopy_null")
+bar(2, "full backup to file:// within 3x of nbdcopy SRC null:", r <= 3, f"{r:.2f}x")
+bar(4, "full backup to file:// within 1.5x of nbdcopy SRC null:", r <= 1.5, f"{r:.2f}x")
+r = wall("full_s3") / wall("nbdcopy_null")
+bar(4, "full backup to s3:// within 2.5x of nbdcopy SRC null:", r <= 2.5, f"{r:.2f}x")
+for inc, full in (("incr_file", "full_file"), ("incr_s3", "full_s3")):
+    r = wall(inc) / wall(full)
+    bar(4, f"incremental at most 5% of the full backup's time ({inc.split('_')[1]})", r <= 0.05,
+        f"{100 * r:.1f}% ({wall(inc):.2f} s / {wall(full):.2f} s)")
+read, rounded = int(stats["incr_file.bytes_read"]), int(stats["dirty_chunks"]) * 4 * MiB
+bar(4, "incremental reads at most the dirty bytes rounded up to chunks", read <= rounded,
+    f"{read / MiB:.1f} MiB read; dirty {n_writes * 64 / 1024:.1f} MiB, in chunks {rounded / MiB:.0f} MiB")
+r = wall("restore_file") / wall("nbdcopy_file")
+bar(4, "restore to a raw file within 2x of nbdcopy SRC FILE", r <= 2, f"{r:.2f}x")
+one_job = [n for n in ("full_file", "full_s3", "incr_file", "incr_s3", "restore_file")]
+worst = max(one_job, key=lambda n: rows[n]["rss"])
 peak = rows[worst]["rss"]
-print(f"peak RSS under {bar_rss:g} MiB: {'PASS' if peak < bar_rss else 'FAIL'} ({peak:.0f} MiB, {labels[worst]})")
-print(f"restored incremental matches the image (sha256): {'PASS' if want == got else 'FAIL'} ({got[:16]})")
+bar(2, "peak RSS of one job under 512 MiB", peak < 512, f"{peak:.0f} MiB ({worst})")
+bar(4, "peak RSS of one job with default settings at most 256 MiB", peak <= 256, f"{peak:.0f} MiB ({worst})")
+for n in ("worker4_default", "worker4_128"):
+    limit = int(stats[n + ".limit_mib"])
+    bound = limit + 128
+    bar(4, f"worker --jobs 4, --memory-limit {limit}MiB: peak RSS within the stated bound "
+        f"(limit + 128 MiB = {bound} MiB)", rows[n]["rss"] <= bound, f"{rows[n]['rss']:.0f} MiB")
+if has_restic:
+    r = wall("restic_full") / wall("full_s3")
+    bar(4, "full backup to S3 at least 8x faster than restic's", r >= 8,
+        f"{r:.2f}x (restic {wall('restic_full'):.2f} s, blockferry {wall('full_s3'):.2f} s)")
+    r = wall("restic_incr") / wall("incr_s3")
+    bar(4, "incremental to S3 at least 20x faster than restic's", r >= 20,
+        f"{r:.2f}x (restic {wall('restic_incr'):.2f} s, blockferry {wall('incr_s3'):.2f} s)")
+r = wall("growth_large") / wall("growth_small")
+bar(4, f"incremental of the same changes: {gl} MiB sparse disk about as fast as {gs} MiB (within 1.5x)",
+    r <= 1.5, f"{r:.2f}x ({wall('growth_large'):.2f} s / {wall('growth_small'):.2f} s)")
+bar(2, "restored incremental matches the image (sha256)", want == got, got[:16])
+
+print("| issue | bar | result | measured |")
+print("|---|---|---|---|")
+for issue, what, passed, measured in bars:
+    print(f"| #{issue} | {what} | {'PASS' if passed else 'FAIL'} | {measured} |")
+if not has_restic:
+    print("\nrestic: skipped (BENCH_RESTIC=0)")
 PY
 
 [ "$restore_ok" = PASS ] || die "the restored disk differs from the image (sha256 $got, want $want)"
