@@ -198,9 +198,11 @@ func inspect(h *libnbd.Libnbd, shown string, contexts []string) (export, error) 
 	return e, nil
 }
 
-// connections opens the rest of the connections a device may use, given the first
-// one, and starts their loops. It opens more than one only when the server says
-// that several connections see each other's writes and flushes (multi-conn).
+// connections starts the loop of the first connection and returns the pool of a
+// device. When the server says that several connections see each other's writes
+// and flushes (multi-conn) and want allows, more connections are opened in the
+// background and join the pool as they are ready, so that a device is usable at
+// once even when the server makes extra connections wait.
 func connections(ctx context.Context, first *libnbd.Libnbd, e export, uri string, contexts []string, want int, maxInFlight int64) (*pool, error) {
 	if !e.caps.MultiConn || want < 1 {
 		want = 1
@@ -208,31 +210,24 @@ func connections(ctx context.Context, first *libnbd.Libnbd, e export, uri string
 	if maxInFlight <= 0 {
 		maxInFlight = defaultMaxInFlight
 	}
-	handles := []*libnbd.Libnbd{first}
-	for len(handles) < want {
-		h, err := dial(ctx, uri, e.uri, contexts, extraHandshakeTimeout)
-		if err != nil {
-			if ctx.Err() != nil {
-				for _, h := range handles {
-					h.Close()
-				}
-				return nil, ctx.Err()
-			}
-			break // extra connections only add speed: go on with those we have
-		}
-		handles = append(handles, h)
+	c, err := newConn(first, maxInFlight)
+	if err != nil {
+		first.Close()
+		return nil, fmt.Errorf("nbd %s: %w", e.uri, err)
 	}
-	p := &pool{}
-	for i, h := range handles {
-		c, err := newConn(h, maxInFlight)
-		if err != nil {
-			p.close()
-			for _, h := range handles[i:] {
+	p := newPool(c)
+	if want > 1 {
+		p.grow(ctx, want-1, func(ctx context.Context) (*conn, error) {
+			h, err := dial(ctx, uri, e.uri, contexts, extraHandshakeTimeout)
+			if err != nil {
+				return nil, err
+			}
+			c, err := newConn(h, maxInFlight)
+			if err != nil {
 				h.Close()
 			}
-			return nil, fmt.Errorf("nbd %s: %w", e.uri, err)
-		}
-		p.conns = append(p.conns, c)
+			return c, err
+		})
 	}
 	return p, nil
 }

@@ -89,8 +89,9 @@ func TestSourceBitmapExtentsAndReads(t *testing.T) {
 	if !caps.DirtyBitmap || !caps.Allocation || !caps.ReadOnly {
 		t.Errorf("capabilities = %+v, want bitmap, allocation, read-only", caps)
 	}
-	// qemu-nbd advertises multi-conn when it allows several clients (--shared).
-	if n := len(s.(*source).pool.conns); !caps.MultiConn || n != 4 {
+	// qemu-nbd advertises multi-conn when it allows several clients (--shared);
+	// the extra connections join in the background.
+	if n := waitConns(s, 4); !caps.MultiConn || n != 4 {
 		t.Errorf("multi-conn %v, %d connections; want true, 4", caps.MultiConn, n)
 	}
 	if s.Size() != 16*mib {
@@ -195,7 +196,7 @@ func TestSourceWithoutBitmapIsAllDirty(t *testing.T) {
 	if caps := s.Capabilities(); caps.DirtyBitmap || caps.MultiConn {
 		t.Errorf("capabilities %+v: want no bitmap, no multi-conn", caps)
 	}
-	if n := len(s.(*source).pool.conns); n != 1 {
+	if n := len(s.(*source).pool.all()); n != 1 {
 		t.Errorf("%d connections without multi-conn, want 1", n)
 	}
 	want := []backends.Extent{
@@ -567,11 +568,21 @@ func TestServerGoneFailsReads(t *testing.T) {
 	}
 }
 
+// waitConns waits up to 10 s until the source has want connections, and returns
+// how many it has.
+func waitConns(s backends.Source, want int) int {
+	p := s.(*source).pool
+	for deadline := time.Now().Add(10 * time.Second); len(p.all()) < want && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	return len(p.all())
+}
+
 // TestClientLimit: an export that takes fewer clients than a source would like to
 // open (qemu-nbd --shared=N advertises multi-conn but does not negotiate with
-// client N+1 until another leaves) still opens with the connections it can get,
-// and a source waiting for a connection at the limit gives up when its context
-// ends instead of hanging.
+// client N+1 until another leaves) opens at once and works with the connections
+// it can get, and a source waiting for a connection at the limit gives up when
+// its context ends instead of hanging.
 func TestClientLimit(t *testing.T) {
 	image, _ := bitmapImage(t)
 	uri, _ := testutil.ServeQemuNBD(t, image, "", "--shared=2") // the last --shared wins
@@ -582,12 +593,16 @@ func TestClientLimit(t *testing.T) {
 		t.Fatalf("open with a client limit of 2: %v", err)
 	}
 	defer a.Close()
-	if d := time.Since(start); d > extraHandshakeTimeout+5*time.Second {
+	if d := time.Since(start); d > 2*time.Second {
 		t.Errorf("open took %v", d)
 	}
 	buf := make([]byte, 1<<20)
 	if _, err := a.ReadAt(buf, 0); err != nil {
 		t.Fatalf("read: %v", err)
+	}
+	// The second connection joins; the third waits in vain and is given up.
+	if n := waitConns(a, 2); n != 2 {
+		t.Fatalf("%d connections, want the 2 the server allows", n)
 	}
 
 	// Both connections are a's: another source waits, until its context ends.

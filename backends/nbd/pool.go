@@ -3,6 +3,8 @@ package nbd
 import (
 	"context"
 	"runtime"
+	"slices"
+	"sync"
 	"sync/atomic"
 	"unsafe"
 
@@ -11,18 +13,61 @@ import (
 
 // pool spreads requests over the connections to one export.
 type pool struct {
-	conns []*conn
-	next  atomic.Uint32 // rotates the search start so that ties take turns
+	conns atomic.Pointer[[]*conn] // replaced, never modified, when one joins
+	next  atomic.Uint32           // rotates the search start so that ties take turns
+
+	mu       sync.Mutex // serializes joining with closing
+	closed   bool
+	stopGrow context.CancelFunc
+	growing  sync.WaitGroup
+}
+
+func newPool(first *conn) *pool {
+	p := &pool{stopGrow: func() {}}
+	p.conns.Store(&[]*conn{first})
+	return p
+}
+
+// all returns the connections of the pool now.
+func (p *pool) all() []*conn { return *p.conns.Load() }
+
+// grow opens up to n more connections with dial, one after the other, in the
+// background. It stops at the first that fails (a server that makes extra
+// connections wait is at its client limit), when ctx ends or the pool closes.
+func (p *pool) grow(ctx context.Context, n int, dial func(context.Context) (*conn, error)) {
+	ctx, cancel := context.WithCancel(ctx)
+	p.stopGrow = cancel
+	p.growing.Add(1)
+	go func() {
+		defer p.growing.Done()
+		defer cancel()
+		for range n {
+			c, err := dial(ctx)
+			if err != nil {
+				return
+			}
+			p.mu.Lock()
+			if p.closed {
+				p.mu.Unlock()
+				_ = c.close()
+				return
+			}
+			conns := append(slices.Clip(p.all()), c)
+			p.conns.Store(&conns)
+			p.mu.Unlock()
+		}
+	}()
 }
 
 // pick returns the connection with the least payload queued or in flight.
 func (p *pool) pick() *conn {
-	n := len(p.conns)
+	conns := p.all()
+	n := len(conns)
 	start := int(p.next.Add(1)) % n
-	best := p.conns[start]
+	best := conns[start]
 	bestLoad := best.load.Load()
 	for i := 1; i < n && bestLoad > 0; i++ {
-		c := p.conns[(start+i)%n]
+		c := conns[(start+i)%n]
 		if l := c.load.Load(); l < bestLoad {
 			best, bestLoad = c, l
 		}
@@ -33,10 +78,16 @@ func (p *pool) pick() *conn {
 // submit hands r to the least busy connection.
 func (p *pool) submit(r *request) { p.pick().submit(r) }
 
-// close closes every connection, returning the first error.
+// close stops opening connections and closes every connection, returning the
+// first error.
 func (p *pool) close() error {
+	p.stopGrow()
+	p.growing.Wait()
+	p.mu.Lock()
+	p.closed = true
+	p.mu.Unlock()
 	var first error
-	for _, c := range p.conns {
+	for _, c := range p.all() {
 		if err := c.close(); err != nil && first == nil {
 			first = err
 		}

@@ -119,8 +119,9 @@ func (t *target) Flush(ctx context.Context) error {
 	if !t.exp.caps.Flush {
 		return nil
 	}
-	reqs := make([]*request, 0, len(t.pool.conns))
-	for _, c := range t.pool.conns {
+	conns := t.pool.all()
+	reqs := make([]*request, 0, len(conns))
+	for _, c := range conns {
 		r := newRequest(opFlush, 0, 0)
 		r.ctx = ctx
 		c.submit(r)
