@@ -23,24 +23,47 @@ import (
 // and lengths: the page size covers every logical block size in use.
 const directAlign = 4096
 
-// createTemp creates a new file in dir whose name starts with prefix, opened for
-// direct I/O where the file system allows it.
+// createTemp creates a new file in dir whose name starts with prefix, switched to
+// direct I/O where the file system allows it. Direct I/O is turned on after the
+// file exists, not asked for at open: Linux creates the file before it checks
+// whether the file system takes O_DIRECT, so an open with O_CREAT|O_EXCL|O_DIRECT
+// that fails with EINVAL leaves the file behind.
 func createTemp(dir, prefix string) (f *os.File, direct bool, err error) {
 	for range 10 {
 		var r [8]byte
 		_, _ = rand.Read(r[:])
 		name := filepath.Join(dir, prefix+hex.EncodeToString(r[:]))
-		flags := os.O_RDWR | os.O_CREATE | os.O_EXCL
-		f, err = os.OpenFile(name, flags|unix.O_DIRECT, 0o600)
-		if errors.Is(err, unix.EINVAL) {
-			f, err = os.OpenFile(name, flags, 0o600)
-			return f, false, err
+		f, err = os.OpenFile(name, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+		if errors.Is(err, os.ErrExist) {
+			continue
 		}
-		if !errors.Is(err, os.ErrExist) {
-			return f, err == nil, err
+		if err != nil {
+			return nil, false, err
+		}
+		switch err := enableDirect(f); {
+		case err == nil:
+			return f, true, nil
+		case errors.Is(err, unix.EINVAL):
+			return f, false, nil // the file system has no direct I/O: buffered
+		default:
+			_ = f.Close()
+			_ = os.Remove(name)
+			return nil, false, err
 		}
 	}
 	return nil, false, err
+}
+
+// enableDirect switches f to direct I/O; a variable so that tests can play a file
+// system that refuses it.
+var enableDirect = func(f *os.File) error {
+	fd := uintptr(f.Fd())
+	fl, err := unix.FcntlInt(fd, unix.F_GETFL, 0)
+	if err != nil {
+		return err
+	}
+	_, err = unix.FcntlInt(fd, unix.F_SETFL, fl|unix.O_DIRECT)
+	return err
 }
 
 // alignedBufs recycles aligned copies of objects whose own buffer is not aligned.
