@@ -22,19 +22,18 @@ type positionBuffers struct {
 // chunk, or zeroes, with its patches laid over it. Every chunk is checked against
 // its id, and a chunk too short for what the manifest takes from it is corrupt.
 // The chunks patches refer to come through cache when it is not nil. The result
-// lives in b.data.
-func readPosition(ctx context.Context, repo *sinks.Repository, m *sinks.Manifest, i int, b *positionBuffers, cache *patchChunkCache) ([]byte, error) {
+// lives in b.data; fetched counts the bytes of it that came from chunks.
+func readPosition(ctx context.Context, repo *sinks.Repository, m *sinks.Manifest, i int, b *positionBuffers, cache *patchChunkCache) (data []byte, fetched int64, err error) {
 	n := m.ChunkLen(i)
-	var data []byte
 	if m.Chunks[i] != "" {
 		id, _ := sinks.ParseChunkID(m.Chunks[i]) // every id was checked when the manifest was read
-		var err error
 		if data, err = repo.GetChunk(ctx, id, b.data); err != nil {
-			return nil, err
+			return nil, 0, err
 		}
 		if int64(len(data)) != n {
-			return nil, fmt.Errorf("chunk %s: %w: %d bytes, the manifest needs %d at offset %d", id, sinks.ErrCorrupt, len(data), n, int64(i)*m.ChunkSize)
+			return nil, 0, fmt.Errorf("chunk %s: %w: %d bytes, the manifest needs %d at offset %d", id, sinks.ErrCorrupt, len(data), n, int64(i)*m.ChunkSize)
 		}
+		fetched = n
 	} else {
 		data = slices.Grow(b.data[:0], int(n))[:n]
 		clear(data)
@@ -46,6 +45,9 @@ func readPosition(ctx context.Context, repo *sinks.Repository, m *sinks.Manifest
 	for k, p := range patches {
 		if p.Chunk == "" {
 			clear(data[p.Offset:p.End()])
+			if m.Chunks[i] != "" {
+				fetched -= p.Length
+			}
 			continue
 		}
 		if slices.Contains(done, p.Chunk) {
@@ -53,27 +55,29 @@ func readPosition(ctx context.Context, repo *sinks.Repository, m *sinks.Manifest
 		}
 		id, _ := sinks.ParseChunkID(p.Chunk)
 		var src []byte
-		var err error
 		if cache != nil {
 			src, err = cache.get(ctx, repo, id)
 		} else if src, err = repo.GetChunk(ctx, id, b.patch); err == nil {
 			b.patch = src
 		}
 		if err != nil {
-			return nil, err
+			return nil, 0, err
 		}
 		for _, q := range patches[k:] {
 			if q.Chunk != p.Chunk {
 				continue
 			}
 			if q.ChunkOffset+q.Length > int64(len(src)) {
-				return nil, fmt.Errorf("chunk %s: %w: %d bytes, the manifest takes %d at %d from it", id, sinks.ErrCorrupt, len(src), q.Length, q.ChunkOffset)
+				return nil, 0, fmt.Errorf("chunk %s: %w: %d bytes, the manifest takes %d at %d from it", id, sinks.ErrCorrupt, len(src), q.Length, q.ChunkOffset)
 			}
 			copy(data[q.Offset:q.End()], src[q.ChunkOffset:])
+			if m.Chunks[i] == "" {
+				fetched += q.Length // over a base chunk, the patch replaces bytes counted with it
+			}
 		}
 		done = append(done, p.Chunk)
 	}
-	return data, nil
+	return data, fetched, nil
 }
 
 // patchChunkCache keeps the last chunks that patches referred to while a restore
@@ -99,16 +103,14 @@ type cachedChunk struct {
 const patchCacheSize = 4 << 20
 
 func (c *patchChunkCache) get(ctx context.Context, repo *sinks.Repository, id sinks.ChunkID) ([]byte, error) {
-	c.mu.Lock()
-	for k, e := range c.entries {
-		if e.id == id {
-			c.entries = append(append(c.entries[:k:k], c.entries[k+1:]...), e)
-			c.mu.Unlock()
-			return e.data, nil
-		}
+	if data, ok := c.lookup(id); ok {
+		return data, nil
 	}
-	c.mu.Unlock()
 	v, err, _ := c.flight.Do(id.String(), func() (any, error) {
+		// A flight for the same id may have ended between the lookup and now.
+		if data, ok := c.lookup(id); ok {
+			return data, nil
+		}
 		data, err := repo.GetChunk(ctx, id, nil)
 		if err != nil {
 			return nil, err
@@ -127,4 +129,17 @@ func (c *patchChunkCache) get(ctx context.Context, repo *sinks.Repository, id si
 		return nil, err
 	}
 	return v.([]byte), nil
+}
+
+// lookup returns a cached chunk and marks it the most recently used.
+func (c *patchChunkCache) lookup(id sinks.ChunkID) ([]byte, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for k, e := range c.entries {
+		if e.id == id {
+			c.entries = append(append(c.entries[:k:k], c.entries[k+1:]...), e)
+			return e.data, true
+		}
+	}
+	return nil, false
 }

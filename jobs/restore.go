@@ -15,10 +15,12 @@ import (
 
 // RestoreStats are the figures of one restore.
 type RestoreStats struct {
-	Backup          string  `json:"backup"`
-	BytesTotal      int64   `json:"bytes_total"`
-	BytesWritten    int64   `json:"bytes_written"`
-	BytesZero       int64   `json:"bytes_zero"`
+	Backup       string `json:"backup"`
+	BytesTotal   int64  `json:"bytes_total"`
+	BytesWritten int64  `json:"bytes_written"`
+	BytesZero    int64  `json:"bytes_zero"`
+	// BytesFetched is the part of the disk whose bytes came from stored chunks
+	// (not from zero markers).
 	BytesFetched    int64   `json:"bytes_fetched"`
 	DurationSeconds float64 `json:"duration_seconds"`
 }
@@ -69,12 +71,12 @@ func Restore(ctx context.Context, repo *sinks.Repository, m *sinks.Manifest, tgt
 				buf = &positionBuffers{}
 			}
 			defer bufs.Put(buf)
-			data, err := readPosition(gctx, repo, m, i, buf, cache)
+			data, got, err := readPosition(gctx, repo, m, i, buf, cache)
 			if err != nil {
 				return err
 			}
-			fetched.Add(n)
-			progress.bytesRead.Add(n)
+			fetched.Add(got)
+			progress.bytesRead.Add(got)
 			w, z, err := writeSparse(gctx, tgt, data, off)
 			if err != nil {
 				return err

@@ -122,9 +122,14 @@ func Verify(ctx context.Context, repo *sinks.Repository, m *sinks.Manifest, src 
 type chunkSize struct {
 	length int64
 	exact  bool
+	// short is set for a base chunk that patches take more bytes from than the
+	// position's length: no content of it can be right.
+	short bool
 }
 
-func (s chunkSize) fits(n int64) bool { return n == s.length || !s.exact && n > s.length }
+func (s chunkSize) fits(n int64) bool {
+	return !s.short && (n == s.length || !s.exact && n > s.length)
+}
 
 // chunkSizes lists every chunk a backup names, with the length it needs.
 func chunkSizes(m *sinks.Manifest) map[string]chunkSize {
@@ -136,9 +141,19 @@ func chunkSizes(m *sinks.Manifest) map[string]chunkSize {
 	}
 	for _, ps := range m.Patches {
 		for _, p := range ps {
-			if s := sizes[p.Chunk]; p.Chunk != "" && !s.exact {
-				sizes[p.Chunk] = chunkSize{length: max(s.length, p.ChunkOffset+p.Length)}
+			if p.Chunk == "" {
+				continue
 			}
+			s := sizes[p.Chunk]
+			if s.exact {
+				// A base chunk that patches also take from: it must hold their bytes too.
+				if p.ChunkOffset+p.Length > s.length {
+					s.short = true
+					sizes[p.Chunk] = s
+				}
+				continue
+			}
+			sizes[p.Chunk] = chunkSize{length: max(s.length, p.ChunkOffset+p.Length)}
 		}
 	}
 	return sizes
@@ -177,7 +192,7 @@ func compareWithSource(ctx context.Context, repo *sinks.Repository, m *sinks.Man
 			}
 			same := isZero(have)
 			if !m.ReadsAsZero(i) {
-				want, err := readPosition(gctx, repo, m, i, &positionBuffers{}, nil)
+				want, _, err := readPosition(gctx, repo, m, i, &positionBuffers{}, nil)
 				if err != nil {
 					return err
 				}

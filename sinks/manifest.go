@@ -131,17 +131,20 @@ type BackupStats struct {
 	BytesZero int64 `json:"bytes_zero"`
 	// BytesResumed is plaintext an earlier, interrupted attempt of the same job
 	// stored, taken from its checkpoint without reading.
-	BytesResumed   int64 `json:"bytes_resumed,omitempty"`
-	ChunksResumed  int   `json:"chunks_resumed,omitempty"`
-	ChunksTotal    int   `json:"chunks_total"`
-	ChunksUploaded int   `json:"chunks_uploaded"`
-	ChunksDeduped  int   `json:"chunks_deduplicated"`
-	ChunksReused   int   `json:"chunks_reused"`
-	ChunksZero     int   `json:"chunks_zero"`
-	// ChunksPatched counts the chunk positions stored as patches over the parent's
-	// entry: only their changed blocks were read (they are also counted as uploaded,
-	// deduplicated or zero, by what became of those blocks).
-	ChunksPatched     int     `json:"chunks_patched,omitempty"`
+	BytesResumed int64 `json:"bytes_resumed,omitempty"`
+	// The chunk positions of the disk (ChunksTotal) are each resumed, reused from
+	// the parent, a zero marker, patched (only their changed blocks read, see
+	// Manifest.Patches) or stored whole.
+	ChunksTotal   int `json:"chunks_total"`
+	ChunksResumed int `json:"chunks_resumed,omitempty"`
+	ChunksReused  int `json:"chunks_reused"`
+	ChunksZero    int `json:"chunks_zero"`
+	ChunksPatched int `json:"chunks_patched,omitempty"`
+	// ChunksUploaded and ChunksDeduped count chunk objects, uploaded or found
+	// already stored: the positions stored whole, and the chunks holding the
+	// changed blocks of patched positions (one for up to 64 positions).
+	ChunksUploaded    int     `json:"chunks_uploaded"`
+	ChunksDeduped     int     `json:"chunks_deduplicated"`
 	DurationSeconds   float64 `json:"duration_seconds"`
 	ReadBytesPerSec   float64 `json:"read_bytes_per_second"`
 	StoredBytesPerSec float64 `json:"stored_bytes_per_second,omitempty"`
@@ -194,7 +197,9 @@ func validPatches(ps []Patch, n int64) error {
 	end := int64(0)
 	for _, p := range ps {
 		switch {
-		case p.Length <= 0 || p.Offset < end || p.End() > n || p.ChunkOffset < 0:
+		// Written so that no sum overflows, whatever a damaged manifest holds.
+		case p.Length <= 0 || p.Offset < end || p.Offset > n || p.Length > n-p.Offset ||
+			p.ChunkOffset < 0 || p.ChunkOffset > MaxChunkSize-p.Length:
 			return fmt.Errorf("patch %+v: out of order, overlapping or out of range", p)
 		case p.Chunk == "" && p.ChunkOffset != 0:
 			return fmt.Errorf("patch %+v: a zero patch has no chunk offset", p)

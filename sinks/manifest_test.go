@@ -64,3 +64,18 @@ func TestManifestPatchesValidated(t *testing.T) {
 		}
 	}
 }
+
+func TestPatchBoundsDoNotOverflow(t *testing.T) {
+	id := strings.Repeat("ab", 32)
+	const huge = 1<<63 - 10
+	for _, p := range []Patch{
+		{Offset: 10, Length: huge},
+		{Offset: huge, Length: 20},
+		{Offset: 0, Length: 10, Chunk: id, ChunkOffset: huge},
+		{Offset: 0, Length: 10, Chunk: id, ChunkOffset: MaxChunkSize - 9},
+	} {
+		if err := validPatches([]Patch{p}, 1000); err == nil {
+			t.Errorf("patch %+v accepted", p)
+		}
+	}
+}
