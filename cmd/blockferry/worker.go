@@ -169,8 +169,11 @@ const defaultMemoryPerJob = 128 << 20
 
 // memoryBudget makes the worker's buffer budget from --memory-limit, and tells
 // the Go runtime to collect garbage before its heap outgrows the budget by more
-// than a margin for everything else (NATS, an embedded server, metrics), unless
-// GOMEMLIMIT says otherwise.
+// than 128 MiB, the room for everything else (NATS and an embedded server, the
+// manifests of the jobs, about 100 bytes per chunk position each, metrics),
+// unless GOMEMLIMIT says otherwise. The process adds its code and the C
+// libraries' memory (zstd contexts, libnbd): docs/PERFORMANCE.md states its peak
+// RSS as the budget plus 192 MiB.
 func memoryBudget(flag string, slots int) (*jobs.MemoryBudget, error) {
 	size := int64(max(slots, 1)) * defaultMemoryPerJob
 	if flag != "" {
@@ -183,7 +186,7 @@ func memoryBudget(flag string, slots int) (*jobs.MemoryBudget, error) {
 		}
 	}
 	if os.Getenv("GOMEMLIMIT") == "" {
-		debug.SetMemoryLimit(size + 64<<20)
+		debug.SetMemoryLimit(size + 128<<20)
 	}
 	return jobs.NewMemoryBudget(size), nil
 }
