@@ -246,14 +246,9 @@ func backupChunk(ctx context.Context, repo *sinks.Repository, src backends.Sourc
 		return err
 	}
 	if t.action == actionPatch {
-		release, err := p.Limits.Memory.reserve(ctx, backupChunkMemory(m.ChunkSize))
-		if err != nil {
-			return err
-		}
-		defer release()
-		buf := getChunkBuffer(m.ChunkSize)
-		defer putChunkBuffer(buf)
-		return backupPatches(ctx, repo, src, m, patches, p, rs, t.group, *buf, st, progress)
+		return withChunkBuffer(ctx, p.Limits.Memory, m.ChunkSize, func(buf []byte) error {
+			return backupPatches(ctx, repo, src, m, patches, p, rs, t.group, buf, st, progress)
+		})
 	}
 	n := m.ChunkLen(t.index)
 	defer progress.bytesDone.Add(n)
@@ -276,33 +271,46 @@ func backupChunk(ctx context.Context, repo *sinks.Repository, src backends.Sourc
 		st.nZero.Add(1)
 		return nil
 	}
-	// Only now does the chunk need buffers: it waits for room in the budget.
-	release, err := p.Limits.Memory.reserve(ctx, backupChunkMemory(m.ChunkSize))
+	return withChunkBuffer(ctx, p.Limits.Memory, m.ChunkSize, func(buf []byte) error {
+		return backupWhole(ctx, repo, src, m, p, rs, t.index, buf[:n], st, progress)
+	})
+}
+
+// withChunkBuffer runs fn with a chunk buffer, once the budget has room for it
+// and for the object it is sealed into.
+func withChunkBuffer(ctx context.Context, budget *MemoryBudget, chunkSize int64, fn func(buf []byte) error) error {
+	release, err := budget.reserve(ctx, backupChunkMemory(chunkSize))
 	if err != nil {
 		return err
 	}
 	defer release()
-	buf := getChunkBuffer(m.ChunkSize)
+	buf := getChunkBuffer(chunkSize)
 	defer putChunkBuffer(buf)
-	data := (*buf)[:n]
-	off := int64(t.index) * m.ChunkSize
+	return fn(*buf)
+}
+
+// backupWhole reads chunk position i into data and stores it.
+func backupWhole(ctx context.Context, repo *sinks.Repository, src backends.Source, m *sinks.Manifest,
+	p BackupParams, rs *resumeState, i int, data []byte, st *backupCounters, progress *Progress) error {
+	n := int64(len(data))
+	off := int64(i) * m.ChunkSize
 	if _, err := src.ReadAt(data, off); err != nil {
-		return fmt.Errorf("read chunk %d at offset %d: %w", t.index, off, err)
+		return fmt.Errorf("read chunk %d at offset %d: %w", i, off, err)
 	}
 	st.read.Add(n)
 	progress.bytesRead.Add(n)
 	if isZero(data) { // allocated, or dirty, but zeroes: a marker is enough
 		st.zero.Add(n)
 		st.nZero.Add(1)
-		rs.record(t.index, storedEntry{})
+		rs.record(i, storedEntry{})
 		return nil
 	}
 	id, err := storeChunk(ctx, repo, data, p.Compress, st, progress)
 	if err != nil {
 		return err
 	}
-	m.Chunks[t.index] = id
-	rs.record(t.index, storedEntry{chunk: id})
+	m.Chunks[i] = id
+	rs.record(i, storedEntry{chunk: id})
 	return nil
 }
 

@@ -170,7 +170,9 @@ start_nbd() { # [image]: the bench image by default
 	# (--cache=writeback, the default): after the warm-up read every reader is served
 	# from memory, so no reader pays for cold disk reads the others do not.
 	rm -f "$sock"
-	qemu-nbd -r -f qcow2 -e 4 -t -B b1 --cache=writeback --aio=threads --socket="$sock" "${1:-$img}" &
+	# Its messages go to a log: clients that give up a connection at the client
+	# limit (the worker's jobs) make it complain of broken pipes.
+	qemu-nbd -r -f qcow2 -e 4 -t -B b1 --cache=writeback --aio=threads --socket="$sock" "${1:-$img}" 2>>"$work/qemu-nbd.log" &
 	nbd_pid=$!
 	local i
 	for i in $(seq 100); do
