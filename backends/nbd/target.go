@@ -102,11 +102,8 @@ func (t *target) Zero(ctx context.Context, off, length int64) error {
 			t.pool.submit(r)
 			reqs = append(reqs, r)
 		}
-		if err := await(ctx, reqs); err != nil {
-			if err == ctx.Err() {
-				return err
-			}
-			return fmt.Errorf("nbd %s: %w", t.exp.uri, err)
+		if err := t.await(ctx, reqs); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -127,6 +124,11 @@ func (t *target) Flush(ctx context.Context) error {
 		c.submit(r)
 		reqs = append(reqs, r)
 	}
+	return t.await(ctx, reqs)
+}
+
+// await waits for reqs; a failure names the export, the context's end does not.
+func (t *target) await(ctx context.Context, reqs []*request) error {
 	if err := await(ctx, reqs); err != nil {
 		if err == ctx.Err() {
 			return err
