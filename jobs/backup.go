@@ -10,7 +10,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/blockferry/blockferry/backends"
-	"github.com/blockferry/blockferry/sinks"
+	"github.com/blockferry/blockferry/sinks/repository"
 )
 
 // BackupParams describe one backup run.
@@ -25,7 +25,7 @@ type BackupParams struct {
 	Disk   string
 	Bitmap string // dirty bitmap the source was opened with; empty for a full backup
 	// Parent is the backup an incremental is taken against; nil for a full backup.
-	Parent *sinks.Manifest
+	Parent *repository.Manifest
 	Labels map[string]string
 	// ChunkSize of a full backup; 0 takes the repository's. An incremental always
 	// uses its parent's.
@@ -63,13 +63,13 @@ type chunkTask struct {
 // Backup reads src and stores it in repo as a new backup. Only after every chunk
 // the manifest names is stored is the manifest written; a backup that fails or is
 // cancelled leaves no manifest, and its stored chunks are reused by the next try.
-func Backup(ctx context.Context, repo *sinks.Repository, src backends.Source, p BackupParams, progress *Progress) (*sinks.Manifest, error) {
+func Backup(ctx context.Context, repo *repository.Repository, src backends.Source, p BackupParams, progress *Progress) (*repository.Manifest, error) {
 	if progress == nil {
 		progress = NewProgress()
 	}
 	started := time.Now().UTC()
-	m := &sinks.Manifest{
-		Version: sinks.ManifestVersion, ID: p.ID, JobID: p.JobID, Disk: p.Disk, Kind: "full",
+	m := &repository.Manifest{
+		Version: repository.ManifestVersion, ID: p.ID, JobID: p.JobID, Disk: p.Disk, Kind: "full",
 		Labels: p.Labels, Started: started, Size: src.Size(), ChunkSize: p.ChunkSize,
 	}
 	if m.ID == "" {
@@ -91,10 +91,10 @@ func Backup(ctx context.Context, repo *sinks.Repository, src backends.Source, p 
 		}
 		m.Kind, m.Parent, m.Bitmap, m.ChunkSize = "incremental", parent.ID, p.Bitmap, parent.ChunkSize
 	}
-	if !sinks.ValidChunkSize(m.ChunkSize) {
-		return nil, fmt.Errorf("%w: chunk size %d: want a power of two from %d to %d", ErrInvalid, m.ChunkSize, sinks.MinChunkSize, sinks.MaxChunkSize)
+	if !repository.ValidChunkSize(m.ChunkSize) {
+		return nil, fmt.Errorf("%w: chunk size %d: want a power of two from %d to %d", ErrInvalid, m.ChunkSize, repository.MinChunkSize, repository.MaxChunkSize)
 	}
-	m.Chunks = make([]string, sinks.ChunkCount(m.Size, m.ChunkSize))
+	m.Chunks = make([]string, repository.ChunkCount(m.Size, m.ChunkSize))
 	patches := &patchSet{}
 	progress.bytesTotal.Store(m.Size)
 	rs, finished, err := resume(ctx, repo, m, p)
@@ -148,7 +148,7 @@ func Backup(ctx context.Context, repo *sinks.Repository, src backends.Source, p 
 // planChunks walks the source's extents window by window and sends one task per
 // chunk position, in order. It never asks for the whole disk's map at once.
 // parent is nil for a full backup.
-func planChunks(ctx context.Context, src backends.Source, m *sinks.Manifest, parent *sinks.Manifest, tasks chan<- chunkTask) error {
+func planChunks(ctx context.Context, src backends.Source, m *repository.Manifest, parent *repository.Manifest, tasks chan<- chunkTask) error {
 	const windowChunks = 256 // 1 GiB of 4 MiB chunks per block status window
 	window := m.ChunkSize * windowChunks
 	var pending []backends.Extent // extents not yet consumed, starting at pos
@@ -224,9 +224,9 @@ type backupCounters struct {
 	nUploaded, nDeduped, nReused, nZero, nResumed, nPatched atomic.Int64
 }
 
-func (c *backupCounters) stats(m *sinks.Manifest) sinks.BackupStats {
+func (c *backupCounters) stats(m *repository.Manifest) repository.BackupStats {
 	d := m.Completed.Sub(m.Started).Seconds()
-	s := sinks.BackupStats{
+	s := repository.BackupStats{
 		BytesTotal: m.Size, BytesRead: c.read.Load(), BytesWritten: c.written.Load(),
 		BytesDeduplicated: c.deduped.Load(), BytesReused: c.reused.Load(), BytesZero: c.zero.Load(),
 		ChunksTotal: len(m.Chunks), ChunksUploaded: int(c.nUploaded.Load()), ChunksDeduped: int(c.nDeduped.Load()),
@@ -240,7 +240,7 @@ func (c *backupCounters) stats(m *sinks.Manifest) sinks.BackupStats {
 	return s
 }
 
-func backupChunk(ctx context.Context, repo *sinks.Repository, src backends.Source, m *sinks.Manifest, patches *patchSet,
+func backupChunk(ctx context.Context, repo *repository.Repository, src backends.Source, m *repository.Manifest, patches *patchSet,
 	p BackupParams, rs *resumeState, t chunkTask, st *backupCounters, progress *Progress) error {
 	if err := ctx.Err(); err != nil { // a failed sibling: read no more
 		return err
@@ -290,7 +290,7 @@ func withChunkBuffer(ctx context.Context, budget *MemoryBudget, chunkSize int64,
 }
 
 // backupWhole reads chunk position i into data and stores it.
-func backupWhole(ctx context.Context, repo *sinks.Repository, src backends.Source, m *sinks.Manifest,
+func backupWhole(ctx context.Context, repo *repository.Repository, src backends.Source, m *repository.Manifest,
 	p BackupParams, rs *resumeState, i int, data []byte, st *backupCounters, progress *Progress) error {
 	n := int64(len(data))
 	off := int64(i) * m.ChunkSize
@@ -315,7 +315,7 @@ func backupWhole(ctx context.Context, repo *sinks.Repository, src backends.Sourc
 }
 
 // storeChunk puts data into the repository and counts what that cost.
-func storeChunk(ctx context.Context, repo *sinks.Repository, data []byte, compress bool, st *backupCounters, progress *Progress) (string, error) {
+func storeChunk(ctx context.Context, repo *repository.Repository, data []byte, compress bool, st *backupCounters, progress *Progress) (string, error) {
 	res, err := repo.PutChunk(ctx, data, compress)
 	if err != nil {
 		return "", err

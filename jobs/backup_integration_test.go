@@ -14,6 +14,7 @@ import (
 	"github.com/blockferry/blockferry/jobs"
 	"github.com/blockferry/blockferry/sinks"
 	_ "github.com/blockferry/blockferry/sinks/file"
+	"github.com/blockferry/blockferry/sinks/repository"
 	_ "github.com/blockferry/blockferry/sinks/s3"
 )
 
@@ -91,7 +92,7 @@ func backupSpec(id, uri, bitmap, parent string) jobs.Spec {
 }
 
 // backup serves the image with qemu-nbd (exposing bitmap when set) and backs it up.
-func (d *disk) backup(r *jobs.Runner, id, bitmap, parent string) *sinks.Manifest {
+func (d *disk) backup(r *jobs.Runner, id, bitmap, parent string) *repository.Manifest {
 	d.t.Helper()
 	uri, stop := testutil.ServeQemuNBD(d.t, d.image, bitmap)
 	defer stop()
@@ -179,7 +180,7 @@ func TestFullAndIncrementals(t *testing.T) {
 			assertIncremental(t, inc2, writes2)
 
 			for _, c := range []struct {
-				backup *sinks.Manifest
+				backup *repository.Manifest
 				want   string
 			}{{full, sumFull}, {inc1, sumInc1}, {inc2, sumInc2}} {
 				if got := restoreSum(t, runner, c.backup.ID); got != c.want {
@@ -196,7 +197,7 @@ func TestFullAndIncrementals(t *testing.T) {
 
 // assertIncremental checks that an incremental read and stored only the chunks the
 // writes touched and took every other chunk from its parent.
-func assertIncremental(t *testing.T, m *sinks.Manifest, ws []write) {
+func assertIncremental(t *testing.T, m *repository.Manifest, ws []write) {
 	t.Helper()
 	dirty := chunksOf(ws)
 	st := m.Stats
@@ -286,7 +287,7 @@ func TestBackupErrors(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := sinks.Open(context.Background(), store, nil)
+	r, err := repository.Open(context.Background(), store, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/blockferry/blockferry/backends"
 	"github.com/blockferry/blockferry/sinks"
+	"github.com/blockferry/blockferry/sinks/repository"
 )
 
 // ErrParentNotFound: the parent of an incremental backup is not in the repository.
@@ -61,13 +62,13 @@ var classes = []struct {
 	{ErrParentMismatch, CodeParentMismatch, false},
 	{backends.ErrNoBitmap, CodeBitmapNotFound, false},
 	{backends.ErrTooSmall, CodeTargetTooSmall, false},
-	{sinks.ErrBackupNotFound, CodeBackupNotFound, false},
+	{repository.ErrBackupNotFound, CodeBackupNotFound, false},
 	{sinks.ErrNoRepository, CodeRepositoryMissing, false},
 	{sinks.ErrAccessDenied, CodeAccessDenied, false},
-	{sinks.ErrWrongKey, CodeKey, false},
-	{sinks.ErrKeyRequired, CodeKey, false},
+	{repository.ErrWrongKey, CodeKey, false},
+	{repository.ErrKeyRequired, CodeKey, false},
 	{ErrVerifyFailed, CodeVerifyFailed, false},
-	{sinks.ErrCorrupt, CodeCorrupt, false},
+	{repository.ErrCorrupt, CodeCorrupt, false},
 	{context.Canceled, CodeCancelled, false},
 	{os.ErrPermission, CodeAccessDenied, false},
 	// The orchestrator exports the disk before it submits the job: an export that

@@ -7,7 +7,7 @@ import (
 
 	"golang.org/x/sync/semaphore"
 
-	"github.com/blockferry/blockferry/sinks"
+	"github.com/blockferry/blockferry/sinks/repository"
 )
 
 // Limits bound what one job has in flight.
@@ -66,9 +66,9 @@ func (b *MemoryBudget) reserve(ctx context.Context, n int64) (func(), error) {
 }
 
 // What a chunk in flight holds, by job kind, for a chunk size of n bytes.
-func backupChunkMemory(n int64) int64  { return n + int64(sinks.SealedSize(int(n))) }   // read buffer, sealed object
-func restoreChunkMemory(n int64) int64 { return 2*n + int64(sinks.SealedSize(int(n))) } // object, plaintext, patch chunk
-func verifyChunkMemory(n int64) int64  { return n + int64(sinks.SealedSize(int(n))) }   // object, plaintext
+func backupChunkMemory(n int64) int64  { return n + int64(repository.SealedSize(int(n))) }   // read buffer, sealed object
+func restoreChunkMemory(n int64) int64 { return 2*n + int64(repository.SealedSize(int(n))) } // object, plaintext, patch chunk
+func verifyChunkMemory(n int64) int64  { return n + int64(repository.SealedSize(int(n))) }   // object, plaintext
 
 // chunkBuffers recycles chunk-sized buffers across the jobs of a process, by size.
 var chunkBuffers sync.Map // int64 -> *sync.Pool of *[]byte

@@ -9,11 +9,11 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/blockferry/blockferry/backends"
-	"github.com/blockferry/blockferry/sinks"
+	"github.com/blockferry/blockferry/sinks/repository"
 )
 
 // An incremental backup stores a dirty position of which little changed as
-// patches over its parent's entry (see sinks.Manifest.Patches): it reads only the
+// patches over its parent's entry (see repository.Manifest.Patches): it reads only the
 // dirty blocks. The dirty blocks of neighbouring patched positions go into one
 // chunk, so that 600 scattered 64 KiB writes cost a few dozen objects (and
 // fsyncs, or PUTs) rather than one per position.
@@ -38,12 +38,12 @@ func patchChunkSize(chunkSize int64) int64 { return min(chunkSize, 1<<20) }
 // patchable reports whether the dirty extents of the position at posStart, n bytes
 // long, laid over the patches its parent already has there, stay within the limits
 // of patching.
-func patchable(have []sinks.Patch, dirty []backends.Extent, posStart, n int64) bool {
-	top := make([]sinks.Patch, len(dirty))
+func patchable(have []repository.Patch, dirty []backends.Extent, posStart, n int64) bool {
+	top := make([]repository.Patch, len(dirty))
 	for k, e := range dirty {
-		top[k] = sinks.Patch{Offset: e.Start - posStart, Length: e.Length, Chunk: newPatchChunk}
+		top[k] = repository.Patch{Offset: e.Start - posStart, Length: e.Length, Chunk: newPatchChunk}
 	}
-	all := sinks.OverlayPatches(have, top)
+	all := repository.OverlayPatches(have, top)
 	var patched int64
 	chunks := map[string]bool{}
 	for _, p := range all {
@@ -103,17 +103,17 @@ func (g *patchGroup) flush() (chunkTask, bool) {
 // patchSet collects the patches of a backup's positions from its workers.
 type patchSet struct {
 	mu sync.Mutex
-	m  map[int][]sinks.Patch
+	m  map[int][]repository.Patch
 }
 
-func (s *patchSet) set(i int, ps []sinks.Patch) {
+func (s *patchSet) set(i int, ps []repository.Patch) {
 	if len(ps) == 0 {
 		return
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.m == nil {
-		s.m = map[int][]sinks.Patch{}
+		s.m = map[int][]repository.Patch{}
 	}
 	s.m[i] = ps
 }
@@ -122,7 +122,7 @@ func (s *patchSet) set(i int, ps []sinks.Patch) {
 // the blocks that hold data as one chunk, and records each position as its
 // parent's entry with patches laid over it. Positions an earlier attempt of the
 // job stored are taken from its checkpoint.
-func backupPatches(ctx context.Context, repo *sinks.Repository, src backends.Source, m *sinks.Manifest, patches *patchSet,
+func backupPatches(ctx context.Context, repo *repository.Repository, src backends.Source, m *repository.Manifest, patches *patchSet,
 	p BackupParams, rs *resumeState, group []patchPosition, buf []byte, st *backupCounters, progress *Progress) error {
 	// One read per dirty extent that may hold data, all at once: they are small
 	// (a bitmap's granularity, typically 64 KiB), so one after the other their
@@ -177,14 +177,14 @@ func backupPatches(ctx context.Context, repo *sinks.Repository, src backends.Sou
 
 	// The patches, and the chunk: the blocks read, less those that read as
 	// zeroes, moved together.
-	tops := make([][]sinks.Patch, len(todo))
+	tops := make([][]repository.Patch, len(todo))
 	blob := buf[:0]
 	next := 0 // into reads
 	for k, pd := range todo {
 		posStart := int64(pd.index) * m.ChunkSize
 		for _, e := range pd.dirty {
 			todo[k].dirtyBytes += e.Length
-			patch := sinks.Patch{Offset: e.Start - posStart, Length: e.Length}
+			patch := repository.Patch{Offset: e.Start - posStart, Length: e.Length}
 			if !e.Zero {
 				r := reads[next]
 				next++
@@ -214,9 +214,9 @@ func backupPatches(ctx context.Context, repo *sinks.Repository, src backends.Sou
 			}
 		}
 		base := p.Parent.Chunks[pd.index]
-		all := sinks.OverlayPatches(p.Parent.Patches[pd.index], top)
+		all := repository.OverlayPatches(p.Parent.Patches[pd.index], top)
 		if base == "" { // zeroes laid over zeroes change nothing
-			all = slices.DeleteFunc(all, func(p sinks.Patch) bool { return p.Chunk == "" })
+			all = slices.DeleteFunc(all, func(p repository.Patch) bool { return p.Chunk == "" })
 		}
 		m.Chunks[pd.index] = base
 		patches.set(pd.index, all)

@@ -7,7 +7,7 @@ import (
 	"testing"
 
 	"github.com/blockferry/blockferry/backends"
-	"github.com/blockferry/blockferry/sinks"
+	"github.com/blockferry/blockferry/sinks/repository"
 )
 
 // extentSource serves a fixed extent map, a few extents per call, as an NBD server
@@ -49,9 +49,9 @@ func TestPlanChunks(t *testing.T) {
 		{Start: 3 * cs, Length: cs, Dirty: true, Zero: true}, // 3: dirty, zero
 		{Start: 4 * cs, Length: cs + 100},                    // 4, 5 (short): clean data
 	}}
-	m := &sinks.Manifest{Size: src.size, ChunkSize: cs, Chunks: make([]string, 6)}
+	m := &repository.Manifest{Size: src.size, ChunkSize: cs, Chunks: make([]string, 6)}
 	var dirty1 []backends.Extent // what the plan gave chunk 1 to patch
-	plan := func(parent *sinks.Manifest) []chunkAction {
+	plan := func(parent *repository.Manifest) []chunkAction {
 		tasks := make(chan chunkTask, 10)
 		if err := planChunks(context.Background(), src, m, parent, tasks); err != nil {
 			t.Fatal(err)
@@ -95,7 +95,7 @@ func TestPlanChunks(t *testing.T) {
 		}
 	}
 	check("full", plan(nil), []chunkAction{actionZero, actionRead, actionRead, actionZero, actionRead, actionRead})
-	parent := &sinks.Manifest{Size: src.size, ChunkSize: cs, Chunks: make([]string, 6)}
+	parent := &repository.Manifest{Size: src.size, ChunkSize: cs, Chunks: make([]string, 6)}
 	// Half of chunk 1 is dirty: patched, reading only that half.
 	check("incremental", plan(parent), []chunkAction{actionReuse, actionPatch, actionReuse, actionZero, actionReuse, actionReuse})
 	if want := []backends.Extent{{Start: cs, Length: cs / 2, Dirty: true}}; !slices.Equal(dirty1, want) {
@@ -103,10 +103,10 @@ func TestPlanChunks(t *testing.T) {
 	}
 	// The parent already patched the other half of chunk 1 (not overlapping the
 	// dirty one): together more than half of it, so it is read whole.
-	parent.Patches = map[int][]sinks.Patch{1: {{Offset: cs/2 + 4096, Length: 4096, Chunk: strings.Repeat("ab", 32)}}}
+	parent.Patches = map[int][]repository.Patch{1: {{Offset: cs/2 + 4096, Length: 4096, Chunk: strings.Repeat("ab", 32)}}}
 	check("incremental over patches", plan(parent), []chunkAction{actionReuse, actionRead, actionReuse, actionZero, actionReuse, actionReuse})
 	// Patches the dirty range replaces entirely do not count.
-	parent.Patches = map[int][]sinks.Patch{1: {{Offset: 4096, Length: 4096, Chunk: strings.Repeat("ab", 32)}}}
+	parent.Patches = map[int][]repository.Patch{1: {{Offset: 4096, Length: 4096, Chunk: strings.Repeat("ab", 32)}}}
 	check("incremental over replaced patches", plan(parent), []chunkAction{actionReuse, actionPatch, actionReuse, actionZero, actionReuse, actionReuse})
 }
 
@@ -120,13 +120,13 @@ func TestPatchable(t *testing.T) {
 		}
 		return out
 	}
-	var fourChunks []sinks.Patch
+	var fourChunks []repository.Patch
 	for k := range 4 {
-		fourChunks = append(fourChunks, sinks.Patch{Offset: n/2 + int64(k)*4096, Length: 4096, Chunk: id(k)})
+		fourChunks = append(fourChunks, repository.Patch{Offset: n/2 + int64(k)*4096, Length: 4096, Chunk: id(k)})
 	}
 	for _, c := range []struct {
 		name  string
-		have  []sinks.Patch
+		have  []repository.Patch
 		dirty []backends.Extent
 		want  bool
 	}{
@@ -184,8 +184,8 @@ func BenchmarkPlanChunks(b *testing.B) {
 	}
 	extents = append(extents, backends.Extent{Start: pos, Length: size - pos})
 	src := &sortedExtents{size: size, extents: extents}
-	m := &sinks.Manifest{Size: size, ChunkSize: cs, Chunks: make([]string, size/cs)}
-	parent := &sinks.Manifest{Size: size, ChunkSize: cs, Chunks: make([]string, size/cs)}
+	m := &repository.Manifest{Size: size, ChunkSize: cs, Chunks: make([]string, size/cs)}
+	parent := &repository.Manifest{Size: size, ChunkSize: cs, Chunks: make([]string, size/cs)}
 	b.SetBytes(size)
 	for b.Loop() {
 		tasks := make(chan chunkTask, 1024)

@@ -16,7 +16,7 @@ import (
 	"testing"
 
 	"github.com/blockferry/blockferry/jobs"
-	"github.com/blockferry/blockferry/sinks"
+	"github.com/blockferry/blockferry/sinks/repository"
 )
 
 const marker = "BLOCKFERRY-KNOWN-PLAINTEXT-0123456789 "
@@ -58,7 +58,7 @@ func runSpec(t *testing.T, r *jobs.Runner, s jobs.Spec) (jobs.Result, error) {
 	return r.Run(context.Background(), s, nil)
 }
 
-func fullBackupOfFile(t *testing.T, r *jobs.Runner, path string) *sinks.Manifest {
+func fullBackupOfFile(t *testing.T, r *jobs.Runner, path string) *repository.Manifest {
 	t.Helper()
 	res, err := runSpec(t, r, jobs.Spec{ID: "b", Kind: jobs.KindBackup, Disk: "vm1/vda", Source: &jobs.Endpoint{URI: "file://" + path},
 		Options: jobs.Options{ChunkSize: chunkSize}})

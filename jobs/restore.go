@@ -10,7 +10,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/blockferry/blockferry/backends"
-	"github.com/blockferry/blockferry/sinks"
+	"github.com/blockferry/blockferry/sinks/repository"
 )
 
 // RestoreStats are the figures of one restore.
@@ -27,7 +27,7 @@ type RestoreStats struct {
 
 // Restore writes backup id into tgt. Every chunk is checked against its id before it
 // is written: a corrupt or missing chunk fails the restore, it is never written.
-func Restore(ctx context.Context, repo *sinks.Repository, m *sinks.Manifest, tgt backends.Target, lim Limits, progress *Progress) (RestoreStats, error) {
+func Restore(ctx context.Context, repo *repository.Repository, m *repository.Manifest, tgt backends.Target, lim Limits, progress *Progress) (RestoreStats, error) {
 	if progress == nil {
 		progress = NewProgress()
 	}
@@ -37,7 +37,7 @@ func Restore(ctx context.Context, repo *sinks.Repository, m *sinks.Manifest, tgt
 	// Decompression buffers are recycled: fresh 4 MiB buffers cost more in page
 	// faults than decompressing into them.
 	var bufs sync.Pool
-	cache := &patchChunkCache{max: patchCacheSize}
+	positions := repo.PositionReader(m, repository.PatchCacheSize)
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(lim.concurrency())
 	for i := 0; i < len(m.Chunks) && gctx.Err() == nil; i++ {
@@ -66,12 +66,12 @@ func Restore(ctx context.Context, repo *sinks.Repository, m *sinks.Manifest, tgt
 				return err
 			}
 			defer release()
-			buf, _ := bufs.Get().(*positionBuffers)
+			buf, _ := bufs.Get().(*repository.PositionBuffers)
 			if buf == nil {
-				buf = &positionBuffers{}
+				buf = &repository.PositionBuffers{}
 			}
 			defer bufs.Put(buf)
-			data, got, err := readPosition(gctx, repo, m, i, buf, cache)
+			data, got, err := positions.Read(gctx, i, buf)
 			if err != nil {
 				return err
 			}

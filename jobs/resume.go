@@ -8,7 +8,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/blockferry/blockferry/sinks"
+	"github.com/blockferry/blockferry/sinks/repository"
 )
 
 // ErrCancelled is the cause a job's context is cancelled with when a user cancels
@@ -22,10 +22,10 @@ const checkpointInterval = 5 * time.Second
 // resumeState tracks the chunks a backup has stored, and what an earlier attempt of
 // the same job stored, through the repository's checkpoint of the job.
 type resumeState struct {
-	repo *sinks.Repository
+	repo *repository.Repository
 	mu   sync.Mutex
-	cp   *sinks.Checkpoint // nil: no job id, nothing is recorded
-	prev *sinks.Checkpoint // what an earlier attempt stored; nil: nothing
+	cp   *repository.Checkpoint // nil: no job id, nothing is recorded
+	prev *repository.Checkpoint // what an earlier attempt stored; nil: nothing
 	// dirty is set when cp changed since it was last written.
 	dirty bool
 }
@@ -34,7 +34,7 @@ type resumeState struct {
 // disk, size, chunk size, parent and bitmap), m takes the earlier attempt's backup
 // id, so a retried job never makes two backups. It returns the finished manifest
 // when the earlier attempt got as far as writing it.
-func resume(ctx context.Context, repo *sinks.Repository, m *sinks.Manifest, p BackupParams) (*resumeState, *sinks.Manifest, error) {
+func resume(ctx context.Context, repo *repository.Repository, m *repository.Manifest, p BackupParams) (*resumeState, *repository.Manifest, error) {
 	rs := &resumeState{repo: repo}
 	if !p.Resume || m.JobID == "" {
 		return rs, nil, nil
@@ -48,15 +48,15 @@ func resume(ctx context.Context, repo *sinks.Repository, m *sinks.Manifest, p Ba
 		if err == nil {
 			return nil, done, nil
 		}
-		if !errors.Is(err, sinks.ErrBackupNotFound) {
+		if !errors.Is(err, repository.ErrBackupNotFound) {
 			return nil, nil, err
 		}
 		m.ID, m.Started = cp.BackupID, cp.Started
 		rs.prev = cp
 	}
-	rs.cp = &sinks.Checkpoint{
+	rs.cp = &repository.Checkpoint{
 		JobID: m.JobID, BackupID: m.ID, Source: p.Source, Disk: m.Disk, Size: m.Size, ChunkSize: m.ChunkSize,
-		Parent: m.Parent, Bitmap: m.Bitmap, Started: m.Started, Done: map[int]string{}, Patches: map[int][]sinks.Patch{},
+		Parent: m.Parent, Bitmap: m.Bitmap, Started: m.Started, Done: map[int]string{}, Patches: map[int][]repository.Patch{},
 	}
 	if rs.prev != nil {
 		maps.Copy(rs.cp.Done, rs.prev.Done)
@@ -76,7 +76,7 @@ func resume(ctx context.Context, repo *sinks.Repository, m *sinks.Manifest, p Ba
 // and the patches laid over it, if any.
 type storedEntry struct {
 	chunk   string
-	patches []sinks.Patch
+	patches []repository.Patch
 }
 
 // stored returns what an earlier attempt stored at chunk position i.

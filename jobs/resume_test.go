@@ -13,6 +13,7 @@ import (
 	"github.com/blockferry/blockferry/backends/file"
 	"github.com/blockferry/blockferry/jobs"
 	"github.com/blockferry/blockferry/sinks"
+	"github.com/blockferry/blockferry/sinks/repository"
 )
 
 // failingSource fails every read after the first `after` reads, like a connection
@@ -31,13 +32,13 @@ func (s *failingSource) ReadAt(p []byte, off int64) (int, error) {
 	return s.Source.ReadAt(p, off)
 }
 
-func openRepo(t *testing.T, uri string) *sinks.Repository {
+func openRepo(t *testing.T, uri string) *repository.Repository {
 	t.Helper()
 	store, err := sinks.OpenStore(context.Background(), uri)
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := sinks.OpenOrInit(context.Background(), store, sinks.InitOptions{})
+	r, err := repository.OpenOrInit(context.Background(), store, repository.InitOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

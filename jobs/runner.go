@@ -10,13 +10,14 @@ import (
 
 	"github.com/blockferry/blockferry/backends"
 	"github.com/blockferry/blockferry/sinks"
+	"github.com/blockferry/blockferry/sinks/repository"
 )
 
 // Result is the outcome of a job that succeeded; one field is set, by kind.
 type Result struct {
-	Backup  *sinks.Manifest `json:"backup,omitempty"`
-	Restore *RestoreStats   `json:"restore,omitempty"`
-	Verify  *VerifyReport   `json:"verify,omitempty"`
+	Backup  *repository.Manifest `json:"backup,omitempty"`
+	Restore *RestoreStats        `json:"restore,omitempty"`
+	Verify  *VerifyReport        `json:"verify,omitempty"`
 }
 
 // Runner runs jobs: it opens what a spec names and hands it to the engine. The
@@ -111,7 +112,7 @@ func (r *Runner) Run(ctx context.Context, s Spec, progress *Progress) (Result, e
 	case KindBackup:
 		return r.backup(ctx, store, s, lim, progress)
 	case KindRestore, KindVerify:
-		repo, err := sinks.Open(ctx, store, r.cfg.key)
+		repo, err := repository.Open(ctx, store, r.cfg.key)
 		if err != nil {
 			return Result{}, err
 		}
@@ -148,20 +149,20 @@ func (r *Runner) Run(ctx context.Context, s Spec, progress *Progress) (Result, e
 }
 
 func (r *Runner) backup(ctx context.Context, store sinks.Store, s Spec, lim Limits, progress *Progress) (Result, error) {
-	repo, err := sinks.OpenOrInit(ctx, store, sinks.InitOptions{Key: r.cfg.key, ChunkSize: s.Options.ChunkSize, Compression: s.Options.Compression})
+	repo, err := repository.OpenOrInit(ctx, store, repository.InitOptions{Key: r.cfg.key, ChunkSize: s.Options.ChunkSize, Compression: s.Options.Compression})
 	if err != nil {
 		return Result{}, err
 	}
 	if len(r.cfg.key) > 0 && !repo.Encrypted() {
 		// An operator who configured a key expects encrypted backups.
-		return Result{}, fmt.Errorf("%s: %w: the repository is not encrypted but a key is configured; refusing to write unencrypted backups", repo.Location(), sinks.ErrWrongKey)
+		return Result{}, fmt.Errorf("%s: %w: the repository is not encrypted but a key is configured; refusing to write unencrypted backups", repo.Location(), repository.ErrWrongKey)
 	}
 	// The parent is checked before the source is opened, so that a bad parent is
 	// reported as such even when the source is gone.
-	var parent *sinks.Manifest
+	var parent *repository.Manifest
 	if s.Parent != "" {
 		if parent, err = repo.Manifest(ctx, s.Parent); err != nil {
-			if errors.Is(err, sinks.ErrBackupNotFound) {
+			if errors.Is(err, repository.ErrBackupNotFound) {
 				err = fmt.Errorf("%w: %w", ErrParentNotFound, err)
 			}
 			return Result{}, err

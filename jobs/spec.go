@@ -8,7 +8,7 @@ import (
 	"regexp"
 	"strings"
 
-	"github.com/blockferry/blockferry/sinks"
+	"github.com/blockferry/blockferry/sinks/repository"
 )
 
 // SpecVersion is the job contract version this code implements (docs/JOBS.md).
@@ -24,7 +24,6 @@ const (
 // Limits of a job document.
 const (
 	MaxSpecBytes   = 64 << 10
-	maxIDLength    = 128
 	maxDiskLength  = 256
 	maxURILength   = 4096
 	maxLabels      = 64
@@ -63,7 +62,6 @@ type Options struct {
 }
 
 var (
-	idPattern   = regexp.MustCompile(`^[0-9A-Za-z][0-9A-Za-z._-]*$`)
 	diskPattern = regexp.MustCompile(`^[0-9A-Za-z][0-9A-Za-z._:/@-]*$`)
 )
 
@@ -109,13 +107,8 @@ func peekID(data []byte) string {
 }
 
 func validID(id string) error {
-	switch {
-	case id == "":
-		return fmt.Errorf("%w: id is required", ErrInvalid)
-	case len(id) > maxIDLength:
-		return fmt.Errorf("%w: id is %d characters, at most %d", ErrInvalid, len(id), maxIDLength)
-	case !idPattern.MatchString(id):
-		return fmt.Errorf("%w: id %q: only letters, digits, '.', '_' and '-' are allowed", ErrInvalid, id)
+	if err := repository.CheckID(id); err != nil {
+		return fmt.Errorf("%w: id %w", ErrInvalid, err)
 	}
 	return nil
 }
@@ -138,7 +131,7 @@ func (s *Spec) Validate() error {
 		if e != nil && (e.URI == "" || len(e.URI) > maxURILength) {
 			return bad("a source or target needs a uri of at most %d characters", maxURILength)
 		}
-		if e != nil && e.Bitmap != "" && (len(e.Bitmap) > maxIDLength || strings.ContainsAny(e.Bitmap, "\x00/")) {
+		if e != nil && e.Bitmap != "" && (len(e.Bitmap) > repository.MaxIDLength || strings.ContainsAny(e.Bitmap, "\x00/")) {
 			return bad("bitmap %q is not a valid name", e.Bitmap)
 		}
 	}
@@ -146,7 +139,7 @@ func (s *Spec) Validate() error {
 		return bad("repository uri too long")
 	}
 	for _, ref := range []string{s.Parent, s.Backup} {
-		if ref != "" && !sinks.ValidBackupID(ref) {
+		if ref != "" && !repository.ValidID(ref) {
 			return bad("backup id %q is not valid", ref)
 		}
 	}
@@ -204,8 +197,8 @@ func (s *Spec) Validate() error {
 }
 
 func (o Options) validate() error {
-	if o.ChunkSize != 0 && !sinks.ValidChunkSize(o.ChunkSize) {
-		return fmt.Errorf("chunk_size %d: want a power of two from %d to %d", o.ChunkSize, sinks.MinChunkSize, sinks.MaxChunkSize)
+	if o.ChunkSize != 0 && !repository.ValidChunkSize(o.ChunkSize) {
+		return fmt.Errorf("chunk_size %d: want a power of two from %d to %d", o.ChunkSize, repository.MinChunkSize, repository.MaxChunkSize)
 	}
 	if o.Compression != "" && o.Compression != "zstd" && o.Compression != "none" {
 		return fmt.Errorf("compression %q: want zstd or none", o.Compression)

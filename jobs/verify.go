@@ -15,6 +15,7 @@ import (
 
 	"github.com/blockferry/blockferry/backends"
 	"github.com/blockferry/blockferry/sinks"
+	"github.com/blockferry/blockferry/sinks/repository"
 )
 
 // VerifyReport says what a verify found.
@@ -43,15 +44,15 @@ var ErrVerifyFailed = errors.New("backup is damaged")
 // corrupt chunks are collected and named in the report; any other error (the store
 // unreachable) ends the verify, since it says nothing about the backup. With a
 // source, every chunk position is also compared with it.
-func Verify(ctx context.Context, repo *sinks.Repository, m *sinks.Manifest, src backends.Source, lim Limits, progress *Progress) (VerifyReport, error) {
+func Verify(ctx context.Context, repo *repository.Repository, m *repository.Manifest, src backends.Source, lim Limits, progress *Progress) (VerifyReport, error) {
 	if progress == nil {
 		progress = NewProgress()
 	}
 	start := time.Now()
-	sizes := chunkSizes(m)
+	sizes := m.ChunkNeeds()
 	var total int64
 	for _, s := range sizes {
-		total += s.length
+		total += s.Length
 	}
 	progress.bytesTotal.Store(total)
 	rep := VerifyReport{Backup: m.ID, Missing: []string{}, Corrupt: []string{}}
@@ -60,8 +61,8 @@ func Verify(ctx context.Context, repo *sinks.Repository, m *sinks.Manifest, src 
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(lim.concurrency())
 	for c, size := range sizes {
-		id, _ := sinks.ParseChunkID(c) // every id was checked when the manifest was read
-		n := size.length
+		id, _ := repository.ParseChunkID(c) // every id was checked when the manifest was read
+		n := size.Length
 		g.Go(func() error {
 			defer progress.bytesDone.Add(n)
 			release, err := lim.Memory.reserve(gctx, verifyChunkMemory(n))
@@ -70,15 +71,15 @@ func Verify(ctx context.Context, repo *sinks.Repository, m *sinks.Manifest, src 
 			}
 			data, err := repo.GetChunk(gctx, id, nil)
 			release() // data is dropped below
-			if err == nil && !size.fits(int64(len(data))) {
-				err = fmt.Errorf("%w: %d bytes, want %d", sinks.ErrCorrupt, len(data), n)
+			if err == nil && !size.Fits(int64(len(data))) {
+				err = fmt.Errorf("%w: %d bytes, want %d", repository.ErrCorrupt, len(data), n)
 			}
 			switch {
 			case errors.Is(err, sinks.ErrNotFound):
 				mu.Lock()
 				rep.Missing = append(rep.Missing, c)
 				mu.Unlock()
-			case errors.Is(err, sinks.ErrCorrupt):
+			case errors.Is(err, repository.ErrCorrupt):
 				mu.Lock()
 				rep.Corrupt = append(rep.Corrupt, c)
 				mu.Unlock()
@@ -117,48 +118,6 @@ func Verify(ctx context.Context, repo *sinks.Repository, m *sinks.Manifest, src 
 	return rep, nil
 }
 
-// chunkSize is what a backup needs of a chunk's length: exactly length for a base
-// chunk, at least length for one that only patches refer to.
-type chunkSize struct {
-	length int64
-	exact  bool
-	// short is set for a base chunk that patches take more bytes from than the
-	// position's length: no content of it can be right.
-	short bool
-}
-
-func (s chunkSize) fits(n int64) bool {
-	return !s.short && (n == s.length || !s.exact && n > s.length)
-}
-
-// chunkSizes lists every chunk a backup names, with the length it needs.
-func chunkSizes(m *sinks.Manifest) map[string]chunkSize {
-	sizes := map[string]chunkSize{}
-	for i, c := range m.Chunks {
-		if c != "" {
-			sizes[c] = chunkSize{length: m.ChunkLen(i), exact: true}
-		}
-	}
-	for _, ps := range m.Patches {
-		for _, p := range ps {
-			if p.Chunk == "" {
-				continue
-			}
-			s := sizes[p.Chunk]
-			if s.exact {
-				// A base chunk that patches also take from: it must hold their bytes too.
-				if p.ChunkOffset+p.Length > s.length {
-					s.short = true
-					sizes[p.Chunk] = s
-				}
-				continue
-			}
-			sizes[p.Chunk] = chunkSize{length: max(s.length, p.ChunkOffset+p.Length)}
-		}
-	}
-	return sizes
-}
-
 func firstOf(lists ...[]string) string {
 	for _, l := range lists {
 		if len(l) > 0 {
@@ -170,7 +129,7 @@ func firstOf(lists ...[]string) string {
 
 // compareWithSource reads every chunk position of the source and compares it with
 // the backup's content there, returning the offsets that differ.
-func compareWithSource(ctx context.Context, repo *sinks.Repository, m *sinks.Manifest, src backends.Source, lim Limits) ([]int64, error) {
+func compareWithSource(ctx context.Context, repo *repository.Repository, m *repository.Manifest, src backends.Source, lim Limits) ([]int64, error) {
 	if src.Size() != m.Size {
 		return nil, fmt.Errorf("%w: the source has %d bytes, backup %s %d", ErrVerifyFailed, src.Size(), m.ID, m.Size)
 	}
@@ -192,7 +151,7 @@ func compareWithSource(ctx context.Context, repo *sinks.Repository, m *sinks.Man
 			}
 			same := isZero(have)
 			if !m.ReadsAsZero(i) {
-				want, _, err := readPosition(gctx, repo, m, i, &positionBuffers{}, nil)
+				want, _, err := repo.PositionReader(m, 0).Read(gctx, i, &repository.PositionBuffers{})
 				if err != nil {
 					return err
 				}

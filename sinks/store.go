@@ -1,6 +1,8 @@
-// Package sinks holds where backups are kept: an object Store interface with file
-// and S3 implementations in subpackages, and the repository format (chunks,
-// manifests, config) built on top of any Store.
+// Package sinks holds where backups are kept: the object Store interface, its
+// registry of URI schemes, the wrappers around it (Instrumented) and the
+// sentinels every implementation returns. The file and S3 stores live in
+// subpackages; the repository format built on any Store is package
+// sinks/repository, which no store imports.
 package sinks
 
 import (

@@ -33,6 +33,7 @@ import (
 	"github.com/blockferry/blockferry/jobs"
 	"github.com/blockferry/blockferry/sinks"
 	_ "github.com/blockferry/blockferry/sinks/file"
+	"github.com/blockferry/blockferry/sinks/repository"
 	"github.com/blockferry/blockferry/worker"
 )
 
@@ -467,7 +468,7 @@ func (e *env) status(id string) worker.JobStatus {
 }
 
 // openRepo opens the repository; nil when none was created yet.
-func (e *env) openRepo() *sinks.Repository {
+func (e *env) openRepo() *repository.Repository {
 	e.t.Helper()
 	ctx, cancel := ctxTimeout(10 * time.Second)
 	defer cancel()
@@ -475,7 +476,7 @@ func (e *env) openRepo() *sinks.Repository {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	repo, err := sinks.Open(ctx, store, nil)
+	repo, err := repository.Open(ctx, store, nil)
 	if errors.Is(err, sinks.ErrNoRepository) {
 		return nil
 	}
@@ -486,7 +487,7 @@ func (e *env) openRepo() *sinks.Repository {
 }
 
 // backups lists the manifests in the repository.
-func (e *env) backups() []*sinks.Manifest {
+func (e *env) backups() []*repository.Manifest {
 	e.t.Helper()
 	repo := e.openRepo()
 	if repo == nil {

@@ -10,7 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/blockferry/blockferry/jobs"
-	"github.com/blockferry/blockferry/sinks"
+	"github.com/blockferry/blockferry/sinks/repository"
 )
 
 func newInitCommand(g *globals) *cobra.Command {
@@ -25,7 +25,7 @@ func newInitCommand(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			repo, err := sinks.Init(cmd.Context(), store, sinks.InitOptions{Key: key, ChunkSize: chunkSize, Compression: compression})
+			repo, err := repository.Init(cmd.Context(), store, repository.InitOptions{Key: key, ChunkSize: chunkSize, Compression: compression})
 			if err != nil {
 				return err
 			}
@@ -34,7 +34,7 @@ func newInitCommand(g *globals) *cobra.Command {
 				fmt.Sprintf("created repository %s at %s (encrypted: %t)\n", cfg.ID, repo.Location(), repo.Encrypted()))
 		},
 	}
-	cmd.Flags().Int64Var(&chunkSize, "chunk-size", sinks.DefaultChunkSize, "default chunk size in bytes (power of two, 64 KiB to 64 MiB)")
+	cmd.Flags().Int64Var(&chunkSize, "chunk-size", repository.DefaultChunkSize, "default chunk size in bytes (power of two, 64 KiB to 64 MiB)")
 	cmd.Flags().StringVar(&compression, "compression", "zstd", "zstd or none")
 	return cmd
 }
@@ -154,7 +154,7 @@ func newLsCommand(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			repo, err := sinks.Open(cmd.Context(), store, key)
+			repo, err := repository.Open(cmd.Context(), store, key)
 			if err != nil {
 				return err
 			}
@@ -191,7 +191,7 @@ func runJob(ctx context.Context, g *globals, s jobs.Spec) (jobs.Result, error) {
 }
 
 // backupView is what commands print of a backup: the manifest without its index.
-func backupView(m *sinks.Manifest) map[string]any {
+func backupView(m *repository.Manifest) map[string]any {
 	return map[string]any{
 		"backup": m.ID, "disk": m.Disk, "kind": m.Kind, "parent": m.Parent, "bitmap": m.Bitmap,
 		"size": m.Size, "chunk_size": m.ChunkSize, "started": m.Started, "completed": m.Completed,

@@ -1,4 +1,4 @@
-package sinks
+package repository
 
 import (
 	"context"
@@ -9,12 +9,12 @@ import (
 	"fmt"
 	"path"
 	"reflect"
-	"regexp"
 	"slices"
 	"sort"
 	"sync"
 	"time"
 
+	"github.com/blockferry/blockferry/sinks"
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sync/singleflight"
 )
@@ -37,17 +37,12 @@ func manifestName(id string) string { return backupsPrefix + id }
 func chunkAAD(id ChunkID) string   { return "chunk:" + id.String() }
 func manifestAAD(id string) string { return "manifest:" + id }
 
-var backupIDPattern = regexp.MustCompile(`^[0-9A-Za-z][0-9A-Za-z._-]{0,127}$`)
-
-// ValidBackupID reports whether s can name a backup.
-func ValidBackupID(s string) bool { return backupIDPattern.MatchString(s) }
-
 // ErrBackupNotFound: no manifest of that id.
 var ErrBackupNotFound = errors.New("backup not found")
 
 // Repository is a chunk repository on a Store.
 type Repository struct {
-	store Store
+	store sinks.Store
 	cfg   *Config
 	codec *codec
 	// known holds chunk ids this process has stored or seen stored, so that a
@@ -67,8 +62,8 @@ type InitOptions struct {
 	Compression string
 }
 
-// Init creates a repository on store. It fails with ErrExists if one is there.
-func Init(ctx context.Context, store Store, o InitOptions) (*Repository, error) {
+// Init creates a repository on store. It fails with sinks.ErrExists if one is there.
+func Init(ctx context.Context, store sinks.Store, o InitOptions) (*Repository, error) {
 	if o.ChunkSize == 0 {
 		o.ChunkSize = DefaultChunkSize
 	}
@@ -103,10 +98,10 @@ func Init(ctx context.Context, store Store, o InitOptions) (*Repository, error) 
 
 // Open opens the repository on store. key is needed when it is encrypted and
 // ignored otherwise.
-func Open(ctx context.Context, store Store, key []byte) (*Repository, error) {
+func Open(ctx context.Context, store sinks.Store, key []byte) (*Repository, error) {
 	data, err := store.Get(ctx, configName)
-	if errors.Is(err, ErrNotFound) {
-		return nil, fmt.Errorf("%s: %w (no config object)", store.Location(), ErrNoRepository)
+	if errors.Is(err, sinks.ErrNotFound) {
+		return nil, fmt.Errorf("%s: %w (no config object)", store.Location(), sinks.ErrNoRepository)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", store.Location(), err)
@@ -126,21 +121,21 @@ func Open(ctx context.Context, store Store, key []byte) (*Repository, error) {
 
 // OpenOrInit opens the repository on store, creating it first when there is none.
 // A backup uses it, so that the first backup to a new location just works.
-func OpenOrInit(ctx context.Context, store Store, o InitOptions) (*Repository, error) {
+func OpenOrInit(ctx context.Context, store sinks.Store, o InitOptions) (*Repository, error) {
 	r, err := Open(ctx, store, o.Key)
-	if !errors.Is(err, ErrNoRepository) {
+	if !errors.Is(err, sinks.ErrNoRepository) {
 		return r, err
 	}
 	// A missing bucket also reads as "no repository"; creating the config then
 	// fails with the store's own clear error, so that case needs no special care.
 	r, err = Init(ctx, store, o)
-	if errors.Is(err, ErrExists) { // another worker created it first
+	if errors.Is(err, sinks.ErrExists) { // another worker created it first
 		return Open(ctx, store, o.Key)
 	}
 	return r, err
 }
 
-func newRepository(store Store, cfg *Config, keys *dataKeys) (*Repository, error) {
+func newRepository(store sinks.Store, cfg *Config, keys *dataKeys) (*Repository, error) {
 	c, err := newCodec(keys)
 	if err != nil {
 		return nil, err
@@ -237,9 +232,9 @@ func (r *Repository) HasChunk(ctx context.Context, id ChunkID) (bool, error) {
 }
 
 // PutManifest writes a backup's manifest. It never overwrites one: a second write
-// of the same id fails with ErrExists.
+// of the same id fails with sinks.ErrExists.
 func (r *Repository) PutManifest(ctx context.Context, m *Manifest) error {
-	if !ValidBackupID(m.ID) {
+	if !ValidID(m.ID) {
 		return fmt.Errorf("backup id %q is not valid", m.ID)
 	}
 	m.Version = ManifestVersion
@@ -255,7 +250,7 @@ func (r *Repository) PutManifest(ctx context.Context, m *Manifest) error {
 	}
 	obj := r.codec.Seal(nil, data, manifestAAD(m.ID), true)
 	err = r.store.PutIfAbsent(ctx, manifestName(m.ID), obj)
-	if errors.Is(err, ErrExists) {
+	if errors.Is(err, sinks.ErrExists) {
 		// A conditional put retried after a lost answer finds its own object: the
 		// manifest is ours if it says what we wrote.
 		if have, gerr := r.Manifest(ctx, m.ID); gerr == nil && have.JobID == m.JobID && slices.Equal(have.Chunks, m.Chunks) &&
@@ -271,11 +266,11 @@ func (r *Repository) PutManifest(ctx context.Context, m *Manifest) error {
 
 // Manifest reads a backup's manifest.
 func (r *Repository) Manifest(ctx context.Context, id string) (*Manifest, error) {
-	if !ValidBackupID(id) {
+	if !ValidID(id) {
 		return nil, fmt.Errorf("backup id %q is not valid", id)
 	}
 	obj, err := r.store.Get(ctx, manifestName(id))
-	if errors.Is(err, ErrNotFound) {
+	if errors.Is(err, sinks.ErrNotFound) {
 		return nil, fmt.Errorf("backup %s in %s: %w", id, r.Location(), ErrBackupNotFound)
 	}
 	if err != nil {
@@ -304,7 +299,7 @@ func (r *Repository) Backups(ctx context.Context, disk string) ([]*Manifest, err
 	var ids []string
 	err := r.store.List(ctx, backupsPrefix, func(name string) error {
 		id := path.Base(name)
-		if ValidBackupID(id) {
+		if ValidID(id) {
 			ids = append(ids, id)
 		}
 		return nil

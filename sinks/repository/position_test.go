@@ -1,11 +1,10 @@
-package jobs
+package repository
 
 import (
 	"bytes"
 	"context"
 	"testing"
 
-	"github.com/blockferry/blockferry/sinks"
 	"github.com/blockferry/blockferry/sinks/file"
 )
 
@@ -15,11 +14,11 @@ func TestPatchChunkCache(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	repo, err := sinks.Init(ctx, store, sinks.InitOptions{})
+	repo, err := Init(ctx, store, InitOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	var ids []sinks.ChunkID
+	var ids []ChunkID
 	for k := range 3 {
 		res, err := repo.PutChunk(ctx, bytes.Repeat([]byte{byte(k + 1)}, 1000), true)
 		if err != nil {

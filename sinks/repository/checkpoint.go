@@ -1,4 +1,4 @@
-package sinks
+package repository
 
 import (
 	"context"
@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/blockferry/blockferry/sinks"
 )
 
 const checkpointsPrefix = "checkpoints/"
@@ -40,7 +42,7 @@ func checkpointAAD(jobID string) string  { return "checkpoint:" + jobID }
 
 // PutCheckpoint writes or replaces a job's checkpoint.
 func (r *Repository) PutCheckpoint(ctx context.Context, cp *Checkpoint) error {
-	if !ValidBackupID(cp.JobID) {
+	if !ValidID(cp.JobID) {
 		return fmt.Errorf("checkpoint: job id %q is not valid", cp.JobID)
 	}
 	data, err := json.Marshal(cp)
@@ -53,11 +55,11 @@ func (r *Repository) PutCheckpoint(ctx context.Context, cp *Checkpoint) error {
 
 // LoadCheckpoint returns a job's checkpoint, or nil when it has none.
 func (r *Repository) LoadCheckpoint(ctx context.Context, jobID string) (*Checkpoint, error) {
-	if !ValidBackupID(jobID) {
+	if !ValidID(jobID) {
 		return nil, nil
 	}
 	obj, err := r.store.Get(ctx, checkpointName(jobID))
-	if errors.Is(err, ErrNotFound) {
+	if errors.Is(err, sinks.ErrNotFound) {
 		return nil, nil
 	}
 	if err != nil {
@@ -106,7 +108,7 @@ func (cp *Checkpoint) validate() error {
 
 // DeleteCheckpoint removes a job's checkpoint.
 func (r *Repository) DeleteCheckpoint(ctx context.Context, jobID string) error {
-	if !ValidBackupID(jobID) {
+	if !ValidID(jobID) {
 		return nil
 	}
 	return r.store.Delete(ctx, checkpointName(jobID))

@@ -1,4 +1,4 @@
-package sinks
+package repository
 
 import (
 	"cmp"
@@ -215,3 +215,48 @@ func validPatches(ps []Patch, n int64) error {
 }
 
 func (m *Manifest) marshal() ([]byte, error) { return json.Marshal(m) }
+
+// ChunkNeed is what a backup needs of a chunk's length: exactly Length for a base
+// chunk, at least Length for one that only patches refer to.
+type ChunkNeed struct {
+	// Length is the chunk's plaintext length (exact) or its minimum.
+	Length int64
+	exact  bool
+	// short is set for a base chunk that patches take more bytes from than the
+	// position's Length: no content of it can be right.
+	short bool
+}
+
+// Fits reports whether a chunk of n plaintext bytes can serve the backup.
+func (s ChunkNeed) Fits(n int64) bool {
+	return !s.short && (n == s.Length || !s.exact && n > s.Length)
+}
+
+// ChunkNeeds lists every chunk the backup names, base chunks and those that
+// only patches refer to, with the length it needs of each.
+func (m *Manifest) ChunkNeeds() map[string]ChunkNeed {
+	sizes := map[string]ChunkNeed{}
+	for i, c := range m.Chunks {
+		if c != "" {
+			sizes[c] = ChunkNeed{Length: m.ChunkLen(i), exact: true}
+		}
+	}
+	for _, ps := range m.Patches {
+		for _, p := range ps {
+			if p.Chunk == "" {
+				continue
+			}
+			s := sizes[p.Chunk]
+			if s.exact {
+				// A base chunk that patches also take from: it must hold their bytes too.
+				if p.ChunkOffset+p.Length > s.Length {
+					s.short = true
+					sizes[p.Chunk] = s
+				}
+				continue
+			}
+			sizes[p.Chunk] = ChunkNeed{Length: max(s.Length, p.ChunkOffset+p.Length)}
+		}
+	}
+	return sizes
+}

@@ -1,4 +1,4 @@
-package jobs
+package repository
 
 import (
 	"context"
@@ -7,31 +7,55 @@ import (
 	"sync"
 
 	"golang.org/x/sync/singleflight"
-
-	"github.com/blockferry/blockferry/sinks"
 )
 
-// positionBuffers are the buffers readPosition reads into; a restore recycles
-// them, since fresh 4 MiB buffers cost more in page faults than decompression.
-type positionBuffers struct {
+// PositionBuffers are the buffers a PositionReader reads into; a restore
+// recycles them, since fresh 4 MiB buffers cost more in page faults than
+// decompression. The zero value is ready to use; one goroutine uses it at a time.
+type PositionBuffers struct {
 	data  []byte // the position's content
 	patch []byte // one chunk that patches refer to
 }
 
-// readPosition reads chunk position i of backup m from the repository: its base
-// chunk, or zeroes, with its patches laid over it. Every chunk is checked against
-// its id, and a chunk too short for what the manifest takes from it is corrupt.
-// The chunks patches refer to come through cache when it is not nil. The result
-// lives in b.data; fetched counts the bytes of it that came from chunks.
-func readPosition(ctx context.Context, repo *sinks.Repository, m *sinks.Manifest, i int, b *positionBuffers, cache *patchChunkCache) (data []byte, fetched int64, err error) {
+// PatchCacheSize is the patch-chunk cache a restore uses: four chunks of patches
+// as backups write them.
+const PatchCacheSize = 4 << 20
+
+// PositionReader reads the content of a backup's chunk positions: the base
+// chunk or zeroes, with the position's patches laid over it. It is safe for
+// concurrent use with one PositionBuffers per goroutine.
+type PositionReader struct {
+	repo  *Repository
+	m     *Manifest
+	cache *patchChunkCache // nil: every patch chunk is read for every position
+}
+
+// PositionReader returns a reader of backup m's positions. cacheBytes bounds the
+// chunks that patches refer to kept between positions (0: none kept), which
+// spares a reader that goes through positions roughly in order reading one
+// patch chunk once per position.
+func (r *Repository) PositionReader(m *Manifest, cacheBytes int64) *PositionReader {
+	p := &PositionReader{repo: r, m: m}
+	if cacheBytes > 0 {
+		p.cache = &patchChunkCache{max: cacheBytes}
+	}
+	return p
+}
+
+// Read returns the content of chunk position i. Every chunk is checked against
+// its id, and a chunk too short for what the manifest takes from it is corrupt
+// (ErrCorrupt). The result lives in b; fetched counts the bytes of it that came
+// from chunks rather than from zeroes.
+func (p *PositionReader) Read(ctx context.Context, i int, b *PositionBuffers) (data []byte, fetched int64, err error) {
+	repo, m, cache := p.repo, p.m, p.cache
 	n := m.ChunkLen(i)
 	if m.Chunks[i] != "" {
-		id, _ := sinks.ParseChunkID(m.Chunks[i]) // every id was checked when the manifest was read
+		id, _ := ParseChunkID(m.Chunks[i]) // every id was checked when the manifest was read
 		if data, err = repo.GetChunk(ctx, id, b.data); err != nil {
 			return nil, 0, err
 		}
 		if int64(len(data)) != n {
-			return nil, 0, fmt.Errorf("chunk %s: %w: %d bytes, the manifest needs %d at offset %d", id, sinks.ErrCorrupt, len(data), n, int64(i)*m.ChunkSize)
+			return nil, 0, fmt.Errorf("chunk %s: %w: %d bytes, the manifest needs %d at offset %d", id, ErrCorrupt, len(data), n, int64(i)*m.ChunkSize)
 		}
 		fetched = n
 	} else {
@@ -53,7 +77,7 @@ func readPosition(ctx context.Context, repo *sinks.Repository, m *sinks.Manifest
 		if slices.Contains(done, p.Chunk) {
 			continue
 		}
-		id, _ := sinks.ParseChunkID(p.Chunk)
+		id, _ := ParseChunkID(p.Chunk)
 		var src []byte
 		if cache != nil {
 			src, err = cache.get(ctx, repo, id)
@@ -68,7 +92,7 @@ func readPosition(ctx context.Context, repo *sinks.Repository, m *sinks.Manifest
 				continue
 			}
 			if q.ChunkOffset+q.Length > int64(len(src)) {
-				return nil, 0, fmt.Errorf("chunk %s: %w: %d bytes, the manifest takes %d at %d from it", id, sinks.ErrCorrupt, len(src), q.Length, q.ChunkOffset)
+				return nil, 0, fmt.Errorf("chunk %s: %w: %d bytes, the manifest takes %d at %d from it", id, ErrCorrupt, len(src), q.Length, q.ChunkOffset)
 			}
 			copy(data[q.Offset:q.End()], src[q.ChunkOffset:])
 			if m.Chunks[i] == "" {
@@ -94,15 +118,11 @@ type patchChunkCache struct {
 }
 
 type cachedChunk struct {
-	id   sinks.ChunkID
+	id   ChunkID
 	data []byte // shared: never written to
 }
 
-// patchCacheSize bounds a restore's cache: four chunks of patches as backups
-// write them.
-const patchCacheSize = 4 << 20
-
-func (c *patchChunkCache) get(ctx context.Context, repo *sinks.Repository, id sinks.ChunkID) ([]byte, error) {
+func (c *patchChunkCache) get(ctx context.Context, repo *Repository, id ChunkID) ([]byte, error) {
 	if data, ok := c.lookup(id); ok {
 		return data, nil
 	}
@@ -132,7 +152,7 @@ func (c *patchChunkCache) get(ctx context.Context, repo *sinks.Repository, id si
 }
 
 // lookup returns a cached chunk and marks it the most recently used.
-func (c *patchChunkCache) lookup(id sinks.ChunkID) ([]byte, bool) {
+func (c *patchChunkCache) lookup(id ChunkID) ([]byte, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for k, e := range c.entries {
