@@ -47,13 +47,21 @@ func createTemp(dir, prefix string) (f *os.File, direct bool, err error) {
 
 // enableDirect switches f to direct I/O; a variable so that tests can play a file
 // system that refuses it.
-var enableDirect = func(f *os.File) error {
-	fd := uintptr(f.Fd())
+var enableDirect = func(f *os.File) error { return setDirect(f, true) }
+
+// setDirect turns O_DIRECT on or off on an open file.
+func setDirect(f *os.File, on bool) error {
+	fd := f.Fd()
 	fl, err := unix.FcntlInt(fd, unix.F_GETFL, 0)
 	if err != nil {
 		return err
 	}
-	_, err = unix.FcntlInt(fd, unix.F_SETFL, fl|unix.O_DIRECT)
+	if on {
+		fl |= unix.O_DIRECT
+	} else {
+		fl &^= unix.O_DIRECT
+	}
+	_, err = unix.FcntlInt(fd, unix.F_SETFL, fl)
 	return err
 }
 
@@ -86,7 +94,7 @@ func writeDirect(f *os.File, data []byte) error {
 		}
 		// The device wants larger blocks than directAlign, or the file system
 		// takes O_DIRECT at open but not at write: write through the cache.
-		if err := clearDirect(f); err != nil {
+		if err := setDirect(f, false); err != nil {
 			return err
 		}
 		if err := f.Truncate(0); err != nil {
@@ -107,14 +115,4 @@ func alignedSlice(n int) []byte {
 	b := make([]byte, n+directAlign)
 	skip := int(-uintptr(unsafe.Pointer(unsafe.SliceData(b))) & (directAlign - 1))
 	return b[skip : skip+n : skip+n]
-}
-
-func clearDirect(f *os.File) error {
-	fd := int(f.Fd())
-	fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
-	if err != nil {
-		return err
-	}
-	_, err = unix.FcntlInt(uintptr(fd), unix.F_SETFL, fl&^unix.O_DIRECT)
-	return err
 }
