@@ -91,7 +91,8 @@ func (s *Store) key(name string) (string, error) {
 
 // Check asks the server about the bucket (HeadBucket), so that a missing bucket or
 // rejected credentials surface as sinks.ErrNoRepository or sinks.ErrAccessDenied
-// before any work starts.
+// before any work starts. The worker's /readyz calls it: HeadObject of one key
+// cannot tell those from a missing object.
 func (s *Store) Check(ctx context.Context) error {
 	_, err := s.client.HeadBucket(ctx, &s3.HeadBucketInput{Bucket: aws.String(s.bucket)})
 	if err == nil {
