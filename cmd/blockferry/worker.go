@@ -115,10 +115,7 @@ func newWorkerCommand(g *globals) *cobra.Command {
 						_, err := js.Stream(ctx, n.topo.JobsStream)
 						return err
 					},
-					"repository": func(ctx context.Context) error {
-						_, err := store.Exists(ctx, "config")
-						return err
-					},
+					"repository": repositoryReadiness(store),
 					"worker": func(context.Context) error {
 						if !w.Ready() {
 							return fmt.Errorf("not taking jobs")
@@ -189,6 +186,21 @@ func memoryBudget(flag string, slots int) (*jobs.MemoryBudget, error) {
 		debug.SetMemoryLimit(size + 128<<20)
 	}
 	return jobs.NewMemoryBudget(size), nil
+}
+
+// repositoryReadiness is /readyz's check of the repository's store. A store that
+// can check itself as a whole does (S3: HeadBucket, then a one-key listing): on S3
+// a HEAD of the config object answers a missing bucket or an unknown access key
+// with a bodiless 404, which reads as "no config yet" and would leave the worker
+// ready. Other stores are asked whether the config object exists.
+func repositoryReadiness(store sinks.Store) metrics.Check {
+	if c, ok := store.(interface{ Check(context.Context) error }); ok {
+		return c.Check
+	}
+	return func(ctx context.Context) error {
+		_, err := store.Exists(ctx, "config")
+		return err
+	}
 }
 
 func newLogger(level string) (*zap.Logger, error) {
