@@ -34,6 +34,7 @@ import (
 	"github.com/blockferry/blockferry/sinks"
 	_ "github.com/blockferry/blockferry/sinks/file"
 	"github.com/blockferry/blockferry/worker"
+	"github.com/blockferry/blockferry/worker/embedded"
 )
 
 const mib = 1 << 20
@@ -146,7 +147,7 @@ func newEmbeddedEnv(t *testing.T) *env {
 	t.Helper()
 	integration(t)
 	e := &env{t: t, dir: t.TempDir()}
-	srv, err := worker.StartEmbedded(filepath.Join(e.dir, "embedded"), fmt.Sprintf("127.0.0.1:%d", testutil.FreePort(t)))
+	srv, err := embedded.Start(filepath.Join(e.dir, "embedded"), fmt.Sprintf("127.0.0.1:%d", testutil.FreePort(t)))
 	if err != nil {
 		t.Fatal(err)
 	}
