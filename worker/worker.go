@@ -23,6 +23,9 @@ var (
 	errLostDelivery = errors.New("delivery lost: heartbeats failed for longer than the ack wait")
 )
 
+// progressInterval is how often a running job publishes a progress event.
+const progressInterval = time.Second
+
 // Worker pulls jobs from JetStream and runs them.
 type Worker struct {
 	js      jetstream.JetStream
@@ -45,8 +48,6 @@ type config struct {
 	slots     int
 	grace     time.Duration
 	heartbeat time.Duration
-	progress  time.Duration
-	provision bool
 	log       *zap.Logger
 	metrics   Recorder
 }
@@ -90,20 +91,12 @@ func WithJobs(n int) Option { return func(c *config) { c.slots = n } }
 // hands them back to the queue.
 func WithGracePeriod(d time.Duration) Option { return func(c *config) { c.grace = d } }
 
-// WithProgressInterval sets how often progress events are published (at least 1s).
-func WithProgressInterval(d time.Duration) Option {
-	return func(c *config) { c.progress = max(d, time.Second) }
-}
-
-// WithoutProvisioning uses streams an operator provisioned, creating nothing.
-func WithoutProvisioning() Option { return func(c *config) { c.provision = false } }
-
 // WithLogger sets the logger.
 func WithLogger(l *zap.Logger) Option { return func(c *config) { c.log = l } }
 
 // New makes a worker; Run starts it.
 func New(js jetstream.JetStream, runner *jobs.Runner, opts ...Option) *Worker {
-	c := config{topo: DefaultTopology(), name: "worker", slots: 1, grace: 5 * time.Minute, progress: time.Second, provision: true, log: zap.NewNop(), metrics: nopRecorder{}}
+	c := config{topo: DefaultTopology(), name: "worker", slots: 1, grace: 5 * time.Minute, log: zap.NewNop(), metrics: nopRecorder{}}
 	for _, o := range opts {
 		o(&c)
 	}
@@ -127,10 +120,8 @@ func (w *Worker) Ready() bool {
 // grace period to finish, hands back those that did not, and returns.
 func (w *Worker) Run(ctx context.Context) error {
 	t := w.cfg.topo
-	if w.cfg.provision {
-		if err := Provision(ctx, w.js, t); err != nil {
-			return fmt.Errorf("provision: %w", err)
-		}
+	if err := Provision(ctx, w.js, t); err != nil {
+		return fmt.Errorf("provision: %w", err)
 	}
 	var err error
 	kv, err := w.js.KeyValue(ctx, t.StatusBucket)
@@ -425,7 +416,7 @@ func (w *Worker) heartbeats(ctx context.Context, j *jobRun, p *jobs.Progress, ca
 		}
 	})
 	wg.Go(func() {
-		tick := time.NewTicker(w.cfg.progress)
+		tick := time.NewTicker(progressInterval)
 		defer tick.Stop()
 		for n := 1; ; n++ {
 			select {
