@@ -557,8 +557,12 @@ func (e *env) startWorker(name string, opts ...worker.Option) *inproc {
 	runner := jobs.NewRunner(jobs.WithDefaultRepository(e.repo), jobs.WithConcurrency(2), jobs.WithLogger(log), jobs.WithResume())
 	all := append([]worker.Option{worker.WithTopology(testTopology()), worker.WithName(name),
 		worker.WithGracePeriod(10 * time.Second), worker.WithLogger(log)}, opts...)
+	w, err := worker.New(js, runner, all...)
+	if err != nil {
+		e.t.Fatal(err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
-	p := &inproc{name: name, w: worker.New(js, runner, all...), cancel: cancel, done: make(chan error, 1)}
+	p := &inproc{name: name, w: w, cancel: cancel, done: make(chan error, 1)}
 	go func() { p.done <- p.w.Run(ctx) }()
 	e.t.Cleanup(func() {
 		if err := p.stop(); err != nil {

@@ -42,71 +42,20 @@ type Worker struct {
 	ready   bool
 }
 
-type config struct {
-	topo      Topology
-	name      string
-	slots     int
-	grace     time.Duration
-	heartbeat time.Duration
-	log       *zap.Logger
-	metrics   Recorder
-}
-
-// Recorder receives the worker's measurements; internal/metrics implements it for
-// Prometheus.
-type Recorder interface {
-	JobStarted(kind string)
-	// JobFinished ends an attempt: outcome is completed, failed, cancelled,
-	// retrying or requeued; code is the error code of a failure.
-	JobFinished(kind, outcome, code string, d time.Duration)
-	Heartbeat(err error)
-	// Bytes counts what a job of kind read and wrote: for a backup, the source and
-	// the repository; for a restore, the repository and the target.
-	Bytes(kind string, read, written, deduplicated int64)
-}
-
-type nopRecorder struct{}
-
-func (nopRecorder) JobStarted(string)                                 {}
-func (nopRecorder) JobFinished(string, string, string, time.Duration) {}
-func (nopRecorder) Heartbeat(error)                                   {}
-func (nopRecorder) Bytes(string, int64, int64, int64)                 {}
-
-// WithMetrics reports jobs, heartbeats and bytes to r.
-func WithMetrics(r Recorder) Option { return func(c *config) { c.metrics = r } }
-
-// Option configures a Worker, in the manner of nats.go's jetstream options.
-type Option func(*config)
-
-// WithTopology sets stream, consumer and bucket names and limits.
-func WithTopology(t Topology) Option { return func(c *config) { c.topo = t } }
-
-// WithName names the worker in events and logs.
-func WithName(n string) Option { return func(c *config) { c.name = n } }
-
-// WithJobs is how many jobs the worker runs at once.
-func WithJobs(n int) Option { return func(c *config) { c.slots = n } }
-
-// WithGracePeriod is how long a stopping worker lets running jobs finish before it
-// hands them back to the queue.
-func WithGracePeriod(d time.Duration) Option { return func(c *config) { c.grace = d } }
-
-// WithLogger sets the logger.
-func WithLogger(l *zap.Logger) Option { return func(c *config) { c.log = l } }
-
-// New makes a worker; Run starts it.
-func New(js jetstream.JetStream, runner *jobs.Runner, opts ...Option) *Worker {
-	c := config{topo: DefaultTopology(), name: "worker", slots: 1, grace: 5 * time.Minute, log: zap.NewNop(), metrics: nopRecorder{}}
+// New makes a worker; Run starts it. It fails when an option is given a value
+// that cannot work.
+func New(js jetstream.JetStream, runner *jobs.Runner, opts ...Option) (*Worker, error) {
+	c := defaultConfig()
 	for _, o := range opts {
-		o(&c)
+		if err := o(&c); err != nil {
+			return nil, fmt.Errorf("worker: %w", err)
+		}
 	}
-	c.slots = max(c.slots, 1)
-	// Heartbeats well inside the ack wait, so a healthy long job is never redelivered.
-	c.heartbeat = max(c.topo.AckWait/4, 250*time.Millisecond)
+	c.heartbeat = heartbeatInterval(c.topo.AckWait)
 	return &Worker{
 		js: js, runner: runner, cfg: c, running: map[string]*delivery{},
 		events: &publisher{js: js, topo: c.topo, source: "blockferry/worker/" + c.name},
-	}
+	}, nil
 }
 
 // Ready reports whether the worker is taking jobs.
@@ -140,7 +89,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	// redelivered and when its attempts run out.
 	if info := cons.CachedInfo(); info != nil {
 		w.cfg.topo.MaxDeliver, w.cfg.topo.AckWait = info.Config.MaxDeliver, info.Config.AckWait
-		w.cfg.heartbeat = max(info.Config.AckWait/4, 250*time.Millisecond)
+		w.cfg.heartbeat = heartbeatInterval(info.Config.AckWait)
 	}
 	// Jobs outlive ctx by the grace period; jobsCtx ends them after it.
 	jobsCtx, stopJobs := context.WithCancelCause(context.Background())

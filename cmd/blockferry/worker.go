@@ -98,8 +98,11 @@ func newWorkerCommand(g *globals) *cobra.Command {
 			runner := jobs.NewRunner(jobs.WithDefaultRepository(repo), jobs.WithKey(key), jobs.WithConcurrency(concurrency),
 				jobs.WithRateLimiter(limiter), jobs.WithLogger(log), jobs.WithObservers(m.ObserveSource, m.ObserveStore),
 				jobs.WithResume(), jobs.WithMemoryBudget(budget))
-			w := worker.New(js, runner, worker.WithTopology(n.topo), worker.WithName(name), worker.WithJobs(slots),
+			w, err := worker.New(js, runner, worker.WithTopology(n.topo), worker.WithName(name), worker.WithJobs(slots),
 				worker.WithGracePeriod(grace), worker.WithLogger(log), worker.WithMetrics(m))
+			if err != nil {
+				return err
+			}
 			if httpAddr != "" {
 				store, err := sinks.OpenStore(cmd.Context(), repo)
 				if err != nil {
