@@ -17,6 +17,7 @@ import (
 	"github.com/blockferry/blockferry/jobs"
 	"github.com/blockferry/blockferry/sinks"
 	"github.com/blockferry/blockferry/worker"
+	"github.com/blockferry/blockferry/worker/embedded"
 )
 
 func defaultDataDir() string {
@@ -60,7 +61,7 @@ func newWorkerCommand(g *globals) *cobra.Command {
 				return fmt.Errorf("data directory: %w", err)
 			}
 			if n.conn.URLs == "" {
-				srv, err := worker.StartEmbedded(dataDir, listen)
+				srv, err := embedded.Start(dataDir, listen)
 				if err != nil {
 					return err
 				}
@@ -97,8 +98,11 @@ func newWorkerCommand(g *globals) *cobra.Command {
 			runner := jobs.NewRunner(jobs.WithDefaultRepository(repo), jobs.WithKey(key), jobs.WithConcurrency(concurrency),
 				jobs.WithRateLimiter(limiter), jobs.WithLogger(log), jobs.WithObservers(m.ObserveSource, m.ObserveStore),
 				jobs.WithResume(), jobs.WithMemoryBudget(budget))
-			w := worker.New(js, runner, worker.WithTopology(n.topo), worker.WithName(name), worker.WithJobs(slots),
+			w, err := worker.New(js, runner, worker.WithTopology(n.topo), worker.WithName(name), worker.WithJobs(slots),
 				worker.WithGracePeriod(grace), worker.WithLogger(log), worker.WithMetrics(m))
+			if err != nil {
+				return err
+			}
 			if httpAddr != "" {
 				store, err := sinks.OpenStore(cmd.Context(), repo)
 				if err != nil {
@@ -141,7 +145,7 @@ func newWorkerCommand(g *globals) *cobra.Command {
 	f := cmd.Flags()
 	n.register(f, "")
 	f.StringVar(&dataDir, "data-dir", defaultDataDir(), "data directory: embedded NATS store and the default file repository")
-	f.StringVar(&listen, "listen", worker.DefaultEmbeddedListen, "address of the embedded NATS server")
+	f.StringVar(&listen, "listen", embedded.DefaultListen, "address of the embedded NATS server")
 	f.StringVar(&name, "name", "", "worker name in events and logs (default: host name)")
 	f.IntVar(&slots, "jobs", 1, "jobs run at once")
 	f.IntVar(&concurrency, "concurrency", 8, "chunks in flight per job")
