@@ -49,7 +49,9 @@ type Capabilities struct {
 
 // Source is a disk image to back up. ReadAt may be called from many goroutines.
 type Source interface {
-	io.ReaderAt
+	// ReadAt reads len(p) bytes at off, as io.ReaderAt does. ctx is the job's: a
+	// read that waits (for a rate limit, for a queue) stops waiting when it ends.
+	ReadAt(ctx context.Context, p []byte, off int64) (int, error)
 	// Size is the image size in bytes.
 	Size() int64
 	// Extents describes [start, start+length): the extents returned are contiguous,

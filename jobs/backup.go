@@ -294,7 +294,7 @@ func backupWhole(ctx context.Context, repo *repository.Repository, src backends.
 	p BackupParams, rs *resumeState, i int, data []byte, st *backupCounters, progress *Progress) error {
 	n := int64(len(data))
 	off := int64(i) * m.ChunkSize
-	if _, err := src.ReadAt(data, off); err != nil {
+	if _, err := src.ReadAt(ctx, data, off); err != nil {
 		return fmt.Errorf("read chunk %d at offset %d: %w", i, off, err)
 	}
 	st.read.Add(n)

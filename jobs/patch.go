@@ -163,7 +163,7 @@ func backupPatches(ctx context.Context, repo *repository.Repository, src backend
 			if err := gctx.Err(); err != nil {
 				return err
 			}
-			if _, err := src.ReadAt(buf[r.at:r.at+int(r.e.Length)], r.e.Start); err != nil {
+			if _, err := src.ReadAt(gctx, buf[r.at:r.at+int(r.e.Length)], r.e.Start); err != nil {
 				return fmt.Errorf("read %d bytes at offset %d: %w", r.e.Length, r.e.Start, err)
 			}
 			st.read.Add(r.e.Length)

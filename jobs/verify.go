@@ -146,7 +146,7 @@ func compareWithSource(ctx context.Context, repo *repository.Repository, m *repo
 			}
 			defer release()
 			have := make([]byte, n)
-			if _, err := src.ReadAt(have, off); err != nil {
+			if _, err := src.ReadAt(gctx, have, off); err != nil {
 				return fmt.Errorf("read source at %d: %w", off, err)
 			}
 			same := isZero(have)

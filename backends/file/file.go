@@ -113,8 +113,10 @@ func OpenTarget(path string, size int64) (*Image, error) {
 func (i *Image) Size() int64 { return i.size }
 
 // ReadAt reads from the image; bytes past its end read as an error, as io.ReaderAt
-// requires.
-func (i *Image) ReadAt(p []byte, off int64) (int, error) { return i.f.ReadAt(p, off) }
+// requires. A file read does not wait on anything ctx could end.
+func (i *Image) ReadAt(_ context.Context, p []byte, off int64) (int, error) {
+	return i.f.ReadAt(p, off)
+}
 
 // WriteAt writes to the image.
 func (i *Image) WriteAt(p []byte, off int64) (int, error) { return i.f.WriteAt(p, off) }

@@ -136,7 +136,7 @@ func TestSourceBitmapExtentsAndReads(t *testing.T) {
 
 	// Reading across the end returns what is there and io.EOF.
 	buf := make([]byte, mib)
-	n, err := s.ReadAt(buf, s.Size()-100*kib)
+	n, err := s.ReadAt(context.Background(), buf, s.Size()-100*kib)
 	if n != int(100*kib) || err != io.EOF || !bytes.Equal(buf[:n], wantData[len(wantData)-n:]) {
 		t.Errorf("ReadAt across the end = %d, %v", n, err)
 	}
@@ -153,7 +153,7 @@ func readConcurrently(t *testing.T, s backends.Source, workers int, chunk int64)
 		wg.Go(func() {
 			for off := range offs {
 				end := min(off+chunk, s.Size())
-				if n, err := s.ReadAt(out[off:end], off); err != nil || n != int(end-off) {
+				if n, err := s.ReadAt(context.Background(), out[off:end], off); err != nil || n != int(end-off) {
 					errs <- err
 					return
 				}
@@ -357,7 +357,7 @@ func TestReadErrorsAreReported(t *testing.T) {
 	for i := range 64 {
 		off := int64(i%32) * 256 * kib
 		clear(buf)
-		if _, err := s.ReadAt(buf, off); err != nil {
+		if _, err := s.ReadAt(context.Background(), buf, off); err != nil {
 			failures++
 			continue
 		}
@@ -388,7 +388,7 @@ func TestExtentsCancel(t *testing.T) {
 	if err := s.Close(); err != nil {
 		t.Error(err)
 	}
-	if _, err := s.ReadAt(make([]byte, 10), 0); err == nil {
+	if _, err := s.ReadAt(context.Background(), make([]byte, 10), 0); err == nil {
 		t.Error("ReadAt after Close succeeded")
 	}
 }
@@ -461,7 +461,7 @@ func BenchmarkReadAt(b *testing.B) {
 					wg.Go(func() {
 						buf := make([]byte, 4*mib)
 						for off := range offs {
-							if _, err := s.ReadAt(buf, off); err != nil {
+							if _, err := s.ReadAt(context.Background(), buf, off); err != nil {
 								b.Error(err)
 							}
 						}
@@ -487,7 +487,7 @@ func readsDuring(t *testing.T, s backends.Source, stop func()) []error {
 		wg.Go(func() {
 			buf := make([]byte, mib)
 			for {
-				if _, err := s.ReadAt(buf, int64(i)*mib%s.Size()); err != nil {
+				if _, err := s.ReadAt(context.Background(), buf, int64(i)*mib%s.Size()); err != nil {
 					errs[i] = err
 					return
 				}
@@ -519,7 +519,7 @@ func TestCloseDuringReads(t *testing.T) {
 			t.Error("read ended without an error")
 		}
 	}
-	if _, err := s.ReadAt(make([]byte, 10), 0); !errors.Is(err, errClosed) {
+	if _, err := s.ReadAt(context.Background(), make([]byte, 10), 0); !errors.Is(err, errClosed) {
 		t.Errorf("read after Close: %v, want connection closed", err)
 	}
 }
@@ -551,7 +551,7 @@ func TestServerGoneFailsReads(t *testing.T) {
 					t.Error("read ended without an error")
 				}
 			}
-			if _, err := s.ReadAt(make([]byte, 10), 0); err == nil {
+			if _, err := s.ReadAt(context.Background(), make([]byte, 10), 0); err == nil {
 				t.Error("read after the server went away succeeded")
 			}
 			if _, err := s.Extents(context.Background(), 0, mib); err == nil {
@@ -597,7 +597,7 @@ func TestClientLimit(t *testing.T) {
 		t.Errorf("open took %v", d)
 	}
 	buf := make([]byte, 1<<20)
-	if _, err := a.ReadAt(buf, 0); err != nil {
+	if _, err := a.ReadAt(context.Background(), buf, 0); err != nil {
 		t.Fatalf("read: %v", err)
 	}
 	// The second connection joins; the third waits in vain and is given up.

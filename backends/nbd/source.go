@@ -56,7 +56,7 @@ func (s *source) Capabilities() backends.Capabilities { return s.exp.caps }
 // connections. libnbd reads the replies straight into p, which stays pinned until
 // every command is answered: no C buffer, no copy. Reading past the end returns
 // what the image holds and io.EOF.
-func (s *source) ReadAt(p []byte, off int64) (int, error) {
+func (s *source) ReadAt(_ context.Context, p []byte, off int64) (int, error) {
 	if off < 0 {
 		return 0, fmt.Errorf("nbd %s: read at negative offset %d", s.exp.uri, off)
 	}
