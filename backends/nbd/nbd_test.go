@@ -625,3 +625,35 @@ func TestClientLimit(t *testing.T) {
 	}
 	b.Close()
 }
+
+// TestReadEndsWithItsContext: the commands of a read not yet sent are dropped when
+// its context ends, so a cancelled job does not wait for the whole read.
+func TestReadEndsWithItsContext(t *testing.T) {
+	uri, _ := testutil.ServeNbdkitMemory(t, "16M", "delay", "delay-read=20ms")
+	// One command in flight at a time: the 16 MiB read is 128 commands, 2.5 s.
+	s, err := backends.OpenSource(context.Background(), uri, backends.WithConnections(1), backends.WithMaxInFlight(maxRequestSize))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	buf := make([]byte, 16*mib)
+
+	ended, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := s.ReadAt(ended, buf, 0); !errors.Is(err, context.Canceled) {
+		t.Errorf("read with an ended context: %v, want context.Canceled", err)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	if _, err := s.ReadAt(ctx, buf, 0); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("read whose context ended: %v, want context.DeadlineExceeded", err)
+	}
+	if d := time.Since(start); d > 1500*time.Millisecond {
+		t.Errorf("read took %v after its context ended at 100ms", d)
+	}
+	if n, err := s.ReadAt(context.Background(), buf[:mib], 0); err != nil || n != int(mib) {
+		t.Errorf("read after the dropped ones = %d, %v", n, err)
+	}
+}

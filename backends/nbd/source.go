@@ -55,8 +55,9 @@ func (s *source) Capabilities() backends.Capabilities { return s.exp.caps }
 // ReadAt reads p in commands of at most the request size, spread over the
 // connections. libnbd reads the replies straight into p, which stays pinned until
 // every command is answered: no C buffer, no copy. Reading past the end returns
-// what the image holds and io.EOF.
-func (s *source) ReadAt(_ context.Context, p []byte, off int64) (int, error) {
+// what the image holds and io.EOF. When ctx ends, the commands not yet sent are
+// dropped.
+func (s *source) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
 	if off < 0 {
 		return 0, fmt.Errorf("nbd %s: read at negative offset %d", s.exp.uri, off)
 	}
@@ -65,8 +66,11 @@ func (s *source) ReadAt(_ context.Context, p []byte, off int64) (int, error) {
 		p = p[:max(0, s.exp.size-off)]
 		eof = io.EOF
 	}
-	n, err := s.pool.transfer(opRead, p, off, s.exp.maxRequest)
+	n, err := s.pool.transfer(ctx, opRead, p, off, s.exp.maxRequest)
 	if err != nil {
+		if err == ctx.Err() {
+			return n, err
+		}
 		return n, fmt.Errorf("nbd %s: %w", s.exp.uri, err)
 	}
 	return n, eof

@@ -69,7 +69,8 @@ func (t *target) WriteAt(p []byte, off int64) (int, error) {
 	if err := t.check("write", off, int64(len(p))); err != nil {
 		return 0, err
 	}
-	n, err := t.pool.transfer(opWrite, p, off, t.exp.maxRequest)
+	// io.WriterAt has no context: a write is always sent.
+	n, err := t.pool.transfer(context.Background(), opWrite, p, off, t.exp.maxRequest)
 	if err != nil {
 		return n, fmt.Errorf("nbd %s: %w", t.exp.uri, err)
 	}
