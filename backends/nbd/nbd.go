@@ -61,10 +61,25 @@ var errClosed = errors.New("nbd connection closed")
 type export struct {
 	uri        string // redacted, for messages
 	size       int64
-	caps       backends.Capabilities
+	features   features
 	maxRequest int64 // largest read or write payload to send at once
 	// contexts are the requested meta contexts the server agreed to serve.
 	contexts map[string]bool
+}
+
+// features are what the server advertised that changes how requests are made.
+type features struct {
+	// allocation: the server serves base:allocation, so block status tells holes
+	// from data; without it every range is data.
+	allocation bool
+	// zero: WRITE_ZEROES; without it zeroes are written as zero bytes.
+	zero bool
+	// flush: FLUSH makes writes durable; without it there is nothing to ask for.
+	flush bool
+	// multiConn: connections to the export see each other's writes and flushes,
+	// so a device may open several.
+	multiConn bool
+	readOnly  bool
 }
 
 // Handshake timeouts. A server at its client limit (qemu-nbd -e N) accepts the
@@ -178,18 +193,18 @@ func inspect(h *libnbd.Libnbd, shown string, contexts []string) (export, error) 
 		ok, err := f()
 		return err == nil && ok
 	}
-	e.caps = backends.Capabilities{
-		Zero:      can(h.CanZero),
-		Flush:     can(h.CanFlush),
-		MultiConn: can(h.CanMultiConn),
-		ReadOnly:  can(h.IsReadOnly),
+	e.features = features{
+		zero:      can(h.CanZero),
+		flush:     can(h.CanFlush),
+		multiConn: can(h.CanMultiConn),
+		readOnly:  can(h.IsReadOnly),
 	}
 	for _, name := range contexts {
 		if ok, err := h.CanMetaContext(name); err == nil && ok {
 			e.contexts[name] = true
 		}
 	}
-	e.caps.Allocation = e.contexts[contextAllocation]
+	e.features.allocation = e.contexts[contextAllocation]
 
 	e.maxRequest = maxRequestSize
 	if m, err := h.GetBlockSize(libnbd.SIZE_MAXIMUM); err == nil && m > 0 && int64(m) < e.maxRequest {
@@ -204,7 +219,7 @@ func inspect(h *libnbd.Libnbd, shown string, contexts []string) (export, error) 
 // background and join the pool as they are ready, so that a device is usable at
 // once even when the server makes extra connections wait.
 func connections(ctx context.Context, first *libnbd.Libnbd, e export, uri string, contexts []string, want int, maxInFlight int64) (*pool, error) {
-	if !e.caps.MultiConn || want < 1 {
+	if !e.features.multiConn || want < 1 {
 		want = 1
 	}
 	if maxInFlight <= 0 {

@@ -85,14 +85,14 @@ func TestSourceBitmapExtentsAndReads(t *testing.T) {
 	}
 	defer s.Close()
 
-	caps := s.Capabilities()
-	if !caps.DirtyBitmap || !caps.Allocation || !caps.ReadOnly {
-		t.Errorf("capabilities = %+v, want bitmap, allocation, read-only", caps)
+	f, bitmap := s.(*source).exp.features, s.(*source).bitmap
+	if bitmap == "" || !f.allocation || !f.readOnly {
+		t.Errorf("features = %+v, bitmap %q; want bitmap, allocation, read-only", f, bitmap)
 	}
 	// qemu-nbd advertises multi-conn when it allows several clients (--shared);
 	// the extra connections join in the background.
-	if n := waitConns(s, 4); !caps.MultiConn || n != 4 {
-		t.Errorf("multi-conn %v, %d connections; want true, 4", caps.MultiConn, n)
+	if n := waitConns(s, 4); !f.multiConn || n != 4 {
+		t.Errorf("multi-conn %v, %d connections; want true, 4", f.multiConn, n)
 	}
 	if s.Size() != 16*mib {
 		t.Fatalf("size %d", s.Size())
@@ -193,8 +193,8 @@ func TestSourceWithoutBitmapIsAllDirty(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	if caps := s.Capabilities(); caps.DirtyBitmap || caps.MultiConn {
-		t.Errorf("capabilities %+v: want no bitmap, no multi-conn", caps)
+	if f, bitmap := s.(*source).exp.features, s.(*source).bitmap; bitmap != "" || f.multiConn {
+		t.Errorf("features %+v, bitmap %q: want no bitmap, no multi-conn", f, bitmap)
 	}
 	if n := len(s.(*source).pool.all()); n != 1 {
 		t.Errorf("%d connections without multi-conn, want 1", n)
@@ -250,8 +250,8 @@ func TestSourceWithoutBlockStatus(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	if s.Capabilities().Allocation {
-		t.Error("Allocation without base:allocation")
+	if s.(*source).exp.features.allocation {
+		t.Error("allocation without base:allocation")
 	}
 	ext, err := s.Extents(context.Background(), mib, 8*mib)
 	want := []backends.Extent{{Start: mib, Length: 3 * mib, Dirty: true}}
@@ -283,8 +283,8 @@ func TestTargetRoundTrip(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if got := tg.Capabilities().Zero; got != tc.zero {
-				t.Errorf("Capabilities().Zero = %v, want %v", got, tc.zero)
+			if got := tg.(*target).exp.features.zero; got != tc.zero {
+				t.Errorf("features.zero = %v, want %v", got, tc.zero)
 			}
 			want := make([]byte, 16*mib)
 			_, _ = rand.NewChaCha8([32]byte{1}).Read(want)

@@ -41,7 +41,6 @@ func openSource(ctx context.Context, u *url.URL, o backends.SourceOptions) (back
 		h.Close()
 		return nil, fmt.Errorf("nbd %s: export has no dirty bitmap %q: %w", shown, o.Bitmap, backends.ErrNoBitmap)
 	}
-	e.caps.DirtyBitmap = bitmap != ""
 	p, err := connections(ctx, h, e, uri, contexts, o.Connections, o.MaxInFlight)
 	if err != nil {
 		return nil, err
@@ -49,8 +48,7 @@ func openSource(ctx context.Context, u *url.URL, o backends.SourceOptions) (back
 	return &source{exp: e, pool: p, bitmap: bitmap}, nil
 }
 
-func (s *source) Size() int64                         { return s.exp.size }
-func (s *source) Capabilities() backends.Capabilities { return s.exp.caps }
+func (s *source) Size() int64 { return s.exp.size }
 
 // ReadAt reads p in commands of at most the request size, spread over the
 // connections. libnbd reads the replies straight into p, which stays pinned until
@@ -86,7 +84,7 @@ func (s *source) Extents(ctx context.Context, start, length int64) ([]backends.E
 	if length <= 0 {
 		return nil, nil
 	}
-	if !s.exp.caps.Allocation && s.bitmap == "" {
+	if !s.exp.features.allocation && s.bitmap == "" {
 		// Nothing to ask: every byte is data, and dirty for a full backup.
 		return []backends.Extent{{Start: start, Length: length, Dirty: true}}, nil
 	}
@@ -101,7 +99,7 @@ func (s *source) Extents(ctx context.Context, start, length int64) ([]backends.E
 	}
 	// Receiving from r.done orders the callback's writes to r.extents before this.
 	var alloc, bitmap []uint32
-	if s.exp.caps.Allocation {
+	if s.exp.features.allocation {
 		alloc = r.extents[contextAllocation]
 		if alloc == nil {
 			alloc = []uint32{} // a missing reply is an error, not "not in use"

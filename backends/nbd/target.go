@@ -37,7 +37,7 @@ func openTarget(ctx context.Context, u *url.URL, o backends.TargetOptions) (back
 		h.Close()
 		return nil, err
 	}
-	if e.caps.ReadOnly {
+	if e.features.readOnly {
 		h.Close()
 		return nil, fmt.Errorf("nbd %s: export is read-only and cannot be restored into", shown)
 	}
@@ -52,8 +52,7 @@ func openTarget(ctx context.Context, u *url.URL, o backends.TargetOptions) (back
 	return &target{exp: e, pool: p}, nil
 }
 
-func (t *target) Size() int64                         { return t.exp.size }
-func (t *target) Capabilities() backends.Capabilities { return t.exp.caps }
+func (t *target) Size() int64 { return t.exp.size }
 
 // check refuses ranges outside the export before the server has to.
 func (t *target) check(what string, off, length int64) error {
@@ -84,7 +83,7 @@ func (t *target) Zero(ctx context.Context, off, length int64) error {
 		return err
 	}
 	piece, batch := int64(maxZeroSize), int(^uint(0)>>1)
-	if !t.exp.caps.Zero {
+	if !t.exp.features.zero {
 		t.zeroOnce.Do(func() { t.zeroes = libnbd.MakeAioBufferZero(uint(t.exp.maxRequest)) })
 		piece, batch = t.exp.maxRequest, int(max(1, defaultMaxInFlight/t.exp.maxRequest))
 	}
@@ -93,7 +92,7 @@ func (t *target) Zero(ctx context.Context, off, length int64) error {
 		for ; done < length && len(reqs) < batch; done += piece {
 			n := min(piece, length-done)
 			var r *request
-			if t.exp.caps.Zero {
+			if t.exp.features.zero {
 				r = newRequest(opZero, off+done, n)
 			} else {
 				r = newRequest(opWrite, off+done, n)
@@ -114,7 +113,7 @@ func (t *target) Zero(ctx context.Context, off, length int64) error {
 // all of them, but asking each costs little and does not depend on it. Without
 // flush support there is nothing to ask for.
 func (t *target) Flush(ctx context.Context) error {
-	if !t.exp.caps.Flush {
+	if !t.exp.features.flush {
 		return nil
 	}
 	conns := t.pool.all()
