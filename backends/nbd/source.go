@@ -21,27 +21,26 @@ type source struct {
 }
 
 func openSource(ctx context.Context, u *url.URL, o backends.SourceOptions) (backends.Source, error) {
-	uri, shown := u.String(), u.Redacted()
-	contexts := []string{contextAllocation}
+	ep := endpoint{uri: u.String(), shown: u.Redacted(), contexts: []string{contextAllocation}}
 	bitmap := ""
 	if o.Bitmap != "" {
 		bitmap = bitmapContextPrefix + o.Bitmap
-		contexts = append(contexts, bitmap)
+		ep.contexts = append(ep.contexts, bitmap)
 	}
-	h, err := dial(ctx, uri, shown, contexts, firstHandshakeTimeout)
+	h, err := ep.dial(ctx, firstHandshakeTimeout)
 	if err != nil {
 		return nil, err
 	}
-	e, err := inspect(h, shown, contexts)
+	e, err := ep.inspect(h)
 	if err != nil {
 		h.Close()
 		return nil, err
 	}
 	if bitmap != "" && !e.contexts[bitmap] {
 		h.Close()
-		return nil, fmt.Errorf("nbd %s: export has no dirty bitmap %q: %w", shown, o.Bitmap, backends.ErrNoBitmap)
+		return nil, fmt.Errorf("nbd %s: export has no dirty bitmap %q: %w", ep.shown, o.Bitmap, backends.ErrNoBitmap)
 	}
-	p, err := connections(ctx, h, e, uri, contexts, o.Connections, o.MaxInFlight)
+	p, err := ep.connections(ctx, h, e, o.Connections, o.MaxInFlight)
 	if err != nil {
 		return nil, err
 	}

@@ -27,25 +27,25 @@ type target struct {
 }
 
 func openTarget(ctx context.Context, u *url.URL, o backends.TargetOptions) (backends.Target, error) {
-	uri, shown := u.String(), u.Redacted()
-	h, err := dial(ctx, uri, shown, nil, firstHandshakeTimeout)
+	ep := endpoint{uri: u.String(), shown: u.Redacted()}
+	h, err := ep.dial(ctx, firstHandshakeTimeout)
 	if err != nil {
 		return nil, err
 	}
-	e, err := inspect(h, shown, nil)
+	e, err := ep.inspect(h)
 	if err != nil {
 		h.Close()
 		return nil, err
 	}
 	if e.features.readOnly {
 		h.Close()
-		return nil, fmt.Errorf("nbd %s: export is read-only and cannot be restored into", shown)
+		return nil, fmt.Errorf("nbd %s: export is read-only and cannot be restored into", ep.shown)
 	}
 	if o.Size > e.size {
 		h.Close()
-		return nil, fmt.Errorf("nbd %s: export has %d bytes, image needs %d: %w", shown, e.size, o.Size, backends.ErrTooSmall)
+		return nil, fmt.Errorf("nbd %s: export has %d bytes, image needs %d: %w", ep.shown, e.size, o.Size, backends.ErrTooSmall)
 	}
-	p, err := connections(ctx, h, e, uri, nil, o.Connections, defaultMaxInFlight)
+	p, err := ep.connections(ctx, h, e, o.Connections, defaultMaxInFlight)
 	if err != nil {
 		return nil, err
 	}
