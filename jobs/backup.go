@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -71,7 +70,7 @@ func Backup(ctx context.Context, repo *repository.Repository, src backends.Sourc
 	}
 	m.Patches = r.patches.m
 	m.Completed = time.Now().UTC()
-	m.Stats = r.counters.stats(m)
+	m.Stats = progress.backupStats(m)
 	if err := repo.PutManifest(ctx, m); err != nil {
 		return nil, err
 	}
@@ -125,8 +124,7 @@ type backupRun struct {
 	m        *repository.Manifest
 	patches  patchSet     // the manifest's patches, as the workers make them
 	resume   *resumeState // the job's checkpoint: what an earlier attempt stored, what this one did
-	counters backupCounters
-	progress *Progress
+	progress *Progress    // counts what the run does, for its monitor and its statistics
 }
 
 // run plans the chunk positions and stores them with the run's workers, writing
@@ -160,27 +158,6 @@ func (r *backupRun) run(ctx context.Context) error {
 	return err
 }
 
-type backupCounters struct {
-	read, written, deduped, reused, zero, resumed           atomic.Int64
-	nUploaded, nDeduped, nReused, nZero, nResumed, nPatched atomic.Int64
-}
-
-func (c *backupCounters) stats(m *repository.Manifest) repository.BackupStats {
-	d := m.Completed.Sub(m.Started).Seconds()
-	s := repository.BackupStats{
-		BytesTotal: m.Size, BytesRead: c.read.Load(), BytesWritten: c.written.Load(),
-		BytesDeduplicated: c.deduped.Load(), BytesReused: c.reused.Load(), BytesZero: c.zero.Load(),
-		ChunksTotal: len(m.Chunks), ChunksUploaded: int(c.nUploaded.Load()), ChunksDeduped: int(c.nDeduped.Load()),
-		ChunksReused: int(c.nReused.Load()), ChunksZero: int(c.nZero.Load()), DurationSeconds: d,
-		BytesResumed: c.resumed.Load(), ChunksResumed: int(c.nResumed.Load()), ChunksPatched: int(c.nPatched.Load()),
-	}
-	if d > 0 {
-		s.ReadBytesPerSec = float64(s.BytesRead) / d
-		s.StoredBytesPerSec = float64(s.BytesTotal) / d
-	}
-	return s
-}
-
 // chunk stores the chunk position, or group of patched positions, of task t.
 func (r *backupRun) chunk(ctx context.Context, t chunkTask) error {
 	if err := ctx.Err(); err != nil { // a failed sibling: read no more
@@ -198,12 +175,10 @@ func (r *backupRun) chunk(ctx context.Context, t chunkTask) error {
 	case actionReuse:
 		r.m.Chunks[t.index] = r.parent.Chunks[t.index]
 		r.patches.set(t.index, r.parent.Patches[t.index])
-		r.counters.reused.Add(n)
-		r.counters.nReused.Add(1)
+		r.progress.addReused(n)
 		return nil
 	case actionZero:
-		r.counters.zero.Add(n)
-		r.counters.nZero.Add(1)
+		r.progress.addZero(n)
 		return nil
 	}
 	return r.withChunkBuffer(ctx, func(buf []byte) error { return r.whole(ctx, t.index, buf[:n]) })
@@ -218,8 +193,7 @@ func (r *backupRun) fromCheckpoint(i int) bool {
 	}
 	r.m.Chunks[i] = e.chunk
 	r.patches.set(i, e.patches)
-	r.counters.resumed.Add(r.m.ChunkLen(i))
-	r.counters.nResumed.Add(1)
+	r.progress.addResumed(r.m.ChunkLen(i))
 	return true
 }
 
@@ -243,11 +217,9 @@ func (r *backupRun) whole(ctx context.Context, i int, data []byte) error {
 	if _, err := r.src.ReadAt(ctx, data, off); err != nil {
 		return fmt.Errorf("read chunk %d at offset %d: %w", i, off, err)
 	}
-	r.counters.read.Add(n)
 	r.progress.bytesRead.Add(n)
 	if isZero(data) { // allocated, or dirty, but zeroes: a marker is enough
-		r.counters.zero.Add(n)
-		r.counters.nZero.Add(1)
+		r.progress.addZero(n)
 		r.resume.record(i, storedEntry{})
 		return nil
 	}
@@ -266,16 +238,7 @@ func (r *backupRun) store(ctx context.Context, data []byte) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	n := int64(len(data))
-	if res.Stored == 0 {
-		r.counters.deduped.Add(n)
-		r.counters.nDeduped.Add(1)
-		r.progress.bytesDeduplicated.Add(n)
-	} else {
-		r.counters.written.Add(int64(res.Stored))
-		r.counters.nUploaded.Add(1)
-		r.progress.bytesWritten.Add(int64(res.Stored))
-	}
+	r.progress.addStored(int64(len(data)), res)
 	return res.ID.String(), nil
 }
 

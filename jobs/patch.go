@@ -204,7 +204,6 @@ func (r *backupRun) readExtents(ctx context.Context, reads []extentRead, buf []b
 			if _, err := r.src.ReadAt(gctx, buf[rd.at:rd.at+int(rd.e.Length)], rd.e.Start); err != nil {
 				return fmt.Errorf("read %d bytes at offset %d: %w", rd.e.Length, rd.e.Start, err)
 			}
-			r.counters.read.Add(rd.e.Length)
 			r.progress.bytesRead.Add(rd.e.Length)
 			return nil
 		})
@@ -259,8 +258,6 @@ func (r *backupRun) recordPatched(pp patchedPosition, id string) {
 	r.patches.set(pp.index, all)
 	r.resume.record(pp.index, storedEntry{chunk: base, patches: all})
 	n := r.m.ChunkLen(pp.index)
-	r.counters.zero.Add(pp.zeroBytes)
-	r.counters.reused.Add(n - pp.dirtyBytes)
-	r.counters.nPatched.Add(1)
+	r.progress.addPatched(pp.zeroBytes, n-pp.dirtyBytes)
 	r.progress.bytesDone.Add(n)
 }
