@@ -174,10 +174,10 @@ func (r *Runner) backup(ctx context.Context, store sinks.Store, s Spec, lim Limi
 	}
 	defer src.Close()
 	src = backends.Instrumented(src, r.cfg.onSource)
-	src = backends.RateLimited(ctx, src, r.cfg.limiter)
+	src = backends.RateLimited(src, r.cfg.limiter)
 	if s.Options.RateLimit != "" {
 		bps, _ := ParseByteSize(s.Options.RateLimit) // validated with the spec
-		src = backends.RateLimited(ctx, src, backends.NewLimiter(bps))
+		src = backends.RateLimited(src, backends.NewLimiter(bps))
 	}
 	m, err := Backup(ctx, repo, src, BackupParams{
 		JobID: s.ID, Resume: r.cfg.resume, Source: s.Source.URI, Disk: s.Disk, Bitmap: s.Source.Bitmap, Parent: parent, Labels: s.Labels,
