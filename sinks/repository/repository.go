@@ -152,9 +152,6 @@ func (r *Repository) Encrypted() bool { return r.cfg.Encryption != nil }
 // Location names the store, for messages.
 func (r *Repository) Location() string { return r.store.Location() }
 
-// ChunkID computes the id of a chunk's plaintext.
-func (r *Repository) ChunkID(data []byte) ChunkID { return r.codec.ID(data) }
-
 // PutResult says what PutChunk did.
 type PutResult struct {
 	ID ChunkID
@@ -224,11 +221,6 @@ func (r *Repository) GetChunk(ctx context.Context, id ChunkID, buf []byte) ([]by
 		return nil, fmt.Errorf("chunk %s: %w: content does not match its id", id, ErrCorrupt)
 	}
 	return data, nil
-}
-
-// HasChunk reports whether the chunk is stored, without reading it.
-func (r *Repository) HasChunk(ctx context.Context, id ChunkID) (bool, error) {
-	return r.store.Exists(ctx, chunkName(id))
 }
 
 // PutManifest writes a backup's manifest. It never overwrites one: a second write
