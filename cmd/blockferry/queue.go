@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/term"
 
 	"github.com/blockferry/blockferry/jobs"
 	"github.com/blockferry/blockferry/worker"
@@ -155,13 +156,11 @@ func eventLine(ev worker.Event) string {
 	return s
 }
 
+// isTerminal reports whether w is a terminal, where a progress bar redraws one
+// line instead of printing a line per update.
 func isTerminal(w io.Writer) bool {
 	f, ok := w.(*os.File)
-	if !ok {
-		return false
-	}
-	st, err := f.Stat()
-	return err == nil && st.Mode()&os.ModeCharDevice != 0
+	return ok && term.IsTerminal(int(f.Fd()))
 }
 
 func newWatchCommand(g *globals) *cobra.Command {
