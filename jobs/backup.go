@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/blockferry/blockferry/backends"
@@ -34,6 +35,9 @@ type BackupParams struct {
 	Limits Limits
 	// Compress chunks with zstd (incompressible ones are stored as they are).
 	Compress bool
+	// Log receives what the backup does on its own account: resuming an earlier
+	// attempt, checkpoints that could not be written. nil logs nothing.
+	Log *zap.Logger
 }
 
 // Errors of a backup that no retry can fix.

@@ -72,7 +72,9 @@ func WithRateLimiter(l *rate.Limiter) RunnerOption {
 	return func(c *runnerConfig) { c.limiter = l }
 }
 
-// WithLogger sets the logger.
+// WithLogger receives what jobs do on their own account: a backup resuming an
+// earlier attempt of its job, checkpoints that could not be written or deleted.
+// Outcomes are the caller's to report: Run returns them.
 func WithLogger(l *zap.Logger) RunnerOption { return func(c *runnerConfig) { c.log = l } }
 
 // NewRunner makes a runner.
@@ -181,7 +183,7 @@ func (r *Runner) backup(ctx context.Context, store sinks.Store, s Spec, lim Limi
 	}
 	m, err := Backup(ctx, repo, src, BackupParams{
 		JobID: s.ID, Resume: r.cfg.resume, Source: s.Source.URI, Disk: s.Disk, Bitmap: s.Source.Bitmap, Parent: parent, Labels: s.Labels,
-		ChunkSize: s.Options.ChunkSize, Limits: lim,
+		ChunkSize: s.Options.ChunkSize, Limits: lim, Log: r.cfg.log,
 		Compress: s.Options.Compression != "none" && (s.Options.Compression == "zstd" || repo.Config().Compression == "zstd"),
 	}, progress)
 	if err != nil {
