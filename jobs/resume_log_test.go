@@ -45,7 +45,7 @@ func TestBackupLogsResumeAndLostCheckpoints(t *testing.T) {
 	}
 	store := &checkpointRefusingStore{Store: fileStore}
 	store.allowed.Store(1 << 30)
-	repo, err := repository.OpenOrInit(ctx, store, repository.InitOptions{ChunkSize: chunkSize, Compression: "zstd"})
+	repo, err := repository.OpenOrInit(ctx, store, repository.InitOptions{ChunkSize: chunkSize, Compression: jobs.DefaultCompression})
 	if err != nil {
 		t.Fatal(err)
 	}

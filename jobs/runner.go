@@ -1,6 +1,7 @@
 package jobs
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -60,7 +61,8 @@ func WithDefaultRepository(uri string) RunnerOption {
 // repository created by a backup is encrypted with it.
 func WithKey(key []byte) RunnerOption { return func(c *runnerConfig) { c.key = key } }
 
-// WithConcurrency is the default number of chunks in flight per job.
+// WithConcurrency is the number of chunks in flight of the jobs that do not say;
+// DefaultConcurrency without it.
 func WithConcurrency(n int) RunnerOption { return func(c *runnerConfig) { c.concurrency = n } }
 
 // WithMemoryBudget makes every job of the runner take its chunk buffers out of b,
@@ -79,7 +81,7 @@ func WithLogger(l *zap.Logger) RunnerOption { return func(c *runnerConfig) { c.l
 
 // NewRunner makes a runner.
 func NewRunner(opts ...RunnerOption) *Runner {
-	c := runnerConfig{concurrency: 8, log: zap.NewNop()}
+	c := runnerConfig{concurrency: DefaultConcurrency, log: zap.NewNop()}
 	for _, o := range opts {
 		o(&c)
 	}
@@ -106,10 +108,7 @@ func (r *Runner) Run(ctx context.Context, s Spec, progress *Progress) (Result, e
 		return Result{}, err
 	}
 	store = sinks.Instrumented(store, r.cfg.onStore)
-	lim := Limits{Concurrency: s.Options.Concurrency, Memory: r.cfg.memory}
-	if lim.Concurrency == 0 {
-		lim.Concurrency = r.cfg.concurrency
-	}
+	lim := Limits{Concurrency: cmp.Or(s.Options.Concurrency, r.cfg.concurrency), Memory: r.cfg.memory}
 	switch s.Kind {
 	case KindBackup:
 		return r.backup(ctx, store, s, lim, progress)
@@ -125,16 +124,15 @@ func (r *Runner) Run(ctx context.Context, s Spec, progress *Progress) (Result, e
 		if s.Kind == KindVerify {
 			var src backends.Source
 			if s.Source != nil { // also compare the backup with the disk
-				if src, err = backends.OpenSource(ctx, s.Source.URI); err != nil {
+				if src, err = r.openSource(ctx, s.Source); err != nil {
 					return Result{}, err
 				}
 				defer src.Close()
-				src = backends.Instrumented(src, r.cfg.onSource)
 			}
 			rep, err := Verify(ctx, repo, m, src, lim, progress)
 			return Result{Verify: &rep}, err
 		}
-		tgt, err := backends.OpenTarget(ctx, s.Target.URI, backends.WithSize(m.Size))
+		tgt, err := backends.OpenTarget(ctx, s.Target.URI, backends.WithSize(m.Size), backends.WithTargetConnections(DefaultConnections))
 		if err != nil {
 			return Result{}, err
 		}
@@ -151,7 +149,8 @@ func (r *Runner) Run(ctx context.Context, s Spec, progress *Progress) (Result, e
 }
 
 func (r *Runner) backup(ctx context.Context, store sinks.Store, s Spec, lim Limits, progress *Progress) (Result, error) {
-	repo, err := repository.OpenOrInit(ctx, store, repository.InitOptions{Key: r.cfg.key, ChunkSize: s.Options.ChunkSize, Compression: s.Options.Compression})
+	repo, err := repository.OpenOrInit(ctx, store, repository.InitOptions{Key: r.cfg.key,
+		ChunkSize: cmp.Or(s.Options.ChunkSize, DefaultChunkSize), Compression: cmp.Or(s.Options.Compression, DefaultCompression)})
 	if err != nil {
 		return Result{}, err
 	}
@@ -170,12 +169,11 @@ func (r *Runner) backup(ctx context.Context, store sinks.Store, s Spec, lim Limi
 			return Result{}, err
 		}
 	}
-	src, err := backends.OpenSource(ctx, s.Source.URI, backends.WithBitmap(s.Source.Bitmap))
+	src, err := r.openSource(ctx, s.Source)
 	if err != nil {
 		return Result{}, err
 	}
 	defer src.Close()
-	src = backends.Instrumented(src, r.cfg.onSource)
 	src = backends.RateLimited(ctx, src, r.cfg.limiter)
 	if s.Options.RateLimit != "" {
 		bps, _ := ParseByteSize(s.Options.RateLimit) // validated with the spec
@@ -190,4 +188,15 @@ func (r *Runner) backup(ctx context.Context, store sinks.Store, s Spec, lim Limi
 		return Result{}, err
 	}
 	return Result{Backup: m}, nil
+}
+
+// openSource opens the device e names, with its bitmap, and reports its requests
+// to the runner's observer.
+func (r *Runner) openSource(ctx context.Context, e *Endpoint) (backends.Source, error) {
+	src, err := backends.OpenSource(ctx, e.URI, backends.WithBitmap(e.Bitmap),
+		backends.WithConnections(DefaultConnections), backends.WithMaxInFlight(DefaultMaxInFlight))
+	if err != nil {
+		return nil, err
+	}
+	return backends.Instrumented(src, r.cfg.onSource), nil
 }

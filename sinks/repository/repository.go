@@ -54,22 +54,19 @@ type Repository struct {
 	sealBufs sync.Pool
 }
 
-// InitOptions are the parameters of a new repository.
+// InitOptions are the parameters of a new repository. The format has no defaults:
+// its callers choose (jobs.DefaultChunkSize, jobs.DefaultCompression).
 type InitOptions struct {
 	// Key, when not empty, makes the repository encrypted with this key material.
-	Key         []byte
-	ChunkSize   int64
+	Key []byte
+	// ChunkSize is the default chunk size of the repository's backups.
+	ChunkSize int64
+	// Compression of the repository's backups: "zstd" or "none".
 	Compression string
 }
 
 // Init creates a repository on store. It fails with sinks.ErrExists if one is there.
 func Init(ctx context.Context, store sinks.Store, o InitOptions) (*Repository, error) {
-	if o.ChunkSize == 0 {
-		o.ChunkSize = DefaultChunkSize
-	}
-	if o.Compression == "" {
-		o.Compression = "zstd"
-	}
 	id := make([]byte, 16)
 	rand.Read(id)
 	cfg := &Config{
