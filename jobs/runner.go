@@ -23,6 +23,14 @@ type Result struct {
 
 // Runner runs jobs: it opens what a spec names and hands it to the engine. The
 // command line and the queue worker both run jobs through it.
+//
+// A Runner trusts the specs it is given: they passed Spec.Validate at the
+// boundary they crossed (DecodeSpec in the worker, Client.Submit, the command
+// line), so ids, names, options and the combination of fields are sound and the
+// fields a kind needs are there. The defaults of what a spec leaves unset are
+// applied here (defaults.go). What the engine still checks is what only it can
+// see: that some repository is named (the runner's default counts), and, in
+// Backup, that the parent is a backup of the same disk at the same size.
 type Runner struct {
 	cfg runnerConfig
 }
@@ -88,11 +96,8 @@ func NewRunner(opts ...RunnerOption) *Runner {
 	return &Runner{cfg: c}
 }
 
-// Run validates and runs one job. progress may be nil.
+// Run runs one job, which must be valid (Spec.Validate). progress may be nil.
 func (r *Runner) Run(ctx context.Context, s Spec, progress *Progress) (Result, error) {
-	if err := s.Validate(); err != nil {
-		return Result{}, err
-	}
 	if progress == nil {
 		progress = NewProgress()
 	}

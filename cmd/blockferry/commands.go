@@ -180,6 +180,8 @@ func newLsCommand(g *globals) *cobra.Command {
 	return cmd
 }
 
+// runJob validates a job the command line describes and runs it here: the
+// command line is one of the boundaries where specs are validated (jobs.Spec).
 func runJob(ctx context.Context, g *globals, s jobs.Spec) (jobs.Result, error) {
 	r, err := g.runner()
 	if err != nil {
@@ -187,6 +189,9 @@ func runJob(ctx context.Context, g *globals, s jobs.Spec) (jobs.Result, error) {
 	}
 	if s.Repository == "" && g.repository == "" {
 		return jobs.Result{}, fmt.Errorf("--repository is required")
+	}
+	if err := s.Validate(); err != nil {
+		return jobs.Result{}, err
 	}
 	return r.Run(ctx, s, nil)
 }
