@@ -41,20 +41,17 @@ func newInitCommand(g *globals) *cobra.Command {
 }
 
 func newBackupCommand(g *globals) *cobra.Command {
-	var s jobs.Spec
-	src := &jobs.Endpoint{}
-	var labels []string
+	var jf jobFlags
 	cmd := &cobra.Command{
 		Use:   "backup",
 		Short: "Back up a disk exported over NBD (full, or incremental with --bitmap and --parent)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			s.SpecVersion, s.ID, s.Kind, s.Source = jobs.SpecVersion, cliJobID(), jobs.KindBackup, src
 			if err := required(cmd, "source", "disk"); err != nil {
 				return err
 			}
-			var err error
-			if s.Labels, err = parseLabels(labels); err != nil {
+			s, err := jf.job(jobs.KindBackup, cliJobID())
+			if err != nil {
 				return err
 			}
 			res, err := runJob(cmd.Context(), g, s)
@@ -69,16 +66,7 @@ func newBackupCommand(g *globals) *cobra.Command {
 			return g.print(cmd.OutOrStdout(), backupView(m), human)
 		},
 	}
-	f := cmd.Flags()
-	f.StringVar(&src.URI, "source", "", "NBD URI of the disk (nbd://, nbd+unix://, nbds://) or a raw file")
-	f.StringVar(&src.Bitmap, "bitmap", "", "dirty bitmap of an incremental backup")
-	f.StringVar(&s.Parent, "parent", "", "backup id the incremental is taken against")
-	f.StringVar(&s.Disk, "disk", "", "name of the disk, e.g. vm1/vda")
-	f.Int64Var(&s.Options.ChunkSize, "chunk-size", 0, "chunk size in bytes (default: the repository's)")
-	f.StringVar(&s.Options.Compression, "compression", "", "zstd or none (default: the repository's)")
-	concurrencyFlag(f, &s.Options.Concurrency)
-	f.StringVar(&s.Options.RateLimit, "rate-limit", "", "cap on source reads, e.g. 200MiB (per second)")
-	f.StringSliceVar(&labels, "label", nil, "key=value label recorded with the backup (repeatable)")
+	jf.register(cmd.Flags())
 	return cmd
 }
 
