@@ -50,13 +50,7 @@ func TestBackupLogsResumeAndLostCheckpoints(t *testing.T) {
 		t.Fatal(err)
 	}
 	path, _ := rawDisk(t, 16*mib)
-	img, err := file.OpenSource(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer img.Close()
-	src := &failingSource{Source: img}
-	src.after.Store(3)
+	src := droppingSource(t, path, 3)
 	params := jobs.BackupParams{JobID: "job-l", Resume: true, Source: "file://" + path, Disk: "vm1/vda", ChunkSize: chunkSize, Limits: jobs.Limits{Concurrency: 1}}
 	if _, err := jobs.Backup(ctx, repo, src, params, nil); !errors.Is(err, errDropped) {
 		t.Fatalf("first attempt: %v, want the dropped connection", err)
@@ -88,4 +82,18 @@ func TestBackupLogsResumeAndLostCheckpoints(t *testing.T) {
 			t.Errorf("warning %+v does not name the job and the error", e.ContextMap())
 		}
 	}
+}
+
+// droppingSource is the raw image at path, failing every read after the first
+// `after`.
+func droppingSource(t *testing.T, path string, after int64) *failingSource {
+	t.Helper()
+	img, err := file.OpenSource(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { img.Close() })
+	src := &failingSource{Source: img}
+	src.after.Store(after)
+	return src
 }
