@@ -60,9 +60,11 @@ type Target interface {
 type SourceOptions struct {
 	// Bitmap names the dirty bitmap of an incremental backup; empty for a full one.
 	Bitmap string
-	// Connections is the most connections to open when the server allows several.
+	// Connections is the most connections to open when the server allows several;
+	// zero opens one. The caller chooses (jobs.DefaultConnections).
 	Connections int
-	// MaxInFlight bounds the bytes of outstanding read requests per connection.
+	// MaxInFlight bounds the bytes of outstanding read requests per connection;
+	// zero leaves the bound to the implementation.
 	MaxInFlight int64
 }
 
@@ -83,7 +85,8 @@ type TargetOptions struct {
 	// Size is the size the target must have; a file target is created or grown to
 	// it, an NBD export must be at least as large.
 	Size int64
-	// Connections is the most connections to open when the server allows several.
+	// Connections is the most connections to open when the server allows several;
+	// zero opens one.
 	Connections int
 }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/blockferry/blockferry/backends"
@@ -33,6 +34,9 @@ type BackupParams struct {
 	Limits Limits
 	// Compress chunks with zstd (incompressible ones are stored as they are).
 	Compress bool
+	// Log receives what the backup does on its own account: resuming an earlier
+	// attempt, checkpoints that could not be written. nil logs nothing.
+	Log *zap.Logger
 }
 
 // Errors of a backup that no retry can fix.
@@ -44,6 +48,11 @@ var (
 // Backup reads src and stores it in repo as a new backup. Only after every chunk
 // the manifest names is stored is the manifest written; a backup that fails or is
 // cancelled leaves no manifest, and its stored chunks are reused by the next try.
+//
+// p comes from a valid spec (Runner): Bitmap and Parent are set together, for an
+// incremental, or neither. Backup checks what only it can see: that the parent
+// is a backup of the same disk at the source's size, and that the chunk size it
+// takes (the parent's, p's or the repository's) is one the format supports.
 func Backup(ctx context.Context, repo *repository.Repository, src backends.Source, p BackupParams, progress *Progress) (*repository.Manifest, error) {
 	if progress == nil {
 		progress = NewProgress()
@@ -92,9 +101,6 @@ func newManifest(repo *repository.Repository, src backends.Source, p BackupParam
 		m.ChunkSize = repo.Config().ChunkSize
 	}
 	parent := p.Parent
-	if (p.Bitmap == "") != (parent == nil) {
-		return nil, fmt.Errorf("%w: an incremental backup needs both a bitmap and a parent", ErrInvalid)
-	}
 	if parent != nil {
 		switch {
 		case parent.Disk != p.Disk:

@@ -38,7 +38,7 @@ func openRepo(t *testing.T, uri string) *repository.Repository {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := repository.OpenOrInit(context.Background(), store, repository.InitOptions{})
+	r, err := repository.OpenOrInit(context.Background(), store, repository.InitOptions{ChunkSize: jobs.DefaultChunkSize, Compression: jobs.DefaultCompression})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -148,9 +148,10 @@ func newWorkerCommand(g *globals) *cobra.Command {
 	f.StringVar(&listen, "listen", embedded.DefaultListen, "address of the embedded NATS server")
 	f.StringVar(&name, "name", "", "worker name in events and logs (default: host name)")
 	f.IntVar(&slots, "jobs", 1, "jobs run at once")
-	f.IntVar(&concurrency, "concurrency", 8, "chunks in flight per job")
+	f.IntVar(&concurrency, "concurrency", jobs.DefaultConcurrency, "chunks in flight per job")
 	f.StringVar(&rateLimit, "rate-limit", "", "cap on source reads of all jobs together, e.g. 400MiB (per second)")
-	f.StringVar(&memoryLimit, "memory-limit", "", "bound on the chunk buffers of all running jobs together, e.g. 512MiB; jobs wait for buffers rather than exceed it (default: 128MiB per --jobs)")
+	f.StringVar(&memoryLimit, "memory-limit", "", fmt.Sprintf("bound on the chunk buffers of all running jobs together, e.g. 512MiB; "+
+		"jobs wait for buffers rather than exceed it (default: %dMiB per --jobs)", jobs.DefaultMemoryPerJob>>20))
 	f.DurationVar(&grace, "grace-period", 5*time.Minute, "on SIGTERM, how long running jobs may finish before they are handed back")
 	f.IntVar(&n.topo.Replicas, "replicas", 1, "replicas of the streams and buckets the worker creates (3 on a cluster)")
 	f.DurationVar(&n.topo.AckWait, "ack-wait", n.topo.AckWait, "redeliver a job whose worker sent no heartbeat for this long")
@@ -163,11 +164,6 @@ func newWorkerCommand(g *globals) *cobra.Command {
 	return cmd
 }
 
-// defaultMemoryPerJob is the chunk buffer budget per job slot: a job with default
-// settings (8 chunks of 4 MiB in flight) needs 64 MiB for a backup, 96 for a
-// restore.
-const defaultMemoryPerJob = 128 << 20
-
 // memoryBudget makes the worker's buffer budget from --memory-limit, and tells
 // the Go runtime to collect garbage before its heap outgrows the budget by more
 // than 128 MiB, the room for everything else (NATS and an embedded server, the
@@ -176,7 +172,7 @@ const defaultMemoryPerJob = 128 << 20
 // libraries' memory (zstd contexts, libnbd): docs/PERFORMANCE.md states its peak
 // RSS as the budget plus 192 MiB.
 func memoryBudget(flag string, slots int) (*jobs.MemoryBudget, error) {
-	size := int64(max(slots, 1)) * defaultMemoryPerJob
+	size := int64(max(slots, 1)) * jobs.DefaultMemoryPerJob
 	if flag != "" {
 		var err error
 		if size, err = jobs.ParseByteSize(flag); err != nil {
