@@ -7,15 +7,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"path"
 	"reflect"
 	"slices"
-	"sort"
 	"sync"
 	"time"
 
 	"github.com/blockferry/blockferry/sinks"
-	"golang.org/x/sync/errgroup"
 	"golang.org/x/sync/singleflight"
 )
 
@@ -335,44 +332,9 @@ func (r *Repository) Manifest(ctx context.Context, id string) (*Manifest, error)
 }
 
 // Backups lists the backups of a disk, or of all disks when disk is empty, oldest
-// first.
+// first. Objects under backups/ that are not readable manifests are skipped;
+// ListBackups names them.
 func (r *Repository) Backups(ctx context.Context, disk string) ([]*Manifest, error) {
-	var ids []string
-	err := r.store.List(ctx, backupsPrefix, func(name string) error {
-		id := path.Base(name)
-		if ValidID(id) {
-			ids = append(ids, id)
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("list backups: %w", err)
-	}
-	all := make([]*Manifest, len(ids))
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(16)
-	for i, id := range ids {
-		g.Go(func() error {
-			m, err := r.Manifest(gctx, id)
-			all[i] = m
-			return err
-		})
-	}
-	if err := g.Wait(); err != nil {
-		return nil, err
-	}
-	var out []*Manifest
-	for _, m := range all {
-		if disk == "" || m.Disk == disk {
-			m.Chunks, m.Patches = nil, nil // a listing does not need the index
-			out = append(out, m)
-		}
-	}
-	sort.Slice(out, func(i, j int) bool {
-		if !out[i].Started.Equal(out[j].Started) {
-			return out[i].Started.Before(out[j].Started)
-		}
-		return out[i].ID < out[j].ID
-	})
-	return out, nil
+	list, _, err := r.ListBackups(ctx, disk)
+	return list, err
 }
