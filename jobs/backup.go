@@ -95,6 +95,13 @@ func Backup(ctx context.Context, repo *repository.Repository, src backends.Sourc
 		return nil, fmt.Errorf("%w: chunk size %d: want a power of two from %d to %d", ErrInvalid, m.ChunkSize, repository.MinChunkSize, repository.MaxChunkSize)
 	}
 	m.Chunks = make([]string, repository.ChunkCount(m.Size, m.ChunkSize))
+	// From here on the attempt writes through a repository that keeps it safe
+	// from concurrent garbage collection (sinks/repository.GCView).
+	repo, gcv, err := repo.BeginAttempt(ctx, parent)
+	if err != nil {
+		return nil, err
+	}
+	defer gcv.End(ctx)
 	patches := &patchSet{}
 	progress.bytesTotal.Store(m.Size)
 	rs, finished, err := resume(ctx, repo, m, p)
