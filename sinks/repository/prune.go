@@ -294,9 +294,9 @@ func (r *Repository) referenced(ctx context.Context) (*idSet, error) {
 		mu.Unlock()
 	}
 	visit := func(name string) error {
-		prefix, id, _ := strings.Cut(name, "/")
-		switch prefix + "/" {
-		case backupsPrefix:
+		switch {
+		case strings.HasPrefix(name, backupsPrefix):
+			id := strings.TrimPrefix(name, backupsPrefix)
 			if !ValidID(id) {
 				return nil
 			}
@@ -308,7 +308,8 @@ func (r *Repository) referenced(ctx context.Context) (*idSet, error) {
 				add(m.Chunks, m.Patches)
 				return nil
 			})
-		case checkpointsPrefix:
+		case strings.HasPrefix(name, checkpointsPrefix):
+			id := strings.TrimPrefix(name, checkpointsPrefix)
 			g.Go(func() error {
 				if cp, err := r.LoadCheckpoint(gctx, id); err == nil && cp != nil {
 					add(nil, cp.Patches)
@@ -316,7 +317,7 @@ func (r *Repository) referenced(ctx context.Context) (*idSet, error) {
 				}
 				return nil
 			})
-		case pinsPrefix:
+		case strings.HasPrefix(name, pinsPrefix):
 			g.Go(func() error {
 				pin, err := r.loadIDs(gctx, name)
 				if errors.Is(err, sinks.ErrNotFound) {
