@@ -291,7 +291,7 @@ func TestBackupErrors(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	list, err := r.Backups(context.Background(), "")
+	list, _, err := r.ListBackups(context.Background(), "")
 	if err != nil || len(list) != 1 || list[0].ID != full.ID {
 		t.Errorf("after failed backups the repository lists %v (%v), want only %s", list, err, full.ID)
 	}

@@ -496,7 +496,7 @@ func (e *env) backups() []*repository.Manifest {
 	}
 	ctx, cancel := ctxTimeout(10 * time.Second)
 	defer cancel()
-	ms, err := repo.Backups(ctx, "")
+	ms, _, err := repo.ListBackups(ctx, "")
 	if err != nil {
 		e.t.Fatal(err)
 	}

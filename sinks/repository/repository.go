@@ -320,10 +320,3 @@ func (r *Repository) Manifest(ctx context.Context, id string) (*Manifest, error)
 	return &m, nil
 }
 
-// Backups lists the backups of a disk, or of all disks when disk is empty, oldest
-// first. Objects under backups/ that are not readable manifests are skipped;
-// ListBackups names them.
-func (r *Repository) Backups(ctx context.Context, disk string) ([]*Manifest, error) {
-	list, _, err := r.ListBackups(ctx, disk)
-	return list, err
-}
