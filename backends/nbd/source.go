@@ -2,6 +2,7 @@ package nbd
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/url"
@@ -29,6 +30,9 @@ func openSource(ctx context.Context, u *url.URL, o backends.SourceOptions) (back
 		contexts = append(contexts, bitmap)
 	}
 	h, err := dial(ctx, uri, shown, contexts, firstHandshakeTimeout)
+	if errors.Is(err, errNotNBD) {
+		return nil, fmt.Errorf("%w: %w", backends.ErrInvalidSource, err)
+	}
 	if err != nil {
 		return nil, err
 	}
