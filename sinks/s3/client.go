@@ -13,6 +13,8 @@ import (
 	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
+
+	"github.com/blockferry/blockferry/sinks"
 )
 
 // maxAttempts bounds the SDK's retries of throttling (503 SlowDown), 5xx and
@@ -36,11 +38,11 @@ func newClient(ctx context.Context, c uriConfig) (*s3.Client, error) {
 	}
 	cfg, err := config.LoadDefaultConfig(ctx, opts...)
 	if err != nil {
-		return nil, fmt.Errorf("%s: loading AWS configuration: %w", c.name, err)
+		return nil, &storeError{msg: fmt.Sprintf("%s: loading AWS configuration: %v", c.name, err), kind: sinks.ErrInvalidLocation, err: err}
 	}
 	if cfg.Region == "" {
 		if c.endpoint == "" {
-			return nil, fmt.Errorf("%s: no region; add region= to the URI or set AWS_REGION", c.name)
+			return nil, invalid("%s: no region; add region= to the URI or set AWS_REGION", c.name)
 		}
 		// Most S3-compatible servers accept (or ignore) us-east-1.
 		cfg.Region = "us-east-1"
