@@ -173,6 +173,9 @@ func (r *Runner) backup(ctx context.Context, store sinks.Store, s Spec, lim Limi
 		return Result{}, err
 	}
 	defer src.Close()
+	if err := checkSourceSize(src, s.Source.URI, repo, s.Options.ChunkSize, parent); err != nil {
+		return Result{}, err
+	}
 	src = backends.Instrumented(src, r.cfg.onSource)
 	src = backends.RateLimited(ctx, src, r.cfg.limiter)
 	if s.Options.RateLimit != "" {
