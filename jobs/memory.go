@@ -41,7 +41,6 @@ func NewMemoryBudget(size int64) *MemoryBudget {
 // Size is the budget in bytes.
 func (b *MemoryBudget) Size() int64 { return b.size }
 
-
 // reserve waits until n bytes are free and takes them; the returned function gives
 // them back. A reservation larger than the whole budget takes all of it, so that a
 // job with chunks larger than the budget still runs, alone. A nil budget reserves

@@ -199,6 +199,11 @@ func TestMissingChunk(t *testing.T) {
 	if !errors.Is(err, jobs.ErrVerifyFailed) || len(res.Verify.Missing) != 1 || res.Verify.Missing[0] != gone {
 		t.Errorf("verify: %+v, %v; want missing [%s]", res.Verify, err, gone)
 	}
+	// Restore says the same, at once: no retry brings the chunk back.
+	_, err = restoreToFile(t, r, m.ID)
+	if f := jobs.Classify(err); f.Code != jobs.CodeChunkMissing || f.Retryable || !strings.Contains(err.Error(), gone) {
+		t.Errorf("restore of a backup with a missing chunk: %v: %+v", err, f)
+	}
 }
 
 // TestDeduplicationAcrossDisks: a second disk with the same content stores nothing.

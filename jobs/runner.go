@@ -179,6 +179,9 @@ func (r *Runner) backup(ctx context.Context, store sinks.Store, s Spec, lim Limi
 		return Result{}, err
 	}
 	defer src.Close()
+	if err := checkSourceSize(src, s.Source.URI, repo, s.Options.ChunkSize, parent); err != nil {
+		return Result{}, err
+	}
 	src = backends.RateLimited(src, r.cfg.limiter)
 	if s.Options.RateLimit != "" {
 		bps, _ := ParseByteSize(s.Options.RateLimit) // validated with the spec

@@ -1,9 +1,12 @@
 package s3
 
 import (
+	"errors"
 	"net/url"
 	"strings"
 	"testing"
+
+	"github.com/blockferry/blockferry/sinks"
 )
 
 // TestParseURI: what an s3:// URI says, without the SDK or the AWS environment.
@@ -44,6 +47,8 @@ func TestParseURI(t *testing.T) {
 			t.Errorf("parseURI(%s) = %+v, want an error saying %q", tc.uri, got, tc.err)
 		case tc.err != "" && !strings.Contains(err.Error(), tc.err):
 			t.Errorf("parseURI(%s): %v, want it to say %q", tc.uri, err, tc.err)
+		case tc.err != "" && !errors.Is(err, sinks.ErrInvalidLocation):
+			t.Errorf("parseURI(%s): %v does not match sinks.ErrInvalidLocation", tc.uri, err)
 		case tc.err != "" && strings.Contains(err.Error(), "secret"):
 			t.Errorf("parseURI(%s): message shows the secret: %v", tc.uri, err)
 		case tc.err == "" && err != nil:
