@@ -30,6 +30,7 @@ type Failure struct {
 // Error codes of failed events (docs/JOBS.md).
 const (
 	CodeInvalidJob        = "invalid_job"
+	CodeForbidden         = "forbidden"
 	CodeSourceUnreachable = "source_unreachable"
 	CodeBitmapNotFound    = "bitmap_not_found"
 	CodeParentNotFound    = "parent_not_found"
@@ -56,6 +57,7 @@ var classes = []struct {
 	retryable bool
 }{
 	{ErrInvalid, CodeInvalidJob, false},
+	{ErrForbidden, CodeForbidden, false},
 	{ErrDeliveriesExhausted, CodeExhausted, false},
 	{backends.ErrUnsupportedScheme, CodeInvalidJob, false},
 	{ErrParentNotFound, CodeParentNotFound, false},

@@ -52,6 +52,8 @@ type Spec struct {
 type Endpoint struct {
 	URI    string `json:"uri"`
 	Bitmap string `json:"bitmap,omitempty"`
+	// Overwrite lets a restore write over an existing file or block device.
+	Overwrite bool `json:"overwrite,omitempty"`
 }
 
 // Options tune a job; zero values take the worker's defaults.
