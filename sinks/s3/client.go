@@ -34,6 +34,9 @@ func newClient(ctx context.Context, c uriConfig) (*s3.Client, error) {
 	if c.region != "" {
 		opts = append(opts, config.WithRegion(c.region))
 	}
+	if c.profile != "" {
+		opts = append(opts, config.WithSharedConfigProfile(c.profile))
+	}
 	cfg, err := config.LoadDefaultConfig(ctx, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("%s: loading AWS configuration: %w", c.name, err)
