@@ -43,6 +43,7 @@ func newWorkerCommand(g *globals) *cobra.Command {
 		grace       time.Duration
 		logLevel    string
 		httpAddr    string
+		pol         policyFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "worker",
@@ -82,6 +83,10 @@ func newWorkerCommand(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			policy, err := pol.policy(g.configFile, repo, key)
+			if err != nil {
+				return err
+			}
 			var limiter = backends.NewLimiter(0)
 			if rateLimit != "" {
 				bps, err := jobs.ParseByteSize(rateLimit)
@@ -97,7 +102,7 @@ func newWorkerCommand(g *globals) *cobra.Command {
 			m := metrics.New()
 			runner := jobs.NewRunner(jobs.WithDefaultRepository(repo), jobs.WithKey(key), jobs.WithConcurrency(concurrency),
 				jobs.WithRateLimiter(limiter), jobs.WithLogger(log), jobs.WithObservers(m.ObserveSource, m.ObserveStore),
-				jobs.WithResume(), jobs.WithMemoryBudget(budget))
+				jobs.WithResume(), jobs.WithMemoryBudget(budget), jobs.WithPolicy(policy))
 			w, err := worker.New(js, runner, worker.WithTopology(n.topo), worker.WithName(name), worker.WithJobs(slots),
 				worker.WithGracePeriod(grace), worker.WithLogger(log), worker.WithMetrics(m))
 			if err != nil {
@@ -160,6 +165,7 @@ func newWorkerCommand(g *globals) *cobra.Command {
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&httpAddr, "http", "", "address for /metrics, /healthz and /readyz, e.g. 0.0.0.0:9090 (off when empty)")
 	settings(f)
+	pol.register(f)
 	return cmd
 }
 
