@@ -27,11 +27,11 @@ var configSections = map[string]bool{"repositories": true}
 //
 // or, without keys of their own, --named-repository name=uri.
 type policyFlags struct {
-	named        []string
-	defaultName  string
-	jobURIs      bool
-	sources      []string
-	targets      []string
+	named       []string
+	defaultName string
+	jobURIs     bool
+	sources     []string
+	targets     []string
 }
 
 func (p *policyFlags) register(f *pflag.FlagSet) {
