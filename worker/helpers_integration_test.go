@@ -150,12 +150,18 @@ func newEmbeddedEnv(t *testing.T) *env {
 	t.Helper()
 	integration(t)
 	e := &env{t: t, dir: t.TempDir()}
-	srv, err := embedded.Start(filepath.Join(e.dir, "embedded"), fmt.Sprintf("127.0.0.1:%d", testutil.FreePort(t)))
+	dataDir := filepath.Join(e.dir, "embedded")
+	srv, err := embedded.Start(dataDir, fmt.Sprintf("127.0.0.1:%d", testutil.FreePort(t)))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
-	e.url = srv.ClientURL()
+	token, err := embedded.ReadToken(embedded.TokenFile(dataDir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The server requires its token; a URL's user information carries it.
+	e.url = strings.Replace(srv.ClientURL(), "nats://", "nats://"+token+"@", 1)
 	e.init()
 	return e
 }

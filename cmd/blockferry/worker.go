@@ -68,6 +68,7 @@ func newWorkerCommand(g *globals) *cobra.Command {
 				}
 				defer srv.Shutdown()
 				n.conn.URLs = srv.ClientURL()
+				n.tokenFile = embedded.TokenFile(dataDir)
 				log.Info("embedded NATS JetStream", zap.String("url", n.conn.URLs), zap.String("store", filepath.Join(dataDir, "nats")))
 			}
 			nc, js, err := n.connect("blockferry-worker-" + name)
