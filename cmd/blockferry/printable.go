@@ -27,4 +27,3 @@ func printable(s string) string {
 }
 
 func notPrintable(r rune) bool { return !unicode.IsPrint(r) || r == utf8.RuneError }
-
