@@ -97,3 +97,29 @@ func TestPrintable(t *testing.T) {
 		t.Errorf("printable = %q", got)
 	}
 }
+
+// TestShippedWorkerConfig: deploy/systemd/worker.yaml, which the unit uses, is a
+// configuration the worker accepts, with its repository table and allow-lists.
+func TestShippedWorkerConfig(t *testing.T) {
+	file := filepath.Join(testutil.RepoRoot(), "deploy", "systemd", "worker.yaml")
+	root := newRootCommand()
+	cmd, _, err := root.Find([]string{"worker"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("BLOCKFERRY_DATA_DIR", "") // the file's value, not this shell's
+	if err := applyConfig(cmd, file); err != nil {
+		t.Fatal(err)
+	}
+	get := func(name string) string { return cmd.Flags().Lookup(name).Value.String() }
+	if get("data-dir") != "/var/lib/blockferry" || get("allow-source") != "[nbd+unix:///*?socket=/run/blockferry/*.sock]" {
+		t.Errorf("data-dir %s, allow-source %s", get("data-dir"), get("allow-source"))
+	}
+	var pf policyFlags
+	pf.defaultName = "default"
+	pf.sources, _ = cmd.Flags().GetStringSlice("allow-source")
+	pf.targets, _ = cmd.Flags().GetStringSlice("allow-target")
+	if _, err := pf.policy(file, "file:///unused", nil); err != nil {
+		t.Fatal(err)
+	}
+}
