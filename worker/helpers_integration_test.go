@@ -639,7 +639,8 @@ func (e *env) startWorkerProc(name string, args ...string) *proc {
 	}
 	all := append([]string{"worker", "--nats-url", e.url, "--data-dir", filepath.Join(e.dir, "data-"+name),
 		"--repository", e.repo, "--name", name, "--concurrency", "2", "--log-level", "info",
-		"--allow-source", "file://" + e.dir + "/**", "--allow-target", "file://" + e.dir + "/**"}, args...)
+		"--allow-source", "file://" + e.dir + "/**", "--allow-source", "nbd+unix:///*?socket=" + filepath.Dir(e.dir) + "/**", // the test's temporary directories
+		"--allow-target", "file://" + e.dir + "/**"}, args...)
 	p.cmd = exec.Command(bin, all...)
 	p.cmd.Env = cleanEnv()
 	p.cmd.Stdout, p.cmd.Stderr = logFile, logFile
