@@ -31,6 +31,7 @@ type Failure struct {
 // Error codes of failed events (docs/JOBS.md).
 const (
 	CodeInvalidJob        = "invalid_job"
+	CodeForbidden         = "forbidden"
 	CodeSourceUnreachable = "source_unreachable"
 	CodeSourceInvalid     = "source_invalid"
 	CodeTargetInvalid     = "target_invalid"
@@ -82,6 +83,7 @@ func as[T error](err error) bool {
 // errors) is retried.
 var classes = []class{
 	{is(ErrInvalid), CodeInvalidJob, false},
+	{is(ErrForbidden), CodeForbidden, false},
 	{is(ErrDeliveriesExhausted), CodeExhausted, false},
 	{is(backends.ErrUnsupportedScheme), CodeInvalidJob, false},
 	{is(backends.ErrInvalidSource), CodeSourceInvalid, false},

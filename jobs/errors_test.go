@@ -67,6 +67,7 @@ func TestClassify(t *testing.T) {
 		retryable bool
 	}{
 		{"invalid job", open(fmt.Errorf("%w: job j1 names no repository and the worker has no default", ErrInvalid)), CodeInvalidJob, false},
+		{"forbidden by the worker's policy", open(fmt.Errorf("%w: source %q is not in the worker's allow-list", ErrForbidden, "file:///etc/shadow")), CodeForbidden, false},
 		{"deliveries exhausted", open(fmt.Errorf("job j1: %w", ErrDeliveriesExhausted)), CodeExhausted, false},
 		{"unsupported source scheme", source("ftp://host/disk"), CodeInvalidJob, false},
 		{"a directory as file:// source", source("file://" + dir), CodeSourceInvalid, false},

@@ -45,6 +45,7 @@ type runnerConfig struct {
 	onSource    backends.SourceObserver
 	onStore     sinks.StoreObserver
 	resume      bool
+	policy      *Policy
 }
 
 // WithResume makes backups keep a checkpoint under their job id, so that a retry
@@ -101,12 +102,9 @@ func (r *Runner) Run(ctx context.Context, s Spec, progress *Progress) (Result, e
 	if progress == nil {
 		progress = NewProgress()
 	}
-	repoURI := s.Repository
-	if repoURI == "" {
-		repoURI = r.cfg.repository
-	}
-	if repoURI == "" {
-		return Result{}, fmt.Errorf("%w: job %s names no repository and the worker has no default", ErrInvalid, s.ID)
+	r, s, repoURI, err := r.forJob(s)
+	if err != nil {
+		return Result{}, err
 	}
 	store, err := sinks.OpenStore(ctx, repoURI)
 	if err != nil {
@@ -121,6 +119,11 @@ func (r *Runner) Run(ctx context.Context, s Spec, progress *Progress) (Result, e
 		repo, err := repository.Open(ctx, store, r.cfg.key)
 		if err != nil {
 			return Result{}, err
+		}
+		if len(r.cfg.key) > 0 && !repo.Encrypted() {
+			// Backups the worker wrote are encrypted: an unencrypted repository
+			// under its name is not one it wrote to.
+			return Result{}, fmt.Errorf("%s: %w: the repository is not encrypted but a key is configured; refusing to read it", repo.Location(), repository.ErrWrongKey)
 		}
 		m, err := repo.Manifest(ctx, s.Backup)
 		if err != nil {

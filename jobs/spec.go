@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"reflect"
 	"regexp"
 	"strings"
 
@@ -55,6 +56,8 @@ type Spec struct {
 type Endpoint struct {
 	URI    string `json:"uri"`
 	Bitmap string `json:"bitmap,omitempty"`
+	// Overwrite lets a restore write over an existing file or block device.
+	Overwrite bool `json:"overwrite,omitempty"`
 }
 
 // Options tune a job; zero values take the worker's defaults.
@@ -86,6 +89,10 @@ func decodeSpec(data []byte) (Spec, error) {
 	if len(data) > MaxSpecBytes {
 		return s, fmt.Errorf("%w: job is %d bytes, at most %d are accepted", ErrInvalid, len(data), MaxSpecBytes)
 	}
+	if err := checkKeys(data, reflect.TypeFor[Spec]()); err != nil {
+		s.ID = peekID(data)
+		return s, fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&s); err != nil {
@@ -96,18 +103,6 @@ func decodeSpec(data []byte) (Spec, error) {
 		return s, fmt.Errorf("%w: data after the job object", ErrInvalid)
 	}
 	return s, s.Validate()
-}
-
-// peekID reads the id of a job that does not decode, if it can, and only if it is a
-// valid id: a failure event may then name it.
-func peekID(data []byte) string {
-	var v struct {
-		ID string `json:"id"`
-	}
-	if json.Unmarshal(data, &v) != nil {
-		return ""
-	}
-	return v.ID
 }
 
 func validID(id string) error {

@@ -114,7 +114,7 @@ func followJob(ctx context.Context, g *globals, c *worker.Client, id string, out
 		}
 		return nil
 	case worker.EventFailed:
-		return fmt.Errorf("job %s failed: %s: %s", id, last.Data.Error.Code, last.Data.Error.Message)
+		return fmt.Errorf("job %s failed: %s: %s", id, last.Data.Error.Code, printable(last.Data.Error.Message))
 	default:
 		return fmt.Errorf("job %s %s", id, strings.TrimPrefix(last.Type, "io.blockferry.job."))
 	}
@@ -178,7 +178,7 @@ func newWatchCommand(g *globals) *cobra.Command {
 				if g.json {
 					enc.Encode(ev)
 				} else {
-					fmt.Fprintln(cmd.OutOrStdout(), eventLine(ev))
+					fmt.Fprintln(cmd.OutOrStdout(), printable(eventLine(ev)))
 				}
 				return true
 			})
@@ -213,7 +213,7 @@ func newStatusCommand(g *globals) *cobra.Command {
 			if st.Error != nil {
 				human += fmt.Sprintf(": %s: %s", st.Error.Code, st.Error.Message)
 			}
-			return g.print(cmd.OutOrStdout(), st, human+"\n")
+			return g.print(cmd.OutOrStdout(), st, printable(human)+"\n")
 		},
 	}
 	n.register(cmd.Flags(), clientNATSURL)

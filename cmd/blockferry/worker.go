@@ -43,6 +43,7 @@ func newWorkerCommand(g *globals) *cobra.Command {
 		grace       time.Duration
 		logLevel    string
 		httpAddr    string
+		pol         policyFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "worker",
@@ -67,6 +68,7 @@ func newWorkerCommand(g *globals) *cobra.Command {
 				}
 				defer srv.Shutdown()
 				n.conn.URLs = srv.ClientURL()
+				n.tokenFile = embedded.TokenFile(dataDir)
 				log.Info("embedded NATS JetStream", zap.String("url", n.conn.URLs), zap.String("store", filepath.Join(dataDir, "nats")))
 			}
 			nc, js, err := n.connect("blockferry-worker-" + name)
@@ -79,6 +81,10 @@ func newWorkerCommand(g *globals) *cobra.Command {
 				repo = "file://" + filepath.Join(dataDir, "repository")
 			}
 			key, err := g.key()
+			if err != nil {
+				return err
+			}
+			policy, err := pol.policy(g.configFile, repo, key)
 			if err != nil {
 				return err
 			}
@@ -97,7 +103,7 @@ func newWorkerCommand(g *globals) *cobra.Command {
 			m := metrics.New()
 			runner := jobs.NewRunner(jobs.WithDefaultRepository(repo), jobs.WithKey(key), jobs.WithConcurrency(concurrency),
 				jobs.WithRateLimiter(limiter), jobs.WithLogger(log), jobs.WithObservers(m.ObserveSource, m.ObserveStore),
-				jobs.WithResume(), jobs.WithMemoryBudget(budget))
+				jobs.WithResume(), jobs.WithMemoryBudget(budget), jobs.WithPolicy(policy))
 			w, err := worker.New(js, runner, worker.WithTopology(n.topo), worker.WithName(name), worker.WithJobs(slots),
 				worker.WithGracePeriod(grace), worker.WithLogger(log), worker.WithMetrics(m))
 			if err != nil {
@@ -161,6 +167,7 @@ func newWorkerCommand(g *globals) *cobra.Command {
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&httpAddr, "http", "", "address for /metrics, /healthz and /readyz, e.g. 0.0.0.0:9090 (off when empty)")
 	settings(f)
+	pol.register(f)
 	return cmd
 }
 

@@ -38,9 +38,10 @@ qemu-img bitmap --add "$work/disk.qcow2" chk1
 qemu-img convert -O raw "$work/disk.qcow2" "$work/at-full.raw"
 
 say "A worker with embedded NATS JetStream (store and repository under $work/data)"
-"$bf" worker --data-dir "$work/data" --listen "127.0.0.1:$port" --name demo-worker --log-level warn &
+"$bf" worker --data-dir "$work/data" --listen "127.0.0.1:$port" --name demo-worker --log-level warn \
+	--allow-target "file://$work/*" &
 worker_pid=$!
-nats=(--nats-url "nats://127.0.0.1:$port")
+nats=(--nats-url "nats://127.0.0.1:$port" --nats-token-file "$work/data/nats.token")
 for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
 
 say "Submit a full backup and follow it"

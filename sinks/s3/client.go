@@ -72,6 +72,9 @@ func newClient(ctx context.Context, c uriConfig) (*s3.Client, error) {
 	if c.region != "" {
 		opts = append(opts, config.WithRegion(c.region))
 	}
+	if c.profile != "" {
+		opts = append(opts, config.WithSharedConfigProfile(c.profile))
+	}
 	cfg, err := config.LoadDefaultConfig(ctx, opts...)
 	if err != nil {
 		return nil, &storeError{msg: fmt.Sprintf("%s: loading AWS configuration: %v", c.name, err), kind: sinks.ErrInvalidLocation, err: err}

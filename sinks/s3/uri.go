@@ -18,6 +18,7 @@ type uriConfig struct {
 	endpoint  string // "" for AWS
 	region    string // "" to take it from the AWS configuration
 	pathStyle bool
+	profile   string // AWS shared-config profile; "" for the default chain
 }
 
 // parseURI reads an s3:// URI: the host is the bucket, the path a key prefix, and
@@ -63,6 +64,8 @@ func (c *uriConfig) parseQuery(q url.Values) error {
 			c.endpoint = v
 		case "region":
 			c.region = v
+		case "profile":
+			c.profile = v
 		case "path_style":
 			b, err := strconv.ParseBool(v)
 			if err != nil {
@@ -72,7 +75,7 @@ func (c *uriConfig) parseQuery(q url.Values) error {
 		default:
 			// Refuse rather than ignore: a mistyped "endpiont" would otherwise send
 			// backups to AWS.
-			return invalid("%s: unknown parameter %q (want endpoint, region, path_style)", c.name, k)
+			return invalid("%s: unknown parameter %q (want endpoint, region, path_style, profile)", c.name, k)
 		}
 	}
 	if !pathStyleSet {

@@ -26,6 +26,7 @@ func TestParseURI(t *testing.T) {
 		{uri: "s3://bkt?endpoint=https://s3.example.com&path_style=false", want: uriConfig{bucket: "bkt", name: "s3://bkt",
 			location: "s3://bkt?endpoint=https://s3.example.com&path_style=false", endpoint: "https://s3.example.com"}},
 		{uri: "s3://bkt?path_style=1", want: uriConfig{bucket: "bkt", name: "s3://bkt", location: "s3://bkt?path_style=1", pathStyle: true}},
+		{uri: "s3://bkt?region=eu-west-1&profile=tenant-b", want: uriConfig{bucket: "bkt", name: "s3://bkt", location: "s3://bkt?region=eu-west-1&profile=tenant-b", region: "eu-west-1", profile: "tenant-b"}},
 		// A repeated parameter counts with its last value.
 		{uri: "s3://bkt?region=a&region=b", want: uriConfig{bucket: "bkt", name: "s3://bkt", location: "s3://bkt?region=a&region=b", region: "b"}},
 
