@@ -7,10 +7,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"path"
 	"reflect"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -298,7 +298,9 @@ func (r *Repository) Manifest(ctx context.Context, id string) (*Manifest, error)
 func (r *Repository) Backups(ctx context.Context, disk string) ([]*Manifest, error) {
 	var ids []string
 	err := r.store.List(ctx, backupsPrefix, func(name string) error {
-		id := path.Base(name)
+		// Only names directly under backups/ are manifests: "backups/x/id" is not
+		// ours (docs/FORMAT.md), and ValidID refuses the '/' it would keep.
+		id := strings.TrimPrefix(name, backupsPrefix)
 		if ValidID(id) {
 			ids = append(ids, id)
 		}

@@ -1,0 +1,45 @@
+package repository
+
+import (
+	"context"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/blockferry/blockferry/sinks/file"
+)
+
+// TestBackupsIgnoreUnknownNames: only objects directly under backups/ with a valid
+// backup id are manifests (docs/FORMAT.md); a listing skips every other name there,
+// even one that ends in the id of a stored backup.
+func TestBackupsIgnoreUnknownNames(t *testing.T) {
+	ctx := context.Background()
+	store, err := file.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	repo, err := Init(ctx, store, InitOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := &Manifest{ID: "01B", Disk: "vm1/vda", Kind: "full", Started: time.Now(), Size: 0, ChunkSize: DefaultChunkSize}
+	if err := repo.PutManifest(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"backups/old/01B", "backups/old/01C", "backups/notes~", "backups/-x"} {
+		if err := store.Put(ctx, name, []byte("not a manifest")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	list, err := repo.Backups(ctx, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for _, b := range list {
+		ids = append(ids, b.ID)
+	}
+	if !slices.Equal(ids, []string{"01B"}) {
+		t.Fatalf("backups %v, want [01B]", ids)
+	}
+}
