@@ -6,22 +6,30 @@ import (
 	"testing"
 	"time"
 
+	"github.com/blockferry/blockferry/sinks"
 	"github.com/blockferry/blockferry/sinks/file"
 )
+
+// newFileRepository is a new unencrypted repository in a temporary directory.
+func newFileRepository(t *testing.T) (*Repository, sinks.Store) {
+	t.Helper()
+	store, err := file.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	repo, err := Init(context.Background(), store, InitOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return repo, store
+}
 
 // TestBackupsIgnoreUnknownNames: only objects directly under backups/ with a valid
 // backup id are manifests (docs/FORMAT.md); a listing skips every other name there,
 // even one that ends in the id of a stored backup.
 func TestBackupsIgnoreUnknownNames(t *testing.T) {
 	ctx := context.Background()
-	store, err := file.Open(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	repo, err := Init(ctx, store, InitOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	repo, store := newFileRepository(t)
 	m := &Manifest{ID: "01B", Disk: "vm1/vda", Kind: "full", Started: time.Now(), Size: 0, ChunkSize: DefaultChunkSize}
 	if err := repo.PutManifest(ctx, m); err != nil {
 		t.Fatal(err)
