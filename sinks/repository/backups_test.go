@@ -17,7 +17,7 @@ func newFileRepository(t *testing.T) (*Repository, sinks.Store) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	repo, err := Init(context.Background(), store, InitOptions{})
+	repo, err := Init(context.Background(), store, InitOptions{ChunkSize: 4 << 20, Compression: "zstd"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -30,7 +30,7 @@ func newFileRepository(t *testing.T) (*Repository, sinks.Store) {
 func TestBackupsIgnoreUnknownNames(t *testing.T) {
 	ctx := context.Background()
 	repo, store := newFileRepository(t)
-	m := &Manifest{ID: "01B", Disk: "vm1/vda", Kind: "full", Started: time.Now(), Size: 0, ChunkSize: DefaultChunkSize}
+	m := &Manifest{ID: "01B", Disk: "vm1/vda", Kind: "full", Started: time.Now(), Size: 0, ChunkSize: 4 << 20}
 	if err := repo.PutManifest(ctx, m); err != nil {
 		t.Fatal(err)
 	}

@@ -54,22 +54,19 @@ type Repository struct {
 	sealBufs sync.Pool
 }
 
-// InitOptions are the parameters of a new repository.
+// InitOptions are the parameters of a new repository. The format has no defaults:
+// its callers choose (jobs.DefaultChunkSize, jobs.DefaultCompression).
 type InitOptions struct {
 	// Key, when not empty, makes the repository encrypted with this key material.
-	Key         []byte
-	ChunkSize   int64
+	Key []byte
+	// ChunkSize is the default chunk size of the repository's backups.
+	ChunkSize int64
+	// Compression of the repository's backups: "zstd" or "none".
 	Compression string
 }
 
 // Init creates a repository on store. It fails with sinks.ErrExists if one is there.
 func Init(ctx context.Context, store sinks.Store, o InitOptions) (*Repository, error) {
-	if o.ChunkSize == 0 {
-		o.ChunkSize = DefaultChunkSize
-	}
-	if o.Compression == "" {
-		o.Compression = "zstd"
-	}
 	id := make([]byte, 16)
 	rand.Read(id)
 	cfg := &Config{
@@ -152,9 +149,6 @@ func (r *Repository) Encrypted() bool { return r.cfg.Encryption != nil }
 // Location names the store, for messages.
 func (r *Repository) Location() string { return r.store.Location() }
 
-// ChunkID computes the id of a chunk's plaintext.
-func (r *Repository) ChunkID(data []byte) ChunkID { return r.codec.ID(data) }
-
 // PutResult says what PutChunk did.
 type PutResult struct {
 	ID ChunkID
@@ -224,11 +218,6 @@ func (r *Repository) GetChunk(ctx context.Context, id ChunkID, buf []byte) ([]by
 		return nil, fmt.Errorf("chunk %s: %w: content does not match its id", id, ErrCorrupt)
 	}
 	return data, nil
-}
-
-// HasChunk reports whether the chunk is stored, without reading it.
-func (r *Repository) HasChunk(ctx context.Context, id ChunkID) (bool, error) {
-	return r.store.Exists(ctx, chunkName(id))
 }
 
 // PutManifest writes a backup's manifest. It never overwrites one: a second write
