@@ -61,6 +61,13 @@ func Backup(ctx context.Context, repo *repository.Repository, src backends.Sourc
 	if err != nil {
 		return nil, err
 	}
+	// From here on the attempt writes through a repository that keeps it safe
+	// from concurrent garbage collection (repository.GCView).
+	repo, gcv, err := repo.BeginAttempt(ctx, p.Parent)
+	if err != nil {
+		return nil, err
+	}
+	defer gcv.End(ctx)
 	progress.bytesTotal.Store(m.Size)
 	rs, finished, err := resume(ctx, repo, m, p)
 	if err != nil {

@@ -147,9 +147,12 @@ func newLsCommand(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			list, err := repo.Backups(cmd.Context(), disk)
+			list, bad, err := repo.ListBackups(cmd.Context(), disk)
 			if err != nil {
 				return err
+			}
+			for _, o := range bad {
+				fmt.Fprintf(cmd.ErrOrStderr(), "skipped %s: %s\n", o.Name, o.Error)
 			}
 			views := make([]map[string]any, 0, len(list))
 			var b strings.Builder
@@ -161,7 +164,7 @@ func newLsCommand(g *globals) *cobra.Command {
 					m.Completed.Format(time.RFC3339), bytesText(m.Size), bytesText(m.Stats.BytesWritten))
 			}
 			tw.Flush()
-			return g.print(cmd.OutOrStdout(), map[string]any{"backups": views}, b.String())
+			return g.print(cmd.OutOrStdout(), map[string]any{"backups": views, "skipped": bad}, b.String())
 		},
 	}
 	cmd.Flags().StringVar(&disk, "disk", "", "only the backups of this disk")

@@ -9,13 +9,10 @@ import (
 	"fmt"
 	"reflect"
 	"slices"
-	"sort"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/blockferry/blockferry/sinks"
-	"golang.org/x/sync/errgroup"
 	"golang.org/x/sync/singleflight"
 )
 
@@ -45,8 +42,18 @@ type Repository struct {
 	store sinks.Store
 	cfg   *Config
 	codec *codec
-	// known holds chunk ids this process has stored or seen stored, so that a
-	// chunk is looked up in the store at most once.
+	*chunkCache
+	// gc is set on the copy of a repository that one backup attempt writes
+	// through (BeginAttempt): it steers deduplication around condemned chunks.
+	gc *GCView
+}
+
+// chunkCache is what the repository and the attempts' copies of it share.
+type chunkCache struct {
+	// known maps chunk ids this process has stored or seen stored to when it
+	// asked the store (before the request), so that a chunk is looked up at most
+	// once, and an attempt trusts only what was learnt after it began (a chunk
+	// seen before may have been collected since).
 	known    sync.Map
 	inflight singleflight.Group
 	// sealBufs recycles the buffers chunks are sealed into: a backup seals one per
@@ -137,7 +144,7 @@ func newRepository(store sinks.Store, cfg *Config, keys *dataKeys) (*Repository,
 	if err != nil {
 		return nil, err
 	}
-	return &Repository{store: store, cfg: cfg, codec: c}, nil
+	return &Repository{store: store, cfg: cfg, codec: c, chunkCache: &chunkCache{}}, nil
 }
 
 // Config returns the repository's parameters.
@@ -158,41 +165,26 @@ type PutResult struct {
 
 // PutChunk stores a chunk unless the repository already has it. Concurrent puts of
 // the same content upload it once. compress asks for zstd; a chunk it does not
-// shrink is stored as it is.
+// shrink is stored as it is. Through a backup attempt's repository
+// (BeginAttempt), a chunk that garbage collection has condemned is uploaded again
+// even when it is stored, so that its new modification time keeps it.
 func (r *Repository) PutChunk(ctx context.Context, data []byte, compress bool) (PutResult, error) {
 	id := r.codec.ID(data)
-	if _, ok := r.known.Load(id); ok {
+	condemned := r.gc.condemnedChunk(id)
+	if !condemned && r.knownSince(id) {
 		return PutResult{ID: id}, nil
+	}
+	key := id.String()
+	if condemned {
+		key += "+condemned" // never shares the answer of a plain lookup
 	}
 	// Only the caller whose function runs uploads; the others share its result and
 	// count the chunk as deduplicated. (singleflight's shared flag is set for the
 	// leader too, so it cannot tell them apart.)
 	leader := false
-	v, err, _ := r.inflight.Do(id.String(), func() (any, error) {
+	v, err, _ := r.inflight.Do(key, func() (any, error) {
 		leader = true
-		name := chunkName(id)
-		ok, err := r.store.Exists(ctx, name)
-		if err != nil {
-			return 0, err
-		}
-		if ok {
-			r.known.Store(id, struct{}{})
-			return 0, nil
-		}
-		buf, _ := r.sealBufs.Get().(*[]byte)
-		if buf == nil {
-			buf = new([]byte)
-		}
-		obj := r.codec.Seal(*buf, data, chunkAAD(id), compress)
-		if err := r.store.Put(ctx, name, obj); err != nil {
-			// Not recycled: after a failed request an HTTP transport may still be
-			// reading the body.
-			return 0, err
-		}
-		*buf = obj
-		r.sealBufs.Put(buf) // a store keeps nothing of data after a successful Put
-		r.known.Store(id, struct{}{})
-		return len(obj), nil
+		return r.putChunk(ctx, id, data, compress, condemned)
 	})
 	if err != nil {
 		return PutResult{ID: id}, fmt.Errorf("store chunk %s: %w", id, err)
@@ -200,7 +192,50 @@ func (r *Repository) PutChunk(ctx context.Context, data []byte, compress bool) (
 	if !leader {
 		return PutResult{ID: id}, nil
 	}
+	if condemned {
+		r.gc.reuploaded(id)
+	}
 	return PutResult{ID: id, Stored: v.(int)}, nil
+}
+
+// knownSince reports whether the chunk was seen stored late enough for this
+// repository (any time; for an attempt, after it began).
+func (r *Repository) knownSince(id ChunkID) bool {
+	v, ok := r.known.Load(id)
+	return ok && (r.gc == nil || !v.(time.Time).Before(r.gc.started))
+}
+
+func (r *Repository) putChunk(ctx context.Context, id ChunkID, data []byte, compress, upload bool) (int, error) {
+	asked := time.Now()
+	name := chunkName(id)
+	if !upload {
+		ok, err := r.store.Exists(ctx, name)
+		if err != nil {
+			return 0, err
+		}
+		if ok {
+			r.known.Store(id, asked)
+			return 0, nil
+		}
+	}
+	buf, _ := r.sealBufs.Get().(*[]byte)
+	if buf == nil {
+		buf = new([]byte)
+	}
+	obj := r.codec.Seal(*buf, data, chunkAAD(id), compress)
+	if err := r.store.Put(ctx, name, obj); err != nil {
+		// Not recycled: after a failed request an HTTP transport may still be
+		// reading the body.
+		return 0, err
+	}
+	*buf = obj
+	r.sealBufs.Put(buf) // a store keeps nothing of data after a successful Put
+	if !upload {
+		// A condemned chunk is not remembered: until the attempt's commit check,
+		// a sweep may still delete it.
+		r.known.Store(id, asked)
+	}
+	return len(obj), nil
 }
 
 // GetChunk reads a chunk and checks it against its id. The plaintext goes into
@@ -238,6 +273,9 @@ func (r *Repository) PutManifest(ctx context.Context, m *Manifest) error {
 		return fmt.Errorf("manifest %s: %d bytes is more than a reader accepts (%d): use a larger chunk size", m.ID, len(data), MaxMetadataSize)
 	}
 	obj := r.codec.Seal(nil, data, manifestAAD(m.ID), true)
+	if err := r.gc.beforeCommit(ctx); err != nil {
+		return fmt.Errorf("write manifest %s: %w", m.ID, err)
+	}
 	err = r.store.PutIfAbsent(ctx, manifestName(m.ID), obj)
 	if errors.Is(err, sinks.ErrExists) {
 		// A conditional put retried after a lost answer finds its own object: the
@@ -283,46 +321,9 @@ func (r *Repository) Manifest(ctx context.Context, id string) (*Manifest, error)
 }
 
 // Backups lists the backups of a disk, or of all disks when disk is empty, oldest
-// first.
+// first. Objects under backups/ that are not readable manifests are skipped;
+// ListBackups names them.
 func (r *Repository) Backups(ctx context.Context, disk string) ([]*Manifest, error) {
-	var ids []string
-	err := r.store.List(ctx, backupsPrefix, func(name string) error {
-		// Only names directly under backups/ are manifests: "backups/x/id" is not
-		// ours (docs/FORMAT.md), and ValidID refuses the '/' it would keep.
-		id := strings.TrimPrefix(name, backupsPrefix)
-		if ValidID(id) {
-			ids = append(ids, id)
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("list backups: %w", err)
-	}
-	all := make([]*Manifest, len(ids))
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(16)
-	for i, id := range ids {
-		g.Go(func() error {
-			m, err := r.Manifest(gctx, id)
-			all[i] = m
-			return err
-		})
-	}
-	if err := g.Wait(); err != nil {
-		return nil, err
-	}
-	var out []*Manifest
-	for _, m := range all {
-		if disk == "" || m.Disk == disk {
-			m.Chunks, m.Patches = nil, nil // a listing does not need the index
-			out = append(out, m)
-		}
-	}
-	sort.Slice(out, func(i, j int) bool {
-		if !out[i].Started.Equal(out[j].Started) {
-			return out[i].Started.Before(out[j].Started)
-		}
-		return out[i].ID < out[j].ID
-	})
-	return out, nil
+	list, _, err := r.ListBackups(ctx, disk)
+	return list, err
 }

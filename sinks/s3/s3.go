@@ -22,6 +22,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 
 	"github.com/blockferry/blockferry/sinks"
 )
@@ -235,6 +236,12 @@ func (s *Store) Exists(ctx context.Context, name string) (bool, error) {
 // List calls fn with every object name starting with prefix, a page of up to 1000
 // keys (ListObjectsV2) at a time.
 func (s *Store) List(ctx context.Context, prefix string, fn func(name string) error) error {
+	return s.ListInfo(ctx, prefix, func(o sinks.ObjectInfo) error { return fn(o.Name) })
+}
+
+// ListInfo is List with each object's size and LastModified (the server's clock,
+// to the second).
+func (s *Store) ListInfo(ctx context.Context, prefix string, fn func(sinks.ObjectInfo) error) error {
 	p := s3.NewListObjectsV2Paginator(s.client, &s3.ListObjectsV2Input{
 		Bucket: aws.String(s.bucket),
 		Prefix: aws.String(s.prefix + prefix),
@@ -251,7 +258,8 @@ func (s *Store) List(ctx context.Context, prefix string, fn func(name string) er
 			if strings.HasSuffix(key, "/") || !strings.HasPrefix(key, s.prefix) {
 				continue
 			}
-			if err := fn(strings.TrimPrefix(key, s.prefix)); err != nil {
+			info := sinks.ObjectInfo{Name: strings.TrimPrefix(key, s.prefix), Size: aws.ToInt64(obj.Size), ModTime: aws.ToTime(obj.LastModified)}
+			if err := fn(info); err != nil {
 				return err
 			}
 		}
@@ -272,6 +280,42 @@ func (s *Store) Delete(ctx context.Context, name string) error {
 			return nil
 		}
 		return err
+	}
+	return nil
+}
+
+// deleteBatch is the most keys one DeleteObjects request takes.
+const deleteBatch = 1000
+
+// DeleteObjects removes the named objects with DeleteObjects requests of up to
+// 1000 keys. Missing keys are not errors (S3 reports them deleted); the first key
+// the server refuses fails the call.
+func (s *Store) DeleteObjects(ctx context.Context, names []string) error {
+	for len(names) > 0 {
+		batch := names[:min(deleteBatch, len(names))]
+		names = names[len(batch):]
+		ids := make([]types.ObjectIdentifier, len(batch))
+		for i, name := range batch {
+			key, err := s.key(name)
+			if err != nil {
+				return err
+			}
+			ids[i] = types.ObjectIdentifier{Key: aws.String(key)}
+		}
+		out, err := s.client.DeleteObjects(ctx, &s3.DeleteObjectsInput{
+			Bucket: aws.String(s.bucket),
+			Delete: &types.Delete{Objects: ids, Quiet: aws.Bool(true)},
+		})
+		if err != nil {
+			return s.wrap("delete", batch[0], err)
+		}
+		for _, e := range out.Errors {
+			if aws.ToString(e.Code) == "NoSuchKey" {
+				continue
+			}
+			name := strings.TrimPrefix(aws.ToString(e.Key), s.prefix)
+			return fmt.Errorf("%s: delete %q: %s: %s", s.name, name, aws.ToString(e.Code), aws.ToString(e.Message))
+		}
 	}
 	return nil
 }
