@@ -118,8 +118,9 @@ ZERO: stored as zero markers            PATCHED: chunk positions of which only t
                                         changed 64 KiB blocks were read and stored
 LEGEND
 
-say "Backups in the repository"
+say "Backups in the repository, and what it stores for them"
 "$bf" ls --repository "$repo"
+"$bf" stats --repository "$repo"
 
 say "Restore both through the worker and compare with the disk as it was"
 status=0
