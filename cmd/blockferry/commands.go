@@ -15,18 +15,21 @@ import (
 )
 
 func newInitCommand(g *globals) *cobra.Command {
-	var chunkSize int64
+	chunkSize := jobs.ByteSize(jobs.DefaultChunkSize)
 	var compression string
 	cmd := &cobra.Command{
 		Use:   "init",
 		Short: "Create a repository (encrypted when a key is given); backup also creates one on first use",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := jobs.CheckChunkSize(chunkSize); err != nil {
+				return fmt.Errorf("--chunk-size: %w", err)
+			}
 			store, key, err := g.store(cmd.Context())
 			if err != nil {
 				return err
 			}
-			repo, err := repository.Init(cmd.Context(), store, repository.InitOptions{Key: key, ChunkSize: chunkSize, Compression: compression})
+			repo, err := repository.Init(cmd.Context(), store, repository.InitOptions{Key: key, ChunkSize: int64(chunkSize), Compression: compression})
 			if err != nil {
 				return err
 			}
@@ -35,7 +38,7 @@ func newInitCommand(g *globals) *cobra.Command {
 				fmt.Sprintf("created repository %s at %s (encrypted: %t)\n", cfg.ID, repo.Location(), repo.Encrypted()))
 		},
 	}
-	cmd.Flags().Int64Var(&chunkSize, "chunk-size", jobs.DefaultChunkSize, "default chunk size in bytes (power of two, 64 KiB to 64 MiB)")
+	cmd.Flags().Var(&chunkSize, "chunk-size", "default chunk size of the repository's backups (power of two, 64KiB to 64MiB)")
 	cmd.Flags().StringVar(&compression, "compression", jobs.DefaultCompression, "zstd or none")
 	return cmd
 }
