@@ -87,7 +87,7 @@ func backupSpec(id, uri, bitmap, parent string) jobs.Spec {
 	return jobs.Spec{
 		SpecVersion: jobs.SpecVersion, ID: id, Kind: jobs.KindBackup, Disk: "vm1/vda",
 		Source: &jobs.Endpoint{URI: uri, Bitmap: bitmap}, Parent: parent,
-		Options: jobs.Options{ChunkSize: chunkSize, Concurrency: 4},
+		Options: jobs.Options{ChunkSize: jobs.ByteSize(chunkSize), Concurrency: 4},
 	}
 }
 

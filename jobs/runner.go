@@ -158,7 +158,7 @@ func (r *Runner) Run(ctx context.Context, s Spec, progress *Progress) (Result, e
 
 func (r *Runner) backup(ctx context.Context, store sinks.Store, s Spec, lim Limits, progress *Progress) (Result, error) {
 	repo, err := repository.OpenOrInit(ctx, store, repository.InitOptions{Key: r.cfg.key,
-		ChunkSize: cmp.Or(s.Options.ChunkSize, DefaultChunkSize), Compression: cmp.Or(s.Options.Compression, DefaultCompression)})
+		ChunkSize: int64(cmp.Or(s.Options.ChunkSize, DefaultChunkSize)), Compression: cmp.Or(s.Options.Compression, DefaultCompression)})
 	if err != nil {
 		return Result{}, err
 	}
@@ -182,7 +182,7 @@ func (r *Runner) backup(ctx context.Context, store sinks.Store, s Spec, lim Limi
 		return Result{}, err
 	}
 	defer src.Close()
-	if err := checkSourceSize(src, s.Source.URI, repo, s.Options.ChunkSize, parent); err != nil {
+	if err := checkSourceSize(src, s.Source.URI, repo, int64(s.Options.ChunkSize), parent); err != nil {
 		return Result{}, err
 	}
 	src = backends.RateLimited(src, r.cfg.limiter)
@@ -192,7 +192,7 @@ func (r *Runner) backup(ctx context.Context, store sinks.Store, s Spec, lim Limi
 	}
 	m, err := Backup(ctx, repo, src, BackupParams{
 		JobID: s.ID, Resume: r.cfg.resume, Source: s.Source.URI, Disk: s.Disk, Bitmap: s.Source.Bitmap, Parent: parent, Labels: s.Labels,
-		ChunkSize: s.Options.ChunkSize, Limits: lim, Log: r.cfg.log,
+		ChunkSize: int64(s.Options.ChunkSize), Limits: lim, Log: r.cfg.log,
 		Compress: s.Options.Compression != "none" && (s.Options.Compression == "zstd" || repo.Config().Compression == "zstd"),
 	}, progress)
 	if err != nil {

@@ -85,7 +85,7 @@ func followJob(ctx context.Context, g *globals, c *worker.Client, id string, out
 			return true
 		}
 		if ev.Type == worker.EventProgress {
-			line := progressLine(ev.Data)
+			line := progressLine(eventProgress(ev.Data))
 			if tty {
 				fmt.Fprintf(errOut, "\r%s", line)
 			} else {
@@ -120,7 +120,16 @@ func followJob(ctx context.Context, g *globals, c *worker.Client, id string, out
 	}
 }
 
-func progressLine(d worker.EventData) string {
+// eventProgress is the progress a worker's event reports.
+func eventProgress(d worker.EventData) jobs.ProgressSnapshot {
+	return jobs.ProgressSnapshot{BytesTotal: d.BytesTotal, BytesDone: d.BytesDone, BytesWritten: d.BytesWritten,
+		BytesDeduplicated: d.BytesDeduplicated, RateBytesPerSec: d.RateBytesPerSec, ETASeconds: d.ETASeconds}
+}
+
+// progressLine is a job's progress as one line: bar, percentage, bytes done of
+// the total, rate and ETA. `submit --wait` draws it from a worker's events, the
+// commands that run a job here from the job's own counters.
+func progressLine(d jobs.ProgressSnapshot) string {
 	pct := 0.0
 	if d.BytesTotal > 0 {
 		pct = 100 * float64(d.BytesDone) / float64(d.BytesTotal)
@@ -137,7 +146,7 @@ func eventLine(ev worker.Event) string {
 		d.JobID, d.Kind, d.Attempt, d.Worker)
 	switch {
 	case ev.Type == worker.EventProgress:
-		s += " " + progressLine(d)
+		s += " " + progressLine(eventProgress(d))
 	case d.Error != nil:
 		s += fmt.Sprintf(": %s: %s", d.Error.Code, d.Error.Message)
 		if d.RetryIn > 0 {

@@ -39,7 +39,7 @@ func TestBackupsIgnoreUnknownNames(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	list, err := repo.Backups(ctx, "")
+	list, _, err := repo.ListBackups(ctx, "")
 	if err != nil {
 		t.Fatal(err)
 	}
