@@ -27,6 +27,11 @@ type BackupParams struct {
 	// Parent is the backup an incremental is taken against; nil for a full backup.
 	Parent *repository.Manifest
 	Labels map[string]string
+	// Checkpoint is the checkpoint the backup starts, recorded in its manifest.
+	Checkpoint string
+	// FallbackReason is set when the job asked for an incremental whose chain is
+	// broken and this full backup stands in for it (chain.go).
+	FallbackReason string
 	// ChunkSize of a full backup; 0 takes the repository's. An incremental always
 	// uses its parent's.
 	ChunkSize int64
@@ -100,6 +105,7 @@ func newManifest(repo *repository.Repository, src backends.Source, p BackupParam
 	m := &repository.Manifest{
 		Version: repository.ManifestVersion, ID: p.ID, JobID: p.JobID, Disk: p.Disk, Kind: "full",
 		Labels: p.Labels, Started: time.Now().UTC(), Size: src.Size(), ChunkSize: p.ChunkSize,
+		Checkpoint: p.Checkpoint, FallbackReason: p.FallbackReason,
 	}
 	if m.ID == "" {
 		m.ID = NewBackupID()

@@ -34,6 +34,7 @@ const (
 	CodeBitmapNotFound    = "bitmap_not_found"
 	CodeParentNotFound    = "parent_not_found"
 	CodeParentMismatch    = "parent_mismatch"
+	CodeCheckpoint        = "checkpoint_mismatch"
 	CodeBackupNotFound    = "backup_not_found"
 	CodeRepositoryMissing = "repository_not_found"
 	CodeAccessDenied      = "access_denied"
@@ -61,6 +62,7 @@ var classes = []struct {
 	{backends.ErrUnsupportedScheme, CodeInvalidJob, false},
 	{ErrParentNotFound, CodeParentNotFound, false},
 	{ErrParentMismatch, CodeParentMismatch, false},
+	{ErrCheckpointMismatch, CodeCheckpoint, false},
 	{backends.ErrNoBitmap, CodeBitmapNotFound, false},
 	{backends.ErrTooSmall, CodeTargetTooSmall, false},
 	{repository.ErrBackupNotFound, CodeBackupNotFound, false},
