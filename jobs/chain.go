@@ -96,7 +96,9 @@ func (r *Runner) startChain(ctx context.Context, repo *repository.Repository, s 
 		return chainStart{src: src, parent: parent}, nil
 	}
 	if failing {
-		src.Close()
+		if src != nil {
+			src.Close()
+		}
 		return chainStart{}, broken.err
 	}
 	if src == nil { // a full backup reads no bitmap; a source opened with one serves as well
