@@ -55,7 +55,8 @@ var (
 // cancelled leaves no manifest, and its stored chunks are reused by the next try.
 //
 // p comes from a valid spec (Runner): Bitmap and Parent are set together, for an
-// incremental, or neither. Backup checks what only it can see: that the parent
+// incremental, or neither; a full backup that stands in for a broken incremental
+// (FallbackReason) may keep the Bitmap, which it ignores. Backup checks what only it can see: that the parent
 // is a backup of the same disk at the source's size, and that the chunk size it
 // takes (the parent's, p's or the repository's) is one the format supports.
 func Backup(ctx context.Context, repo *repository.Repository, src backends.Source, p BackupParams, progress *Progress) (*repository.Manifest, error) {
