@@ -27,6 +27,11 @@ type BackupParams struct {
 	// Parent is the backup an incremental is taken against; nil for a full backup.
 	Parent *repository.Manifest
 	Labels map[string]string
+	// Checkpoint is the checkpoint the backup starts, recorded in its manifest.
+	Checkpoint string
+	// FallbackReason is set when the job asked for an incremental whose chain is
+	// broken and this full backup stands in for it (chain.go).
+	FallbackReason string
 	// ChunkSize of a full backup; 0 takes the repository's. An incremental always
 	// uses its parent's.
 	ChunkSize int64
@@ -50,7 +55,8 @@ var (
 // cancelled leaves no manifest, and its stored chunks are reused by the next try.
 //
 // p comes from a valid spec (Runner): Bitmap and Parent are set together, for an
-// incremental, or neither. Backup checks what only it can see: that the parent
+// incremental, or neither; a full backup that stands in for a broken incremental
+// (FallbackReason) may keep the Bitmap, which it ignores. Backup checks what only it can see: that the parent
 // is a backup of the same disk at the source's size, and that the chunk size it
 // takes (the parent's, p's or the repository's) is one the format supports.
 func Backup(ctx context.Context, repo *repository.Repository, src backends.Source, p BackupParams, progress *Progress) (*repository.Manifest, error) {
@@ -100,6 +106,7 @@ func newManifest(repo *repository.Repository, src backends.Source, p BackupParam
 	m := &repository.Manifest{
 		Version: repository.ManifestVersion, ID: p.ID, JobID: p.JobID, Disk: p.Disk, Kind: "full",
 		Labels: p.Labels, Started: time.Now().UTC(), Size: src.Size(), ChunkSize: p.ChunkSize,
+		Checkpoint: p.Checkpoint, FallbackReason: p.FallbackReason,
 	}
 	if m.ID == "" {
 		m.ID = NewBackupID()

@@ -262,14 +262,17 @@ func TestBackupErrors(t *testing.T) {
 	defer stop()
 	other := backupSpec("other-disk", uri, "b1", full.ID)
 	other.Disk = "vm2/vdb"
+	// A missing bitmap or parent breaks the chain: the job fails with the option
+	// that says so, and takes a full backup without it (chain_integration_test.go).
+	failing := func(s jobs.Spec) jobs.Spec { s.Options.OnBrokenChain = jobs.OnBrokenChainFail; return s }
 	cases := []struct {
 		name string
 		spec jobs.Spec
 		code string
 	}{
 		{"missing socket", backupSpec("nosock", "nbd+unix:///?socket="+filepath.Join(t.TempDir(), "none.sock"), "", ""), jobs.CodeSourceUnreachable},
-		{"unknown bitmap", backupSpec("nobitmap", uri, "nope", full.ID), jobs.CodeBitmapNotFound},
-		{"missing parent", backupSpec("noparent", uri, "b1", "01JDXXXXXXXXXXXXXXXXXXXXXX"), jobs.CodeParentNotFound},
+		{"unknown bitmap", failing(backupSpec("nobitmap", uri, "nope", full.ID)), jobs.CodeBitmapNotFound},
+		{"missing parent", failing(backupSpec("noparent", uri, "b1", "01JDXXXXXXXXXXXXXXXXXXXXXX")), jobs.CodeParentNotFound},
 		{"parent of another disk", other, jobs.CodeParentMismatch},
 	}
 	for _, c := range cases {

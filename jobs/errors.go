@@ -38,6 +38,7 @@ const (
 	CodeBitmapNotFound    = "bitmap_not_found"
 	CodeParentNotFound    = "parent_not_found"
 	CodeParentMismatch    = "parent_mismatch"
+	CodeCheckpoint        = "checkpoint_mismatch"
 	CodeBackupNotFound    = "backup_not_found"
 	CodeChunkMissing      = "chunk_missing"
 	CodeRepositoryMissing = "repository_not_found"
@@ -90,6 +91,7 @@ var classes = []class{
 	{is(backends.ErrInvalidTarget), CodeTargetInvalid, false},
 	{is(ErrParentNotFound), CodeParentNotFound, false},
 	{is(ErrParentMismatch), CodeParentMismatch, false},
+	{is(ErrCheckpointMismatch), CodeCheckpoint, false},
 	{is(backends.ErrNoBitmap), CodeBitmapNotFound, false},
 	{is(backends.ErrTooSmall), CodeTargetTooSmall, false},
 	{is(repository.ErrBackupNotFound), CodeBackupNotFound, false},

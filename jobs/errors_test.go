@@ -76,6 +76,7 @@ func TestClassify(t *testing.T) {
 		{"a target in a missing directory", target("file://" + filepath.Join(dir, "none", "out.raw")), CodeTargetInvalid, false},
 		{"parent not found", open(fmt.Errorf("%w: %w", ErrParentNotFound, repository.ErrBackupNotFound)), CodeParentNotFound, false},
 		{"parent mismatch", open(fmt.Errorf("%w: parent p1 is a backup of disk %q", ErrParentMismatch, "vm2/vdb")), CodeParentMismatch, false},
+		{"checkpoint mismatch", open(fmt.Errorf("%w: the bitmap counts from checkpoint %q, parent p1 started %q", ErrCheckpointMismatch, "c2", "c1")), CodeCheckpoint, false},
 		{"no bitmap", open(fmt.Errorf("nbd x: export has no dirty bitmap %q: %w", "b1", backends.ErrNoBitmap)), CodeBitmapNotFound, false},
 		{"target too small", open(fmt.Errorf("nbd x: export has 1 bytes, image needs 2: %w", backends.ErrTooSmall)), CodeTargetTooSmall, false},
 		{"backup not found", open(fmt.Errorf("backup b1 in file:///r: %w", repository.ErrBackupNotFound)), CodeBackupNotFound, false},

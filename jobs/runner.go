@@ -3,7 +3,6 @@ package jobs
 import (
 	"cmp"
 	"context"
-	"errors"
 	"fmt"
 
 	"go.uber.org/zap"
@@ -46,6 +45,7 @@ type runnerConfig struct {
 	onStore     sinks.StoreObserver
 	resume      bool
 	policy      *Policy
+	onFallback  func(reason string)
 }
 
 // WithResume makes backups keep a checkpoint under their job id, so that a retry
@@ -90,7 +90,7 @@ func WithLogger(l *zap.Logger) RunnerOption { return func(c *runnerConfig) { c.l
 
 // NewRunner makes a runner.
 func NewRunner(opts ...RunnerOption) *Runner {
-	c := runnerConfig{concurrency: DefaultConcurrency, log: zap.NewNop()}
+	c := runnerConfig{concurrency: DefaultConcurrency, log: zap.NewNop(), onFallback: func(string) {}}
 	for _, o := range opts {
 		o(&c)
 	}
@@ -166,21 +166,11 @@ func (r *Runner) backup(ctx context.Context, store sinks.Store, s Spec, lim Limi
 		// An operator who configured a key expects encrypted backups.
 		return Result{}, fmt.Errorf("%s: %w: the repository is not encrypted but a key is configured; refusing to write unencrypted backups", repo.Location(), repository.ErrWrongKey)
 	}
-	// The parent is checked before the source is opened, so that a bad parent is
-	// reported as such even when the source is gone.
-	var parent *repository.Manifest
-	if s.Parent != "" {
-		if parent, err = repo.Manifest(ctx, s.Parent); err != nil {
-			if errors.Is(err, repository.ErrBackupNotFound) {
-				err = fmt.Errorf("%w: %w", ErrParentNotFound, err)
-			}
-			return Result{}, err
-		}
-	}
-	src, err := r.openSource(ctx, s.Source)
+	chain, err := r.startChain(ctx, repo, s)
 	if err != nil {
 		return Result{}, err
 	}
+	src, parent := chain.src, chain.parent
 	defer src.Close()
 	if err := checkSourceSize(src, s.Source.URI, repo, int64(s.Options.ChunkSize), parent); err != nil {
 		return Result{}, err
@@ -192,11 +182,15 @@ func (r *Runner) backup(ctx context.Context, store sinks.Store, s Spec, lim Limi
 	}
 	m, err := Backup(ctx, repo, src, BackupParams{
 		JobID: s.ID, Resume: r.cfg.resume, Source: s.Source.URI, Disk: s.Disk, Bitmap: s.Source.Bitmap, Parent: parent, Labels: s.Labels,
-		ChunkSize: int64(s.Options.ChunkSize), Limits: lim, Log: r.cfg.log,
+		Checkpoint: s.Checkpoint, FallbackReason: chain.fallback,
+		ChunkSize: cmp.Or(int64(s.Options.ChunkSize), chain.chunkSize), Limits: lim, Log: r.cfg.log,
 		Compress: s.Options.Compression != "none" && (s.Options.Compression == "zstd" || repo.Config().Compression == "zstd"),
 	}, progress)
 	if err != nil {
 		return Result{}, err
+	}
+	if m.FallbackReason != "" {
+		r.cfg.onFallback(m.FallbackReason)
 	}
 	return Result{Backup: m}, nil
 }

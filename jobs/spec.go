@@ -50,6 +50,15 @@ type Spec struct {
 	Repository  string            `json:"repository,omitempty"`
 	Options     Options           `json:"options,omitzero"`
 	Labels      map[string]string `json:"labels,omitempty"`
+
+	// Checkpoint names the checkpoint this backup starts: the point in time of the
+	// image it reads, from which the next incremental's bitmap counts (libvirt:
+	// the <name> of the checkpoint given to backup-begin). The manifest records it.
+	Checkpoint string `json:"checkpoint,omitempty"`
+	// SinceCheckpoint names the checkpoint the source's dirty bitmap counts from
+	// (libvirt: <incremental> of the backup XML). It must be the checkpoint the
+	// parent recorded; otherwise the chain is broken (Options.OnBrokenChain).
+	SinceCheckpoint string `json:"since_checkpoint,omitempty"`
 }
 
 // Endpoint is a device a job reads or writes.
@@ -66,6 +75,10 @@ type Options struct {
 	Compression string   `json:"compression,omitempty"`
 	Concurrency int      `json:"concurrency,omitempty"`
 	RateLimit   string   `json:"rate_limit,omitempty"` // bytes per second: "200MiB", "50M", "1000000"
+
+	// OnBrokenChain is what an incremental whose chain is broken does (chain.go):
+	// OnBrokenChainFull (the default) or OnBrokenChainFail.
+	OnBrokenChain string `json:"on_broken_chain,omitempty"`
 }
 
 var (
@@ -138,6 +151,11 @@ func (s *Spec) Validate() error {
 	if len(s.Repository) > maxURILength {
 		return bad("repository uri too long")
 	}
+	for _, name := range []string{s.Checkpoint, s.SinceCheckpoint} {
+		if name != "" && !validCheckpointName(name) {
+			return bad("checkpoint %q is not a valid name", name)
+		}
+	}
 	for _, ref := range []string{s.Parent, s.Backup} {
 		if ref != "" && !repository.ValidID(ref) {
 			return bad("backup id %q is not valid", ref)
@@ -165,11 +183,15 @@ func (s *Spec) Validate() error {
 			return bad("a backup takes no target or backup")
 		case (s.Source.Bitmap == "") != (s.Parent == ""):
 			return bad("an incremental backup needs both source.bitmap and parent; a full backup neither")
+		case s.SinceCheckpoint != "" && s.Parent == "":
+			return bad("since_checkpoint is for an incremental backup (with source.bitmap and parent)")
 		}
 	case KindRestore:
 		switch {
-		case s.Options.ChunkSize != 0 || s.Options.Compression != "" || s.Options.RateLimit != "":
+		case s.Options.ChunkSize != 0 || s.Options.Compression != "" || s.Options.RateLimit != "" || s.Options.OnBrokenChain != "":
 			return bad("a restore takes only options.concurrency")
+		case s.Checkpoint != "" || s.SinceCheckpoint != "":
+			return bad("a restore takes no checkpoint")
 		case s.Backup == "":
 			return bad("a restore needs a backup id")
 		case s.Target == nil:
@@ -179,8 +201,10 @@ func (s *Spec) Validate() error {
 		}
 	case KindVerify:
 		switch {
-		case s.Options.ChunkSize != 0 || s.Options.Compression != "" || s.Options.RateLimit != "":
+		case s.Options.ChunkSize != 0 || s.Options.Compression != "" || s.Options.RateLimit != "" || s.Options.OnBrokenChain != "":
 			return bad("a verify takes only options.concurrency")
+		case s.Checkpoint != "" || s.SinceCheckpoint != "":
+			return bad("a verify takes no checkpoint")
 		case s.Backup == "":
 			return bad("a verify needs a backup id")
 		case s.Target != nil || s.Parent != "":
@@ -207,6 +231,9 @@ func (o Options) validate() error {
 	}
 	if o.Concurrency < 0 || o.Concurrency > maxConcurrency {
 		return fmt.Errorf("concurrency %d: want 1 to %d", o.Concurrency, maxConcurrency)
+	}
+	if o.OnBrokenChain != "" && o.OnBrokenChain != OnBrokenChainFull && o.OnBrokenChain != OnBrokenChainFail {
+		return fmt.Errorf("on_broken_chain %q: want full or fail", o.OnBrokenChain)
 	}
 	if o.RateLimit != "" {
 		if _, err := ParseByteSize(o.RateLimit); err != nil {

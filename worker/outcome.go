@@ -212,7 +212,7 @@ func resultSummary(s jobs.Spec, res *jobs.Result) (string, any) {
 	case res == nil:
 		return s.Backup, nil
 	case res.Backup != nil:
-		return res.Backup.ID, res.Backup.Stats
+		return res.Backup.ID, summarizeBackup(res.Backup)
 	case res.Restore != nil:
 		return s.Backup, res.Restore
 	case res.Verify != nil:

@@ -159,8 +159,9 @@ func (i *Image) ReadAt(_ context.Context, p []byte, off int64) (int, error) {
 // WriteAt writes to the image.
 func (i *Image) WriteAt(p []byte, off int64) (int, error) { return i.f.WriteAt(p, off) }
 
-// Extents reports data and holes with SEEK_DATA/SEEK_HOLE. Every range is dirty:
-// a file has no bitmap.
+// Extents reports data and holes with SEEK_DATA/SEEK_HOLE, or all data where the
+// file (a block device) does not support them. Every range is dirty: a file has
+// no bitmap.
 func (i *Image) Extents(ctx context.Context, start, length int64) ([]backends.Extent, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -175,6 +176,10 @@ func (i *Image) Extents(ctx context.Context, start, length int64) ([]backends.Ex
 		data, err := unix.Seek(fd, pos, unix.SEEK_DATA)
 		if errors.Is(err, unix.ENXIO) { // no data from pos to the end of the file
 			data = end
+		} else if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EOPNOTSUPP) {
+			// A block device (or a filesystem without SEEK_DATA) has no map of
+			// its data: all of it is data, and a backup finds zero chunks by content.
+			return append(out, backends.Extent{Start: pos, Length: end - pos, Dirty: true}), nil
 		} else if err != nil {
 			return nil, fmt.Errorf("%s: SEEK_DATA: %w", i.f.Name(), err)
 		}

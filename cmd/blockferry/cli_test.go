@@ -130,8 +130,9 @@ func TestCLIBackupRestoreAndBadInput(t *testing.T) {
 		want string
 	}{
 		{"socket that does not exist", []string{"--source", "nbd+unix:///?socket=" + filepath.Join(dir, "nope.sock"), "--disk", "vm1/vda"}, "unreachable"},
-		{"unknown bitmap", []string{"--source", uri, "--disk", "vm1/vda", "--bitmap", "nope", "--parent", b.Backup}, `bitmap "nope"`},
-		{"missing parent", []string{"--source", uri, "--disk", "vm1/vda", "--bitmap", "b1", "--parent", "01JDNOTTHERE"}, "parent backup not found"},
+		// A broken chain fails with --on-broken-chain fail; without, it makes a full (below).
+		{"unknown bitmap", []string{"--source", uri, "--disk", "vm1/vda", "--bitmap", "nope", "--parent", b.Backup, "--on-broken-chain", "fail"}, `bitmap "nope"`},
+		{"missing parent", []string{"--source", uri, "--disk", "vm1/vda", "--bitmap", "b1", "--parent", "01JDNOTTHERE", "--on-broken-chain", "fail"}, "parent backup not found"},
 		{"parent of another disk", []string{"--source", uri, "--disk", "vm9/vdz", "--bitmap", "b1", "--parent", b.Backup}, `disk "vm1/vda"`},
 		{"bitmap without parent", []string{"--source", uri, "--disk", "vm1/vda", "--bitmap", "b1"}, "parent"},
 	}
@@ -142,6 +143,14 @@ func TestCLIBackupRestoreAndBadInput(t *testing.T) {
 	}
 	if ids := backupIDs(t, nil, repo); len(ids) != 1 || ids[0] != b.Backup {
 		t.Errorf("after failed backups ls shows %v, want only %s", ids, b.Backup)
+	}
+	fb := cli(t, nil, "backup", "--json", "--repository", repo, "--source", uri, "--disk", "vm1/vda", "--bitmap", "nope", "--parent", b.Backup)
+	var fallback struct {
+		Kind   string `json:"kind"`
+		Reason string `json:"fallback_reason"`
+	}
+	if err := json.Unmarshal([]byte(fb.stdout), &fallback); fb.code != 0 || err != nil || fallback.Kind != "full" || fallback.Reason != "bitmap_missing" {
+		t.Errorf("incremental with a missing bitmap: exit %d, %v, %q; want a full backup saying bitmap_missing", fb.code, err, fb.stdout)
 	}
 
 	t.Run("s3", func(t *testing.T) {

@@ -65,8 +65,8 @@ func newBackupCommand(g *globals) *cobra.Command {
 			}
 			m := res.Backup
 			st := m.Stats
-			human := fmt.Sprintf("backup %s of %s (%s): %s read, %s written, %s deduplicated, %s reused from parent, %s zero, in %.1fs\n",
-				m.ID, m.Disk, m.Kind, bytesText(st.BytesRead), bytesText(st.BytesWritten), bytesText(st.BytesDeduplicated),
+			human := fmt.Sprintf("backup %s of %s (%s%s): %s read, %s written, %s deduplicated, %s reused from parent, %s zero, in %.1fs\n",
+				m.ID, m.Disk, m.Kind, fallbackText(m.FallbackReason), bytesText(st.BytesRead), bytesText(st.BytesWritten), bytesText(st.BytesDeduplicated),
 				bytesText(st.BytesReused), bytesText(st.BytesZero), st.DurationSeconds)
 			return g.print(cmd.OutOrStdout(), backupView(m), human)
 		},
@@ -167,11 +167,11 @@ func newLsCommand(g *globals) *cobra.Command {
 			views := make([]map[string]any, 0, len(list))
 			var b strings.Builder
 			tw := tabwriter.NewWriter(&b, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "BACKUP\tDISK\tKIND\tPARENT\tCOMPLETED\tSIZE\tWRITTEN")
+			fmt.Fprintln(tw, "BACKUP\tDISK\tKIND\tPARENT\tCOMPLETED\tSIZE\tWRITTEN\tFALLBACK")
 			for _, m := range list {
 				views = append(views, backupView(m))
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.ID, m.Disk, m.Kind, orDash(m.Parent),
-					m.Completed.Format(time.RFC3339), bytesText(m.Size), bytesText(m.Stats.BytesWritten))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.ID, m.Disk, m.Kind, orDash(m.Parent),
+					m.Completed.Format(time.RFC3339), bytesText(m.Size), bytesText(m.Stats.BytesWritten), orDash(m.FallbackReason))
 			}
 			tw.Flush()
 			return g.print(cmd.OutOrStdout(), map[string]any{"backups": views, "skipped": bad}, b.String())
@@ -205,7 +205,7 @@ func backupView(m *repository.Manifest) map[string]any {
 	return map[string]any{
 		"backup": m.ID, "disk": m.Disk, "kind": m.Kind, "parent": m.Parent, "bitmap": m.Bitmap,
 		"size": m.Size, "chunk_size": m.ChunkSize, "started": m.Started, "completed": m.Completed,
-		"labels": m.Labels, "stats": m.Stats,
+		"labels": m.Labels, "stats": m.Stats, "checkpoint": m.Checkpoint, "fallback_reason": m.FallbackReason,
 	}
 }
 
@@ -270,4 +270,13 @@ func bytesText(n int64) string {
 		exp++
 	}
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+// fallbackText says why a backup is a full one when its job asked for an
+// incremental, for the human output of backup.
+func fallbackText(reason string) string {
+	if reason == "" {
+		return ""
+	}
+	return ", the incremental's chain was broken: " + reason
 }

@@ -25,6 +25,7 @@ type Metrics struct {
 	NBDErrors      *prometheus.CounterVec   // op
 	StoreLatency   *prometheus.HistogramVec // backend, op
 	StoreErrors    *prometheus.CounterVec   // backend, op
+	Fallbacks      *prometheus.CounterVec   // reason
 }
 
 // New makes and registers the collectors, with Go runtime and process metrics.
@@ -60,7 +61,9 @@ func New() *Metrics {
 		Buckets: prometheus.ExponentialBuckets(0.0005, 4, 10)}, []string{"backend", "op"})
 	m.StoreErrors = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "store_request_errors_total",
 		Help: "Failed repository store requests, by backend and operation."}, []string{"backend", "op"})
-	for _, c := range []prometheus.Collector{m.JobsStarted, m.JobsFinished, m.JobDuration, m.JobsInFlight, m.JobRetries,
+	m.Fallbacks = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "backup_fallbacks_total",
+		Help: "Backups asked to be incremental that completed as full backups because their chain was broken, by reason (bitmap_missing, parent_missing, disk_resized, checkpoint_mismatch)."}, []string{"reason"})
+	for _, c := range []prometheus.Collector{m.Fallbacks, m.JobsStarted, m.JobsFinished, m.JobDuration, m.JobsInFlight, m.JobRetries,
 		m.Heartbeats, m.HeartbeatFails, m.BytesTotal, m.NBDLatency, m.NBDErrors, m.StoreLatency, m.StoreErrors,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
 		f(c)
@@ -114,3 +117,7 @@ func (m *Metrics) Bytes(kind string, read, written, deduplicated int64) {
 	m.BytesTotal.WithLabelValues(kind, "written").Add(float64(written))
 	m.BytesTotal.WithLabelValues(kind, "deduplicated").Add(float64(deduplicated))
 }
+
+// BackupFallback counts a backup that completed as a full backup in place of an
+// incremental whose chain was broken (jobs.WithFallbackObserver).
+func (m *Metrics) BackupFallback(reason string) { m.Fallbacks.WithLabelValues(reason).Inc() }

@@ -36,6 +36,15 @@ type Manifest struct {
 	// incremental backup writes them where little of a position changed, so that it
 	// reads and stores only the changed blocks instead of the whole chunk.
 	Patches map[int][]Patch `json:"patches,omitempty"`
+
+	// Checkpoint is the checkpoint the backup starts, as its job named it: an
+	// incremental that counts from it (its since_checkpoint) may take this backup
+	// as its parent.
+	Checkpoint string `json:"checkpoint,omitempty"`
+	// FallbackReason says why a backup its job asked to be incremental is a full
+	// one: its chain was broken (bitmap_missing, parent_missing, disk_resized,
+	// checkpoint_mismatch).
+	FallbackReason string `json:"fallback_reason,omitempty"`
 }
 
 // Patch replaces Length bytes at Offset of a chunk position with the bytes at
