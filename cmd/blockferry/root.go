@@ -73,7 +73,7 @@ func newRootCommand() *cobra.Command {
 	root.AddCommand(
 		newInitCommand(g), newBackupCommand(g), newRestoreCommand(g), newVerifyCommand(g), newLsCommand(g),
 		newWorkerCommand(g), newSubmitCommand(g), newWatchCommand(g), newStatusCommand(g), newCancelCommand(g),
-		newHealthcheckCommand(),
+		newHealthcheckCommand(), newServeCommand(g),
 	)
 	annotateEnv(root)
 	return root

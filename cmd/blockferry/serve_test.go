@@ -1,0 +1,216 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/blockferry/blockferry/internal/testutil"
+	"github.com/blockferry/blockferry/sinks"
+	"github.com/blockferry/blockferry/sinks/repository"
+)
+
+// served is a running `blockferry serve`.
+type served struct {
+	uri    string
+	stderr *lockedBuffer
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// serveBackup runs `blockferry serve` on a Unix socket until the test ends, and
+// checks then that SIGTERM stops it cleanly.
+func serveBackup(t *testing.T, env []string, repo, backup string) served {
+	t.Helper()
+	sock := filepath.Join(t.TempDir(), "bf.sock")
+	cmd := exec.Command(binary, "serve", "--json", "--repository", repo, "--backup", backup, "--listen", "unix://"+sock)
+	cmd.Env = append(os.Environ(), env...)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := served{stderr: &lockedBuffer{}}
+	cmd.Stderr = s.stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case err := <-exited:
+			if err != nil {
+				t.Errorf("serve ended with %v: %s", err, s.stderr)
+			}
+		case <-time.After(10 * time.Second):
+			_ = cmd.Process.Kill()
+			t.Errorf("serve did not stop on SIGTERM")
+		}
+	})
+	var out struct {
+		URI    string `json:"uri"`
+		Backup string `json:"backup"`
+	}
+	// The URI is printed once the socket listens; then stdout is drained so the
+	// process never blocks on it.
+	if err := json.NewDecoder(stdout).Decode(&out); err != nil || out.Backup != backup || !strings.Contains(out.URI, sock) {
+		t.Fatalf("serve printed %+v (%v); stderr %s", out, err, s.stderr)
+	}
+	go func() {
+		_, _ = io.Copy(io.Discard, stdout)
+		exited <- cmd.Wait()
+	}()
+	s.uri = out.URI
+	return s
+}
+
+// runTool runs a program the test needs and returns its output, failing the test
+// when it fails.
+func runTool(t *testing.T, name string, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(testutil.RequireTool(t, name), args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// zeroMap is what nbdinfo --map says reads as zeroes: "offset length" pairs.
+func zeroMap(t *testing.T, uri string) []string {
+	t.Helper()
+	var zero []string
+	for _, line := range strings.Split(strings.TrimSpace(runTool(t, "nbdinfo", "--map", uri)), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 4 && f[3] == "hole,zero" {
+			zero = append(zero, f[0]+" "+f[1])
+		}
+	}
+	return zero
+}
+
+// checkExport checks a served backup against the raw disk it was taken of:
+// nbdcopy of the export equals it, nbdinfo --map reports wantZero, and qemu-img
+// compare finds the export equal to a restore of the same backup.
+func checkExport(t *testing.T, env []string, repo, backup, raw string, wantZero []string) {
+	t.Helper()
+	s := serveBackup(t, env, repo, backup)
+	dir := t.TempDir()
+	copied := filepath.Join(dir, "copy.raw")
+	runTool(t, "nbdcopy", s.uri, copied)
+	if testutil.SHA256File(t, copied) != testutil.SHA256File(t, raw) {
+		t.Errorf("nbdcopy of the export of %s differs from the disk it was taken of", backup)
+	}
+	if got := zeroMap(t, s.uri); strings.Join(got, ",") != strings.Join(wantZero, ",") {
+		t.Errorf("nbdinfo --map zero ranges %v, want %v", got, wantZero)
+	}
+	restored := filepath.Join(dir, "restored.raw")
+	if r := cli(t, env, "restore", "--repository", repo, "--backup", backup, "--target", "file://"+restored); r.code != 0 {
+		t.Fatalf("restore: %s", r.stderr)
+	}
+	runTool(t, "qemu-img", "compare", "-f", "raw", "-F", "raw", s.uri, restored)
+}
+
+// backupTwice makes a full backup of a 32 MiB disk and an incremental one whose
+// small changes the repository stores as patches; it returns the raw images of
+// the disk at both points.
+func backupTwice(t *testing.T, env []string, repo string) (full, incr, raw0, raw1 string) {
+	t.Helper()
+	dir := t.TempDir()
+	image := filepath.Join(dir, "d.qcow2")
+	testutil.MakeQcow2(t, image, 32<<20)
+	// Positions of 4 MiB: 0 and 2 hold data, 1 and 3-7 are never written.
+	testutil.QemuIO(t, image, "write -P 7 0 3M", "write -P 9 8M 4M")
+	testutil.AddBitmap(t, image, "b1")
+	raw0, raw1 = filepath.Join(dir, "0.raw"), filepath.Join(dir, "1.raw")
+	testutil.ConvertToRaw(t, image, raw0)
+	full = backupOf(t, env, repo, image, "")
+	// A few blocks change: in data positions, in a zero one, and one zeroed.
+	testutil.QemuIO(t, image, "write -P 0x33 8M 4k", "write -P 0x44 20M 64k", "write -z 64k 64k")
+	testutil.ConvertToRaw(t, image, raw1)
+	incr = backupOf(t, env, repo, image, full)
+	return full, incr, raw0, raw1
+}
+
+func backupOf(t *testing.T, env []string, repo, image, parent string) string {
+	t.Helper()
+	uri, stop := testutil.ServeQemuNBD(t, image, "b1")
+	defer stop()
+	args := []string{"backup", "--json", "--source", uri, "--disk", "vm1/vda", "--repository", repo}
+	if parent != "" {
+		args = append(args, "--bitmap", "b1", "--parent", parent)
+	}
+	r := cli(t, env, args...)
+	var b struct {
+		Backup string `json:"backup"`
+	}
+	if r.code != 0 || json.Unmarshal([]byte(r.stdout), &b) != nil || b.Backup == "" {
+		t.Fatalf("backup: %s %s", r.stdout, r.stderr)
+	}
+	return b.Backup
+}
+
+func manifestOf(t *testing.T, repo, backup string) (*repository.Repository, *repository.Manifest) {
+	t.Helper()
+	ctx := context.Background()
+	store, err := sinks.OpenStore(ctx, repo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := repository.Open(ctx, store, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := r.Manifest(ctx, backup)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r, m
+}
+
+var (
+	fullZeroes = []string{"4194304 4194304", "12582912 20971520"}
+	incrZeroes = []string{"4194304 4194304", "12582912 8388608", "25165824 8388608"}
+)
+
+func TestServeFullAndIncrementalFromFile(t *testing.T) {
+	repo := "file://" + filepath.Join(t.TempDir(), "repo")
+	full, incr, raw0, raw1 := backupTwice(t, nil, repo)
+	if _, m := manifestOf(t, repo, incr); len(m.Patches) == 0 {
+		t.Fatalf("the incremental backup has no patches: the test would not cover them")
+	}
+	t.Run("full", func(t *testing.T) { checkExport(t, nil, repo, full, raw0, fullZeroes) })
+	t.Run("incremental", func(t *testing.T) { checkExport(t, nil, repo, incr, raw1, incrZeroes) })
+}
+
+func TestServeFullAndIncrementalFromS3(t *testing.T) {
+	endpoint, ak, sk := testutil.StartS3(t)
+	testutil.CreateBucket(t, endpoint, ak, sk, "bkt")
+	env := []string{"AWS_ACCESS_KEY_ID=" + ak, "AWS_SECRET_ACCESS_KEY=" + sk, "AWS_REGION=us-east-1"}
+	repo := "s3://bkt/bf?endpoint=" + endpoint + "&region=us-east-1"
+	full, incr, raw0, raw1 := backupTwice(t, env, repo)
+	t.Run("full", func(t *testing.T) { checkExport(t, env, repo, full, raw0, fullZeroes) })
+	t.Run("incremental", func(t *testing.T) { checkExport(t, env, repo, incr, raw1, incrZeroes) })
+}
