@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"os"
 	"os/exec"
@@ -213,4 +214,139 @@ func TestServeFullAndIncrementalFromS3(t *testing.T) {
 	full, incr, raw0, raw1 := backupTwice(t, env, repo)
 	t.Run("full", func(t *testing.T) { checkExport(t, env, repo, full, raw0, fullZeroes) })
 	t.Run("incremental", func(t *testing.T) { checkExport(t, env, repo, incr, raw1, incrZeroes) })
+}
+
+// TestServeOverlayAndCorruptChunk: a qcow2 overlay on the export takes writes and
+// the backup stays as it was; then a corrupt chunk is an I/O error for the reads
+// that touch its position only, and a log line.
+func TestServeOverlayAndCorruptChunk(t *testing.T) {
+	dir := t.TempDir()
+	repo := "file://" + filepath.Join(dir, "repo")
+	full, _, raw0, _ := backupTwice(t, nil, repo)
+
+	s := serveBackup(t, nil, repo, full)
+	overlay := filepath.Join(dir, "overlay.qcow2")
+	runTool(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", s.uri, "-F", "raw", overlay)
+	out := runTool(t, "qemu-io", "-f", "qcow2", "-c", "write -P 0x77 1M 64k", "-c", "read -P 0x77 1M 64k",
+		"-c", "read -P 7 0 64k", "-c", "read -P 0 4M 64k", overlay)
+	if strings.Contains(out, "error") || strings.Contains(out, "Pattern verification failed") {
+		t.Fatalf("qemu-io on the overlay: %s", out)
+	}
+	copied := filepath.Join(dir, "after-overlay.raw")
+	runTool(t, "nbdcopy", s.uri, copied)
+	if testutil.SHA256File(t, copied) != testutil.SHA256File(t, raw0) {
+		t.Error("the export changed after writes to its overlay")
+	}
+	if r := cli(t, nil, "verify", "--repository", repo, "--backup", full); r.code != 0 {
+		t.Fatalf("verify after writes to the overlay: %s %s", r.stdout, r.stderr)
+	}
+
+	// Corrupt the chunk of position 2 (disk bytes 8-12 MiB).
+	_, m := manifestOf(t, repo, full)
+	id := m.Chunks[2]
+	chunkFile := filepath.Join(dir, "repo", "chunks", id[:2], id)
+	b, err := os.ReadFile(chunkFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[len(b)/2] ^= 0xff
+	if err := os.WriteFile(chunkFile, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s = serveBackup(t, nil, repo, full)
+	read := func(r string) string {
+		out, _ := exec.Command(testutil.RequireTool(t, "qemu-io"), "-r", "-f", "raw", "-c", "read "+r, s.uri).CombinedOutput()
+		return string(out)
+	}
+	for _, r := range []string{"8M 64k", "11M 2M"} {
+		if out := read(r); !strings.Contains(out, "Input/output error") {
+			t.Errorf("read %s over the corrupt chunk: %s", r, out)
+		}
+	}
+	for _, r := range []string{"-P 7 0 3M", "-P 0 4M 4M", "-P 0 12M 4M"} {
+		if out := read(r); strings.Contains(out, "error") || strings.Contains(out, "failed") {
+			t.Errorf("read %s beside the corrupt chunk: %s", r, out)
+		}
+	}
+	if log := s.stderr.String(); !strings.Contains(log, "corrupt") || !strings.Contains(log, `"offset":8388608`) {
+		t.Errorf("serve logged no line naming the corrupt read: %s", log)
+	}
+}
+
+// TestServeExt4FileReadBack: a file copied into an ext4 file system is read back
+// from the served backup through nbdfuse and debugfs, with no kernel NBD module
+// and no mount of the file system.
+func TestServeExt4FileReadBack(t *testing.T) {
+	nbdfuse := testutil.RequireTool(t, "nbdfuse")
+	dir := t.TempDir()
+	raw := filepath.Join(dir, "fs.raw")
+	f, err := os.Create(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := errors.Join(f.Truncate(64<<20), f.Close()); err != nil {
+		t.Fatal(err)
+	}
+	runTool(t, "mkfs.ext4", "-q", "-F", raw)
+	payload := filepath.Join(dir, "payload.bin")
+	data := make([]byte, 3<<20+123)
+	for i := range data {
+		data[i] = byte(i*31 + i>>10)
+	}
+	if err := os.WriteFile(payload, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	runTool(t, "debugfs", "-w", "-R", "write "+payload+" payload.bin", raw)
+
+	repo := "file://" + filepath.Join(dir, "repo")
+	uri, stop := testutil.ServeQemuNBD(t, raw, "", "-f", "raw")
+	r := cli(t, nil, "backup", "--json", "--source", uri, "--disk", "vm1/vdb", "--repository", repo)
+	stop()
+	var b struct {
+		Backup string `json:"backup"`
+	}
+	if r.code != 0 || json.Unmarshal([]byte(r.stdout), &b) != nil {
+		t.Fatalf("backup: %s", r.stderr)
+	}
+	s := serveBackup(t, nil, repo, b.Backup)
+	mnt := filepath.Join(dir, "mnt")
+	os.Mkdir(mnt, 0o755)
+	fuse := exec.Command(nbdfuse, "-r", mnt, s.uri)
+	var fuseOut lockedBuffer
+	fuse.Stdout, fuse.Stderr = &fuseOut, &fuseOut
+	if err := fuse.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { _ = fuse.Wait(); close(done) }()
+	defer func() {
+		_ = exec.Command("umount", mnt).Run()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			_ = fuse.Process.Kill()
+		}
+	}()
+	device := filepath.Join(mnt, "nbd")
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if st, err := os.Stat(device); err == nil && st.Size() == 64<<20 {
+			break
+		}
+		select {
+		case <-done:
+			if !testutil.InCI() {
+				t.Skipf("nbdfuse could not mount (no FUSE here?): %s", fuseOut.String())
+			}
+			t.Fatalf("nbdfuse: %s", fuseOut.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("nbdfuse did not mount in 10s: %s", fuseOut.String())
+		}
+	}
+	got := filepath.Join(dir, "got.bin")
+	runTool(t, "debugfs", "-R", "dump payload.bin "+got, device)
+	if testutil.SHA256File(t, got) != testutil.SHA256File(t, payload) {
+		t.Error("the file read back from the served backup differs")
+	}
 }
