@@ -59,7 +59,9 @@ func WithDeviceConcurrency(n int) DeviceOption {
 
 // WithDeviceReadAhead sets how many positions past a sequential read are fetched
 // ahead of it (default 4; 0: none). Read-ahead only takes idle fetch slots.
-func WithDeviceReadAhead(n int) DeviceOption { return func(c *deviceConfig) { c.readAhead = max(n, 0) } }
+func WithDeviceReadAhead(n int) DeviceOption {
+	return func(c *deviceConfig) { c.readAhead = max(n, 0) }
+}
 
 // NewBackupDevice returns backup m of repo as a device.
 func NewBackupDevice(repo *repository.Repository, m *repository.Manifest, opts ...DeviceOption) *BackupDevice {

@@ -27,7 +27,6 @@ type memDevice struct {
 	data           []byte
 	blockSize      int64
 	badOff, badLen int64
-	writable       bool
 }
 
 func (d *memDevice) Size() int64 { return int64(len(d.data)) }
