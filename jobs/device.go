@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"sync"
 
 	"golang.org/x/sync/semaphore"
@@ -36,6 +37,7 @@ type BackupDevice struct {
 	readAhead int
 	cache     *positionCache
 	flight    singleflight.Group
+	ahead     pendingSet
 }
 
 type deviceConfig struct {
@@ -58,14 +60,14 @@ func WithDeviceConcurrency(n int) DeviceOption {
 }
 
 // WithDeviceReadAhead sets how many positions past a sequential read are fetched
-// ahead of it (default 4; 0: none). Read-ahead only takes idle fetch slots.
+// ahead of it (default 8; 0: none). Read-ahead only takes idle fetch slots.
 func WithDeviceReadAhead(n int) DeviceOption {
 	return func(c *deviceConfig) { c.readAhead = max(n, 0) }
 }
 
 // NewBackupDevice returns backup m of repo as a device.
 func NewBackupDevice(repo *repository.Repository, m *repository.Manifest, opts ...DeviceOption) *BackupDevice {
-	cfg := deviceConfig{cacheBytes: DefaultDeviceCache, concurrency: 8, readAhead: 4}
+	cfg := deviceConfig{cacheBytes: DefaultDeviceCache, concurrency: 8, readAhead: 8}
 	for _, o := range opts {
 		o(&cfg)
 	}
@@ -109,24 +111,25 @@ func (d *BackupDevice) ReadAt(ctx context.Context, p []byte, off int64) error {
 // position returns the content of position i from the cache, or fetches it; the
 // caller releases the entry when it has copied from it.
 func (d *BackupDevice) position(ctx context.Context, i int) (*cachedPosition, error) {
-	if e := d.cache.acquire(i); e != nil {
-		return e, nil
-	}
-	if i > 0 && d.cache.contains(i-1) {
+	e := d.cache.acquire(i)
+	// A read that follows the one before it keeps the positions after it coming,
+	// hit or miss, so that a sequential reader never waits for a fetch it could
+	// have foreseen.
+	if i == 0 || d.cache.contains(i-1) {
 		d.readAheadFrom(ctx, i+1)
 	}
-	for {
-		_, err, _ := d.flight.Do(fmt.Sprint(i), func() (any, error) { return nil, d.fetch(ctx, i, true) })
+	for e == nil {
+		_, err, _ := d.flight.Do(strconv.Itoa(i), func() (any, error) { return nil, d.fetch(ctx, i, true) })
+		// A fetch this reader joined may have been cancelled with another
+		// client's request; then this one fetches for itself.
 		if err != nil && (ctx.Err() != nil || !errors.Is(err, context.Canceled)) {
 			return nil, err
 		}
-		// A fetch this reader joined may have been cancelled with another
-		// client's request; then this one fetches for itself. The entry may be evicted before this reader gets it when the cache is
+		// The entry may be evicted before this reader gets it when the cache is
 		// smaller than the positions being read at once; fetching again is rare.
-		if e := d.cache.acquire(i); e != nil {
-			return e, nil
-		}
+		e = d.cache.acquire(i)
 	}
+	return e, nil
 }
 
 // fetch reads position i into the cache. wait says whether to wait for a fetch
@@ -146,23 +149,53 @@ func (d *BackupDevice) fetch(ctx context.Context, i int, wait bool) error {
 	buf := d.cache.buffers()
 	data, _, err := d.positions.Read(ctx, i, buf)
 	if err != nil {
+		d.cache.giveBack(buf)
 		return err
 	}
 	d.cache.add(i, buf, data)
 	return nil
 }
 
-// readAheadFrom fetches positions from i on in the background while a client
-// reads sequentially. The fetches outlive the request that started them, not the
-// client's context.
+// readAheadFrom fetches the positions from i on that are neither cached nor
+// already coming, in the background. The fetches outlive the request that
+// started them, not the client's context.
 func (d *BackupDevice) readAheadFrom(ctx context.Context, i int) {
 	ctx = context.WithoutCancel(ctx)
 	for j := i; j < i+d.readAhead && j < len(d.m.Chunks); j++ {
-		if d.m.ReadsAsZero(j) || d.cache.contains(j) {
+		if d.m.ReadsAsZero(j) || d.cache.contains(j) || !d.ahead.start(j) {
 			continue
 		}
-		go d.flight.Do(fmt.Sprint(j), func() (any, error) { return nil, d.fetch(ctx, j, false) })
+		go func() {
+			defer d.ahead.done(j)
+			_, _, _ = d.flight.Do(strconv.Itoa(j), func() (any, error) { return nil, d.fetch(ctx, j, false) })
+		}()
 	}
+}
+
+// pendingSet is the positions being read ahead.
+type pendingSet struct {
+	mu sync.Mutex
+	m  map[int]bool
+}
+
+// start marks i pending; false: it was already.
+func (p *pendingSet) start(i int) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.m[i] {
+		return false
+	}
+	if p.m == nil {
+		p.m = map[int]bool{}
+	}
+	p.m[i] = true
+	return true
+}
+
+func (p *pendingSet) done(i int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	delete(p.m, i)
 }
 
 // Extents describes the disk from off on for up to length bytes: positions that
@@ -282,6 +315,13 @@ func (c *positionCache) add(i int, buf *repository.PositionBuffers, data []byte)
 			c.recycle(e)
 		}
 	}
+}
+
+// giveBack recycles the buffers of a fetch that failed.
+func (c *positionCache) giveBack(buf *repository.PositionBuffers) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.recycle(&cachedPosition{buf: buf})
 }
 
 // recycle keeps an evicted entry's buffers for the next fetch.
