@@ -217,6 +217,8 @@ func TestWritableExportTakesWrites(t *testing.T) {
 	if err != nil || strings.Contains(string(out), "error") {
 		t.Fatalf("qemu-io: %v %s", err, out)
 	}
+	dev.mu.Lock()
+	defer dev.mu.Unlock()
 	if !bytes.Equal(dev.data[5<<20:5<<20+64<<10], bytes.Repeat([]byte{0x5a}, 64<<10)) || !isZero(dev.data[:4096]) {
 		t.Error("the writes did not reach the device")
 	}
