@@ -2,36 +2,43 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 
 	"github.com/blockferry/blockferry/internal/nbdserver"
+	"github.com/blockferry/blockferry/internal/overlay"
 	"github.com/blockferry/blockferry/jobs"
 	"github.com/blockferry/blockferry/sinks/repository"
 )
 
 type serveFlags struct {
-	backup, listen, name, cache, logLevel string
-	concurrency, maxClients               int
+	backup, listen, name, cache, logLevel, overlay string
+	concurrency, maxClients                        int
+	writable                                       bool
 }
 
 func newServeCommand(g *globals) *cobra.Command {
 	var f serveFlags
 	cmd := &cobra.Command{
 		Use:   "serve",
-		Short: "Serve a backup as a read-only NBD export until interrupted (mount it, copy files out, boot from it)",
-		Long: `Serve a backup as a read-only NBD export until interrupted. Reads fetch only
+		Short: "Serve a backup over NBD until interrupted, read-only or writable into a local overlay (mount it, copy files out, boot from it)",
+		Long: `Serve a backup as an NBD export until interrupted. Reads fetch only
 the chunks they touch, each checked against its id; a corrupt chunk is an I/O
 error for the reads that touch it. Block status (base:allocation) reports the
 backup's zero chunks as holes. Read-only exports advertise multi-conn.
 
-To write to the disk (boot a VM from the backup), put a qcow2 overlay on the
-export; writes land in the overlay, never in the repository:
+With --writable, writes go to a local overlay (--overlay FILE: a sparse raw
+image FILE and its block map FILE.map, kept across runs; without it a temporary
+one removed at exit), never to the repository. Or put a qcow2 overlay on a
+read-only export; writes land in the qcow2 file:
 
   qemu-img create -f qcow2 -b 'nbd+unix:///?socket=/run/bf/vm1.sock' -F raw vm1.qcow2`,
 		Args: cobra.NoArgs,
@@ -50,6 +57,8 @@ export; writes land in the overlay, never in the repository:
 	fl.IntVar(&f.concurrency, "concurrency", 8, "chunks fetched at once")
 	fl.IntVar(&f.maxClients, "max-clients", 16, "connections served at once")
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+	fl.BoolVar(&f.writable, "writable", false, "accept writes, into a local overlay (never into the repository)")
+	fl.StringVar(&f.overlay, "overlay", "", "overlay file for --writable (kept, with FILE.map; reopened if it exists)")
 	return cmd
 }
 
@@ -75,6 +84,22 @@ func runServe(cmd *cobra.Command, g *globals, f serveFlags) error {
 	if err != nil {
 		return err
 	}
+	if f.overlay != "" && !f.writable {
+		return fmt.Errorf("--overlay needs --writable")
+	}
+	var dev nbdserver.Device = exportDevice{jobs.NewBackupDevice(repo, m, jobs.WithDeviceCache(cacheBytes), jobs.WithDeviceConcurrency(f.concurrency))}
+	if f.writable {
+		ov, err := openOverlay(f.overlay, m.ID, dev)
+		if err != nil {
+			return err
+		}
+		defer func() {
+			if cerr := ov.Close(); cerr != nil {
+				log.Error("closing the overlay", zap.Error(cerr))
+			}
+		}()
+		dev = ov
+	}
 	network, address, uri, err := listenAddress(f.listen, f.name)
 	if err != nil {
 		return err
@@ -83,13 +108,12 @@ func runServe(cmd *cobra.Command, g *globals, f serveFlags) error {
 	if err != nil {
 		return err
 	}
-	dev := jobs.NewBackupDevice(repo, m, jobs.WithDeviceCache(cacheBytes), jobs.WithDeviceConcurrency(f.concurrency))
-	srv := nbdserver.New(exportDevice{dev}, nbdserver.WithExportName(f.name), nbdserver.WithMaxConnections(f.maxClients),
+	srv := nbdserver.New(dev, nbdserver.WithExportName(f.name), nbdserver.WithMaxConnections(f.maxClients),
 		nbdserver.WithPreferredBlockSize(uint32(min(m.ChunkSize, nbdserver.MaxRequest))),
 		nbdserver.WithLogger(log.With(zap.String("backup", m.ID))))
 	log.Info("serving backup", zap.String("backup", m.ID), zap.String("disk", m.Disk), zap.String("uri", uri),
 		zap.Int64("size", m.Size), zap.Int64("cache_bytes", cacheBytes))
-	if err := g.print(cmd.OutOrStdout(), map[string]any{"backup": m.ID, "disk": m.Disk, "size": m.Size, "uri": uri},
+	if err := g.print(cmd.OutOrStdout(), map[string]any{"backup": m.ID, "disk": m.Disk, "size": m.Size, "uri": uri, "writable": f.writable},
 		fmt.Sprintf("serving backup %s of %s (%s) at %s\n", m.ID, m.Disk, bytesText(m.Size), uri)); err != nil {
 		l.Close()
 		return err
@@ -135,4 +159,38 @@ func (e exportDevice) Extents(ctx context.Context, off, length int64) ([]nbdserv
 		}
 	}
 	return out, err
+}
+
+// overlayCloser is an overlay and how to dispose of it at exit.
+type overlayCloser struct {
+	*overlay.Overlay
+	remove string // a temporary overlay's directory
+}
+
+func (o overlayCloser) Close() error {
+	err := o.Overlay.Close()
+	if o.remove != "" {
+		err = errors.Join(err, os.RemoveAll(o.remove))
+	}
+	return err
+}
+
+// openOverlay opens the overlay at path, or a temporary one when path is empty.
+func openOverlay(path, backup string, base nbdserver.Device) (overlayCloser, error) {
+	var tmp string
+	if path == "" {
+		var err error
+		if tmp, err = os.MkdirTemp("", "blockferry-overlay-"); err != nil {
+			return overlayCloser{}, err
+		}
+		path = filepath.Join(tmp, backup+".overlay")
+	}
+	ov, err := overlay.Open(path, backup, base)
+	if err != nil {
+		if tmp != "" {
+			os.RemoveAll(tmp)
+		}
+		return overlayCloser{}, err
+	}
+	return overlayCloser{Overlay: ov, remove: tmp}, nil
 }

@@ -23,6 +23,7 @@ import (
 type served struct {
 	uri    string
 	stderr *lockedBuffer
+	stop   func() // SIGTERM, then checks a clean exit; also runs when the test ends
 }
 
 type lockedBuffer struct {
@@ -44,10 +45,11 @@ func (l *lockedBuffer) String() string {
 
 // serveBackup runs `blockferry serve` on a Unix socket until the test ends, and
 // checks then that SIGTERM stops it cleanly.
-func serveBackup(t *testing.T, env []string, repo, backup string) served {
+func serveBackup(t *testing.T, env []string, repo, backup string, extra ...string) served {
 	t.Helper()
 	sock := filepath.Join(t.TempDir(), "bf.sock")
-	cmd := exec.Command(binary, "serve", "--json", "--repository", repo, "--backup", backup, "--listen", "unix://"+sock)
+	args := []string{"serve", "--json", "--repository", repo, "--backup", backup, "--listen", "unix://" + sock}
+	cmd := exec.Command(binary, append(args, extra...)...)
 	cmd.Env = append(os.Environ(), env...)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
@@ -59,18 +61,22 @@ func serveBackup(t *testing.T, env []string, repo, backup string) served {
 		t.Fatal(err)
 	}
 	exited := make(chan error, 1)
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case err := <-exited:
-			if err != nil {
-				t.Errorf("serve ended with %v: %s", err, s.stderr)
+	var once sync.Once
+	s.stop = func() {
+		once.Do(func() {
+			_ = cmd.Process.Signal(syscall.SIGTERM)
+			select {
+			case err := <-exited:
+				if err != nil {
+					t.Errorf("serve ended with %v: %s", err, s.stderr)
+				}
+			case <-time.After(10 * time.Second):
+				_ = cmd.Process.Kill()
+				t.Errorf("serve did not stop on SIGTERM")
 			}
-		case <-time.After(10 * time.Second):
-			_ = cmd.Process.Kill()
-			t.Errorf("serve did not stop on SIGTERM")
-		}
-	})
+		})
+	}
+	t.Cleanup(s.stop)
 	var out struct {
 		URI    string `json:"uri"`
 		Backup string `json:"backup"`
@@ -349,4 +355,46 @@ func TestServeExt4FileReadBack(t *testing.T) {
 	if testutil.SHA256File(t, got) != testutil.SHA256File(t, payload) {
 		t.Error("the file read back from the served backup differs")
 	}
+}
+
+// TestServeWritableOverlay: --writable keeps writes in the overlay file, which a
+// later serve of the same backup reopens; the backup never changes.
+func TestServeWritableOverlay(t *testing.T) {
+	dir := t.TempDir()
+	repo := "file://" + filepath.Join(dir, "repo")
+	full, _, raw0, _ := backupTwice(t, nil, repo)
+	ov := filepath.Join(dir, "vm1.overlay")
+	s := serveBackup(t, nil, repo, full, "--writable", "--overlay", ov)
+	runTool(t, "nbdinfo", "--can", "write", s.uri)
+	out := runTool(t, "qemu-io", "-f", "raw", "-c", "write -P 0x61 5000 70000", "-c", "write -z 8M 1M",
+		"-c", "write -P 0x62 20M 4k", "-c", "flush", "-c", "read -P 7 0 4000", "-c", "read -P 0x61 5000 70000",
+		"-c", "read -P 0 8M 1M", "-c", "read -P 9 9M 3M", s.uri)
+	if strings.Contains(out, "error") || strings.Contains(out, "failed") {
+		t.Fatalf("qemu-io on the writable export: %s", out)
+	}
+	if got := zeroMap(t, s.uri); strings.Join(got, ",") != "4194304 4194304,12582912 8388608,20975616 12578816" {
+		t.Errorf("nbdinfo --map zero ranges with the overlay: %v", got)
+	}
+	s.stop()
+	if _, err := os.Stat(ov + ".map"); err != nil {
+		t.Fatalf("no overlay map: %v", err)
+	}
+	s = serveBackup(t, nil, repo, full, "--writable", "--overlay", ov)
+	out = runTool(t, "qemu-io", "-r", "-f", "raw", "-c", "read -P 0x61 5000 70000", "-c", "read -P 0x62 20M 4k",
+		"-c", "read -P 0 8M 1M", s.uri)
+	if strings.Contains(out, "error") || strings.Contains(out, "failed") {
+		t.Fatalf("the reopened overlay lost writes: %s", out)
+	}
+	s.stop()
+	if r := cli(t, nil, "verify", "--repository", repo, "--backup", full); r.code != 0 {
+		t.Fatalf("verify after writes to the overlay: %s %s", r.stdout, r.stderr)
+	}
+	ro := serveBackup(t, nil, repo, full)
+	copied := filepath.Join(dir, "copy.raw")
+	runTool(t, "nbdcopy", ro.uri, copied)
+	if testutil.SHA256File(t, copied) != testutil.SHA256File(t, raw0) {
+		t.Error("the backup served read-only changed after writes through an overlay")
+	}
+	mustFail(t, cli(t, nil, "serve", "--repository", repo, "--backup", full, "--listen", "unix://"+filepath.Join(dir, "x.sock"),
+		"--overlay", ov), "--overlay needs --writable")
 }

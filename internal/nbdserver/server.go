@@ -42,6 +42,7 @@ type ExtentLister interface {
 }
 
 // Writer is implemented by writable devices; other exports are read-only.
+// WriteAt must not keep p: the server reuses it.
 type Writer interface {
 	WriteAt(ctx context.Context, p []byte, off int64) error
 	Zero(ctx context.Context, off, length int64) error
