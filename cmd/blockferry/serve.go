@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -21,6 +22,7 @@ import (
 
 type serveFlags struct {
 	backup, listen, name, cache, logLevel, overlay string
+	tlsCert, tlsKey                                string
 	concurrency, maxClients                        int
 	writable                                       bool
 }
@@ -40,7 +42,10 @@ image FILE and its block map FILE.map, kept across runs; without it a temporary
 one removed at exit), never to the repository. Or put a qcow2 overlay on a
 read-only export; writes land in the qcow2 file:
 
-  qemu-img create -f qcow2 -b 'nbd+unix:///?socket=/run/bf/vm1.sock' -F raw vm1.qcow2`,
+  qemu-img create -f qcow2 -b 'nbd+unix:///?socket=/run/bf/vm1.sock' -F raw vm1.qcow2
+
+With --tls-cert and --tls-key, clients must start TLS before anything else
+(nbds:// URIs); serve plain NBD only on a Unix socket or loopback.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := required(cmd, "backup", "listen"); err != nil {
@@ -51,7 +56,9 @@ read-only export; writes land in the qcow2 file:
 	}
 	fl := cmd.Flags()
 	fl.StringVar(&f.backup, "backup", "", "backup id to serve")
-	fl.StringVar(&f.listen, "listen", "", "unix:///path/to.sock, or tcp://127.0.0.1:10809 (plain TCP: no TLS)")
+	fl.StringVar(&f.listen, "listen", "", "unix:///path/to.sock, or tcp://127.0.0.1:10809")
+	fl.StringVar(&f.tlsCert, "tls-cert", "", "PEM certificate (chain) of the server: clients must then use TLS (nbds://)")
+	fl.StringVar(&f.tlsKey, "tls-key", "", "PEM private key of --tls-cert")
 	fl.StringVar(&f.name, "export-name", "", "export name (clients asking for the default export get it too)")
 	fl.StringVar(&f.cache, "cache", "256MiB", "decoded chunks kept in memory between reads")
 	fl.IntVar(&f.concurrency, "concurrency", 8, "chunks fetched at once")
@@ -100,7 +107,17 @@ func runServe(cmd *cobra.Command, g *globals, f serveFlags) error {
 		}()
 		dev = ov
 	}
-	network, address, uri, err := listenAddress(f.listen, f.name)
+	opts := []nbdserver.Option{nbdserver.WithExportName(f.name), nbdserver.WithMaxConnections(f.maxClients),
+		nbdserver.WithPreferredBlockSize(uint32(min(m.ChunkSize, nbdserver.MaxRequest))),
+		nbdserver.WithLogger(log.With(zap.String("backup", m.ID)))}
+	if f.tlsCert != "" || f.tlsKey != "" {
+		cert, err := tls.LoadX509KeyPair(f.tlsCert, f.tlsKey)
+		if err != nil {
+			return fmt.Errorf("--tls-cert/--tls-key: %w", err)
+		}
+		opts = append(opts, nbdserver.WithTLS(&tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}))
+	}
+	network, address, uri, err := listenAddress(f.listen, f.name, f.tlsCert != "")
 	if err != nil {
 		return err
 	}
@@ -108,9 +125,10 @@ func runServe(cmd *cobra.Command, g *globals, f serveFlags) error {
 	if err != nil {
 		return err
 	}
-	srv := nbdserver.New(dev, nbdserver.WithExportName(f.name), nbdserver.WithMaxConnections(f.maxClients),
-		nbdserver.WithPreferredBlockSize(uint32(min(m.ChunkSize, nbdserver.MaxRequest))),
-		nbdserver.WithLogger(log.With(zap.String("backup", m.ID))))
+	if network == "tcp" { // the port chosen for :0
+		uri = strings.Replace(uri, address, l.Addr().String(), 1)
+	}
+	srv := nbdserver.New(dev, opts...)
 	log.Info("serving backup", zap.String("backup", m.ID), zap.String("disk", m.Disk), zap.String("uri", uri),
 		zap.Int64("size", m.Size), zap.Int64("cache_bytes", cacheBytes))
 	if err := g.print(cmd.OutOrStdout(), map[string]any{"backup": m.ID, "disk": m.Disk, "size": m.Size, "uri": uri, "writable": f.writable},
@@ -122,19 +140,22 @@ func runServe(cmd *cobra.Command, g *globals, f serveFlags) error {
 }
 
 // listenAddress parses --listen and returns what to listen on and the NBD URI
-// clients connect to.
-func listenAddress(listen, name string) (network, address, uri string, err error) {
+// clients connect to (nbds:// with TLS).
+func listenAddress(listen, name string, useTLS bool) (network, address, uri string, err error) {
 	u, err := url.Parse(listen)
 	if err != nil {
 		return "", "", "", fmt.Errorf("--listen: %w", err)
 	}
-	exportPath := "/" + url.PathEscape(name)
+	exportPath, scheme := "/"+url.PathEscape(name), "nbd"
+	if useTLS {
+		scheme = "nbds"
+	}
 	switch {
 	case u.Scheme == "unix" && u.Host == "" && u.Path != "":
 		socket := strings.ReplaceAll(url.QueryEscape(u.Path), "%2F", "/")
-		return "unix", u.Path, "nbd+unix://" + exportPath + "?socket=" + socket, nil
+		return "unix", u.Path, scheme + "+unix://" + exportPath + "?socket=" + socket, nil
 	case u.Scheme == "tcp" && u.Host != "" && strings.Trim(u.Path, "/") == "":
-		return "tcp", u.Host, "nbd://" + u.Host + exportPath, nil
+		return "tcp", u.Host, scheme + "://" + u.Host + exportPath, nil
 	}
 	return "", "", "", fmt.Errorf("--listen %q: want unix:///path/to.sock or tcp://host:port", listen)
 }

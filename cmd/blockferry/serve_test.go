@@ -43,12 +43,17 @@ func (l *lockedBuffer) String() string {
 	return l.b.String()
 }
 
-// serveBackup runs `blockferry serve` on a Unix socket until the test ends, and
-// checks then that SIGTERM stops it cleanly.
+// serveBackup runs `blockferry serve` on a Unix socket (or on the --listen
+// address that extra starts with) until the test ends, and checks then that
+// SIGTERM stops it cleanly.
 func serveBackup(t *testing.T, env []string, repo, backup string, extra ...string) served {
 	t.Helper()
 	sock := filepath.Join(t.TempDir(), "bf.sock")
-	args := []string{"serve", "--json", "--repository", repo, "--backup", backup, "--listen", "unix://" + sock}
+	listen := "unix://" + sock
+	if len(extra) >= 2 && extra[0] == "--listen" {
+		listen, sock, extra = extra[1], "", extra[2:]
+	}
+	args := []string{"serve", "--json", "--repository", repo, "--backup", backup, "--listen", listen}
 	cmd := exec.Command(binary, append(args, extra...)...)
 	cmd.Env = append(os.Environ(), env...)
 	stdout, err := cmd.StdoutPipe()
@@ -83,7 +88,7 @@ func serveBackup(t *testing.T, env []string, repo, backup string, extra ...strin
 	}
 	// The URI is printed once the socket listens; then stdout is drained so the
 	// process never blocks on it.
-	if err := json.NewDecoder(stdout).Decode(&out); err != nil || out.Backup != backup || !strings.Contains(out.URI, sock) {
+	if err := json.NewDecoder(stdout).Decode(&out); err != nil || out.Backup != backup || out.URI == "" || !strings.Contains(out.URI, sock) {
 		t.Fatalf("serve printed %+v (%v); stderr %s", out, err, s.stderr)
 	}
 	go func() {
@@ -397,4 +402,24 @@ func TestServeWritableOverlay(t *testing.T) {
 	}
 	mustFail(t, cli(t, nil, "serve", "--repository", repo, "--backup", full, "--listen", "unix://"+filepath.Join(dir, "x.sock"),
 		"--overlay", ov), "--overlay needs --writable")
+}
+
+// TestServeTLS: with a certificate, the export on TCP takes nbds:// clients only.
+func TestServeTLS(t *testing.T) {
+	repo := "file://" + filepath.Join(t.TempDir(), "repo")
+	full, _, raw0, _ := backupTwice(t, nil, repo)
+	certs := testutil.SelfSignedTLS(t)
+	s := serveBackup(t, nil, repo, full, "--listen", "tcp://127.0.0.1:0", "--tls-cert", certs.Cert, "--tls-key", certs.Key)
+	if !strings.HasPrefix(s.uri, "nbds://127.0.0.1:") || strings.HasSuffix(s.uri, ":0/") {
+		t.Fatalf("serve printed %q", s.uri)
+	}
+	copied := filepath.Join(t.TempDir(), "copy.raw")
+	runTool(t, "nbdcopy", s.uri+"?tls-certificates="+certs.Dir, copied)
+	if testutil.SHA256File(t, copied) != testutil.SHA256File(t, raw0) {
+		t.Error("the copy over TLS differs from the disk")
+	}
+	plain := "nbd://" + strings.TrimPrefix(s.uri, "nbds://")
+	if out, err := exec.Command(testutil.RequireTool(t, "nbdinfo"), plain).CombinedOutput(); err == nil {
+		t.Errorf("a client without TLS was served: %s", out)
+	}
 }

@@ -2,6 +2,7 @@ package nbdserver
 
 import (
 	"bufio"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -28,6 +29,7 @@ type connection struct {
 	log  *zap.Logger
 
 	noZeroes       bool
+	tls            bool // the connection is TLS now
 	structured     bool
 	metaAllocation bool
 
@@ -87,6 +89,13 @@ func (c *connection) option() (done bool, err error) {
 	if _, err := io.ReadFull(c.r, data); err != nil {
 		return false, errClientLeft
 	}
+	if c.srv.cfg.tls != nil && !c.tls && opt != optStartTLS && opt != optAbort {
+		// TLS is required: nothing about the export before it.
+		if opt == optExportName {
+			return false, errors.New("NBD_OPT_EXPORT_NAME before TLS")
+		}
+		return false, c.optionReply(opt, repErrTLSReqd, []byte("TLS is required"))
+	}
 	switch opt {
 	case optExportName:
 		return true, c.exportName(data)
@@ -106,7 +115,7 @@ func (c *connection) option() (done bool, err error) {
 	case optListMetaContext, optSetMetaContext:
 		return false, c.metaContext(opt, data)
 	case optStartTLS:
-		return false, c.optionReply(opt, repErrPolicy, []byte("TLS is not offered by this server"))
+		return false, c.startTLS(data)
 	default:
 		return false, c.optionReply(opt, repErrUnsup, nil)
 	}
@@ -234,4 +243,27 @@ func lengthPrefixed(b []byte) (s string, rest []byte, ok bool) {
 		return "", nil, false
 	}
 	return string(b[4 : 4+n]), b[4+n:], true
+}
+
+// startTLS answers NBD_OPT_STARTTLS: the rest of the handshake and the
+// transmission go over TLS.
+func (c *connection) startTLS(data []byte) error {
+	switch {
+	case c.srv.cfg.tls == nil:
+		return c.optionReply(optStartTLS, repErrPolicy, []byte("TLS is not offered by this server"))
+	case c.tls || len(data) != 0:
+		return c.optionReply(optStartTLS, repErrInvalid, []byte("TLS already started, or data with STARTTLS"))
+	case c.r.Buffered() != 0:
+		return errors.New("data sent after NBD_OPT_STARTTLS before its reply")
+	}
+	if err := c.optionReply(optStartTLS, repAck, nil); err != nil {
+		return err
+	}
+	conn := tls.Server(c.conn, c.srv.cfg.tls)
+	if err := conn.Handshake(); err != nil {
+		return fmt.Errorf("TLS handshake: %w", err)
+	}
+	c.conn, c.tls = conn, true
+	c.r.Reset(conn)
+	return nil
 }

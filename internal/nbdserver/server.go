@@ -12,6 +12,7 @@ package nbdserver
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -70,6 +71,7 @@ type config struct {
 	maxConns       int
 	inFlightBytes  int64
 	preferredBlock uint32
+	tls            *tls.Config
 }
 
 // Option configures a Server.
@@ -94,6 +96,10 @@ func WithInFlightBytes(n int64) Option { return func(c *config) { c.inFlightByte
 // WithPreferredBlockSize sets the block size clients are told to prefer (a power of
 // two, default 4096; capped at MaxRequest).
 func WithPreferredBlockSize(n uint32) Option { return func(c *config) { c.preferredBlock = n } }
+
+// WithTLS requires clients to start TLS (NBD_OPT_STARTTLS) before anything else:
+// options other than STARTTLS and ABORT are refused with NBD_REP_ERR_TLS_REQD.
+func WithTLS(cfg *tls.Config) Option { return func(c *config) { c.tls = cfg } }
 
 // Server serves one device as one export.
 type Server struct {
