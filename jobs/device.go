@@ -60,7 +60,8 @@ func WithDeviceConcurrency(n int) DeviceOption {
 }
 
 // WithDeviceReadAhead sets how many positions past a sequential read are fetched
-// ahead of it (default 8; 0: none). Read-ahead only takes idle fetch slots.
+// ahead of it (default 8, at most half the cache; 0: none). Read-ahead only takes
+// idle fetch slots.
 func WithDeviceReadAhead(n int) DeviceOption {
 	return func(c *deviceConfig) { c.readAhead = max(n, 0) }
 }
@@ -75,7 +76,8 @@ func NewBackupDevice(repo *repository.Repository, m *repository.Manifest, opts .
 		m:         m,
 		positions: repo.PositionReader(m, repository.PatchCacheSize),
 		fetches:   semaphore.NewWeighted(int64(cfg.concurrency)),
-		readAhead: cfg.readAhead,
+		// Read-ahead beyond half the cache would evict the positions being read.
+		readAhead: int(min(int64(cfg.readAhead), cfg.cacheBytes/m.ChunkSize/2)),
 		cache:     newPositionCache(cfg.cacheBytes, cfg.concurrency),
 	}
 }
