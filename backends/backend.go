@@ -29,34 +29,17 @@ type Extent struct {
 // End is the offset just past the extent.
 func (e Extent) End() int64 { return e.Start + e.Length }
 
-// Capabilities says what a device can do.
-type Capabilities struct {
-	// DirtyBitmap is true when the source was opened with a bitmap and serves it.
-	DirtyBitmap bool
-	// Allocation is true when the source knows which ranges are holes; without it
-	// every range is reported allocated and data.
-	Allocation bool
-	// Zero is true when a target writes zeroes without sending them (NBD
-	// WRITE_ZEROES, punching holes in a file).
-	Zero bool
-	// Flush is true when Flush makes writes durable.
-	Flush bool
-	// MultiConn is true when the server allows several connections to one export.
-	MultiConn bool
-	// ReadOnly is true when the device refuses writes.
-	ReadOnly bool
-}
-
 // Source is a disk image to back up. ReadAt may be called from many goroutines.
 type Source interface {
-	io.ReaderAt
+	// ReadAt reads len(p) bytes at off, as io.ReaderAt does. ctx is the job's: a
+	// read that waits (for a rate limit, for a queue) stops waiting when it ends.
+	ReadAt(ctx context.Context, p []byte, off int64) (int, error)
 	// Size is the image size in bytes.
 	Size() int64
 	// Extents describes [start, start+length): the extents returned are contiguous,
 	// start at start and cover at least one byte of the window, but may stop short
 	// of its end; callers loop. Length is clipped to the image size.
 	Extents(ctx context.Context, start, length int64) ([]Extent, error)
-	Capabilities() Capabilities
 	Close() error
 }
 
@@ -70,7 +53,6 @@ type Target interface {
 	Zero(ctx context.Context, off, length int64) error
 	// Flush makes all completed writes durable.
 	Flush(ctx context.Context) error
-	Capabilities() Capabilities
 	Close() error
 }
 
@@ -78,9 +60,11 @@ type Target interface {
 type SourceOptions struct {
 	// Bitmap names the dirty bitmap of an incremental backup; empty for a full one.
 	Bitmap string
-	// Connections is the most connections to open when the server allows several.
+	// Connections is the most connections to open when the server allows several;
+	// zero opens one. The caller chooses (jobs.DefaultConnections).
 	Connections int
-	// MaxInFlight bounds the bytes of outstanding read requests per connection.
+	// MaxInFlight bounds the bytes of outstanding read requests per connection;
+	// zero leaves the bound to the implementation.
 	MaxInFlight int64
 }
 
@@ -101,7 +85,8 @@ type TargetOptions struct {
 	// Size is the size the target must have; a file target is created or grown to
 	// it, an NBD export must be at least as large.
 	Size int64
-	// Connections is the most connections to open when the server allows several.
+	// Connections is the most connections to open when the server allows several;
+	// zero opens one.
 	Connections int
 }
 

@@ -23,9 +23,9 @@ type instrumentedSource struct {
 	observe SourceObserver
 }
 
-func (s *instrumentedSource) ReadAt(p []byte, off int64) (int, error) {
+func (s *instrumentedSource) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
 	start := time.Now()
-	n, err := s.Source.ReadAt(p, off)
+	n, err := s.Source.ReadAt(ctx, p, off)
 	if err == io.EOF && n == len(p) {
 		err = nil
 	}

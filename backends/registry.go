@@ -36,7 +36,7 @@ func Register(src SourceOpener, tgt TargetOpener, schemes ...string) {
 
 // OpenSource opens the disk image at uri for reading.
 func OpenSource(ctx context.Context, uri string, opts ...SourceOption) (Source, error) {
-	o := SourceOptions{Connections: 4, MaxInFlight: 64 << 20}
+	var o SourceOptions
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -55,7 +55,7 @@ func OpenSource(ctx context.Context, uri string, opts ...SourceOption) (Source, 
 
 // OpenTarget opens the disk image at uri for writing.
 func OpenTarget(ctx context.Context, uri string, opts ...TargetOption) (Target, error) {
-	o := TargetOptions{Connections: 4}
+	var o TargetOptions
 	for _, opt := range opts {
 		opt(&o)
 	}

@@ -4,9 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync/atomic"
 	"time"
 
+	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/blockferry/blockferry/backends"
@@ -34,6 +34,9 @@ type BackupParams struct {
 	Limits Limits
 	// Compress chunks with zstd (incompressible ones are stored as they are).
 	Compress bool
+	// Log receives what the backup does on its own account: resuming an earlier
+	// attempt, checkpoints that could not be written. nil logs nothing.
+	Log *zap.Logger
 }
 
 // Errors of a backup that no retry can fix.
@@ -42,35 +45,61 @@ var (
 	ErrInvalid        = errors.New("invalid request")
 )
 
-// chunkAction is what the planner decided for one chunk position.
-type chunkAction uint8
-
-const (
-	actionRead  chunkAction = iota // read, hash, store
-	actionZero                     // reads as zeroes: store a marker, never read
-	actionReuse                    // clean in the bitmap: the parent's entry holds
-	actionPatch                    // a little changed: read and store only that, as patches
-)
-
-type chunkTask struct {
-	index  int // the position, but for actionPatch
-	action chunkAction
-	// group lists, for actionPatch, the positions whose dirty blocks are stored
-	// together in one new chunk.
-	group []patchPosition
-}
-
 // Backup reads src and stores it in repo as a new backup. Only after every chunk
 // the manifest names is stored is the manifest written; a backup that fails or is
 // cancelled leaves no manifest, and its stored chunks are reused by the next try.
+//
+// p comes from a valid spec (Runner): Bitmap and Parent are set together, for an
+// incremental, or neither. Backup checks what only it can see: that the parent
+// is a backup of the same disk at the source's size, and that the chunk size it
+// takes (the parent's, p's or the repository's) is one the format supports.
 func Backup(ctx context.Context, repo *repository.Repository, src backends.Source, p BackupParams, progress *Progress) (*repository.Manifest, error) {
 	if progress == nil {
 		progress = NewProgress()
 	}
-	started := time.Now().UTC()
+	m, err := newManifest(repo, src, p)
+	if err != nil {
+		return nil, err
+	}
+	// From here on the attempt writes through a repository that keeps it safe
+	// from concurrent garbage collection (repository.GCView).
+	repo, gcv, err := repo.BeginAttempt(ctx, p.Parent)
+	if err != nil {
+		return nil, err
+	}
+	defer gcv.End(ctx)
+	progress.bytesTotal.Store(m.Size)
+	rs, finished, err := resume(ctx, repo, m, p)
+	if err != nil {
+		return nil, err
+	}
+	if finished != nil { // an earlier attempt of this job wrote it
+		progress.bytesDone.Store(m.Size)
+		return finished, nil
+	}
+	r := &backupRun{
+		repo: repo, src: src, parent: p.Parent, limits: p.Limits, compress: p.Compress,
+		m: m, resume: rs, progress: progress,
+	}
+	if err := r.run(ctx); err != nil {
+		return nil, err
+	}
+	m.Patches = r.patches.m
+	m.Completed = time.Now().UTC()
+	m.Stats = progress.backupStats(m)
+	if err := repo.PutManifest(ctx, m); err != nil {
+		return nil, err
+	}
+	rs.finish(ctx)
+	return m, nil
+}
+
+// newManifest starts the manifest of the backup p describes, of a source of
+// src's size, and checks that its parent is one to take it against.
+func newManifest(repo *repository.Repository, src backends.Source, p BackupParams) (*repository.Manifest, error) {
 	m := &repository.Manifest{
 		Version: repository.ManifestVersion, ID: p.ID, JobID: p.JobID, Disk: p.Disk, Kind: "full",
-		Labels: p.Labels, Started: started, Size: src.Size(), ChunkSize: p.ChunkSize,
+		Labels: p.Labels, Started: time.Now().UTC(), Size: src.Size(), ChunkSize: p.ChunkSize,
 	}
 	if m.ID == "" {
 		m.ID = NewBackupID()
@@ -79,9 +108,6 @@ func Backup(ctx context.Context, repo *repository.Repository, src backends.Sourc
 		m.ChunkSize = repo.Config().ChunkSize
 	}
 	parent := p.Parent
-	if (p.Bitmap == "") != (parent == nil) {
-		return nil, fmt.Errorf("%w: an incremental backup needs both a bitmap and a parent", ErrInvalid)
-	}
 	if parent != nil {
 		switch {
 		case parent.Disk != p.Disk:
@@ -95,241 +121,137 @@ func Backup(ctx context.Context, repo *repository.Repository, src backends.Sourc
 		return nil, fmt.Errorf("%w: chunk size %d: want a power of two from %d to %d", ErrInvalid, m.ChunkSize, repository.MinChunkSize, repository.MaxChunkSize)
 	}
 	m.Chunks = make([]string, repository.ChunkCount(m.Size, m.ChunkSize))
-	patches := &patchSet{}
-	progress.bytesTotal.Store(m.Size)
-	rs, finished, err := resume(ctx, repo, m, p)
-	if err != nil {
-		return nil, err
-	}
-	if finished != nil { // an earlier attempt of this job wrote it
-		progress.bytesDone.Store(m.Size)
-		return finished, nil
-	}
-	stopSaving := rs.saveEvery(ctx, checkpointInterval)
+	return m, nil
+}
 
-	var st backupCounters
+// backupRun is one backup in progress: what it reads, where it stores, the
+// manifest it fills in and what it has done so far. Its workers share it; each
+// chunk position is filled in by one of them.
+type backupRun struct {
+	repo     *repository.Repository
+	src      backends.Source
+	parent   *repository.Manifest // nil for a full backup
+	limits   Limits
+	compress bool
+
+	m        *repository.Manifest
+	patches  patchSet     // the manifest's patches, as the workers make them
+	resume   *resumeState // the job's checkpoint: what an earlier attempt stored, what this one did
+	progress *Progress    // counts what the run does, for its monitor and its statistics
+}
+
+// run plans the chunk positions and stores them with the run's workers, writing
+// the checkpoint now and then. A run cancelled by its user drops the checkpoint.
+func (r *backupRun) run(ctx context.Context) error {
+	stopSaving := r.resume.saveEvery(ctx, checkpointInterval)
 	g, gctx := errgroup.WithContext(ctx)
-	tasks := make(chan chunkTask, 2*p.Limits.concurrency())
+	tasks := make(chan chunkTask, 2*r.limits.concurrency())
 	g.Go(func() error {
 		defer close(tasks)
-		return planChunks(gctx, src, m, parent, tasks)
+		return planChunks(gctx, r.src, r.m, r.parent, tasks)
 	})
-	for range p.Limits.concurrency() {
+	for range r.limits.concurrency() {
 		g.Go(func() error {
 			for t := range tasks {
-				if err := backupChunk(gctx, repo, src, m, patches, p, rs, t, &st, progress); err != nil {
+				if err := r.chunk(gctx, t); err != nil {
 					return err
 				}
 			}
 			return nil
 		})
 	}
-	err = g.Wait()
+	err := g.Wait()
 	if err == nil {
 		err = ctx.Err()
 	}
 	stopSaving()
-	if err != nil {
-		if errors.Is(context.Cause(ctx), ErrCancelled) {
-			rs.drop(ctx)
-		}
-		return nil, err
+	if err != nil && errors.Is(context.Cause(ctx), ErrCancelled) {
+		r.resume.drop(ctx)
 	}
-	m.Patches = patches.m
-	m.Completed = time.Now().UTC()
-	m.Stats = st.stats(m)
-	if err := repo.PutManifest(ctx, m); err != nil {
-		return nil, err
-	}
-	rs.finish(ctx)
-	return m, nil
+	return err
 }
 
-// planChunks walks the source's extents window by window and sends one task per
-// chunk position, in order. It never asks for the whole disk's map at once.
-// parent is nil for a full backup.
-func planChunks(ctx context.Context, src backends.Source, m *repository.Manifest, parent *repository.Manifest, tasks chan<- chunkTask) error {
-	const windowChunks = 256 // 1 GiB of 4 MiB chunks per block status window
-	window := m.ChunkSize * windowChunks
-	var pending []backends.Extent // extents not yet consumed, starting at pos
-	var dirtyExtents []backends.Extent
-	send := func(t chunkTask) error {
-		select {
-		case tasks <- t:
-			return nil
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
-	group := patchGroup{limit: patchChunkSize(m.ChunkSize)}
-	pos := int64(0)
-	for i := range m.Chunks {
-		start := int64(i) * m.ChunkSize
-		end := min(start+m.ChunkSize, m.Size)
-		dirty, data := false, false
-		dirtyExtents = dirtyExtents[:0]
-		for start < end {
-			if len(pending) == 0 {
-				ext, err := src.Extents(ctx, pos, window)
-				if err != nil {
-					return fmt.Errorf("extents at %d: %w", pos, err)
-				}
-				if len(ext) == 0 || ext[0].Start != pos {
-					return fmt.Errorf("extents at %d: source returned no extent for the position", pos)
-				}
-				pending = ext
-			}
-			e := &pending[0]
-			n := min(e.End(), end) - start
-			dirty = dirty || e.Dirty
-			data = data || !e.Zero
-			if e.Dirty {
-				dirtyExtents = append(dirtyExtents, backends.Extent{Start: start, Length: n, Dirty: true, Zero: e.Zero})
-			}
-			start += n
-			pos = start
-			e.Start, e.Length = e.Start+n, e.Length-n
-			if e.Length == 0 {
-				pending = pending[1:]
-			}
-		}
-		t := chunkTask{index: i, action: actionRead}
-		switch {
-		case parent != nil && !dirty:
-			t.action = actionReuse
-		case !data:
-			t.action = actionZero
-		case parent != nil && patchable(parent.Patches[i], dirtyExtents, int64(i)*m.ChunkSize, m.ChunkLen(i)):
-			// Into the group of positions whose changed blocks make one chunk; a
-			// group that is full goes out first.
-			if full, ok := group.add(i, dirtyExtents); ok {
-				if err := send(full); err != nil {
-					return err
-				}
-			}
-			continue
-		}
-		if err := send(t); err != nil {
-			return err
-		}
-	}
-	if last, ok := group.flush(); ok {
-		return send(last)
-	}
-	return nil
-}
-
-type backupCounters struct {
-	read, written, deduped, reused, zero, resumed           atomic.Int64
-	nUploaded, nDeduped, nReused, nZero, nResumed, nPatched atomic.Int64
-}
-
-func (c *backupCounters) stats(m *repository.Manifest) repository.BackupStats {
-	d := m.Completed.Sub(m.Started).Seconds()
-	s := repository.BackupStats{
-		BytesTotal: m.Size, BytesRead: c.read.Load(), BytesWritten: c.written.Load(),
-		BytesDeduplicated: c.deduped.Load(), BytesReused: c.reused.Load(), BytesZero: c.zero.Load(),
-		ChunksTotal: len(m.Chunks), ChunksUploaded: int(c.nUploaded.Load()), ChunksDeduped: int(c.nDeduped.Load()),
-		ChunksReused: int(c.nReused.Load()), ChunksZero: int(c.nZero.Load()), DurationSeconds: d,
-		BytesResumed: c.resumed.Load(), ChunksResumed: int(c.nResumed.Load()), ChunksPatched: int(c.nPatched.Load()),
-	}
-	if d > 0 {
-		s.ReadBytesPerSec = float64(s.BytesRead) / d
-		s.StoredBytesPerSec = float64(s.BytesTotal) / d
-	}
-	return s
-}
-
-func backupChunk(ctx context.Context, repo *repository.Repository, src backends.Source, m *repository.Manifest, patches *patchSet,
-	p BackupParams, rs *resumeState, t chunkTask, st *backupCounters, progress *Progress) error {
+// chunk stores the chunk position, or group of patched positions, of task t.
+func (r *backupRun) chunk(ctx context.Context, t chunkTask) error {
 	if err := ctx.Err(); err != nil { // a failed sibling: read no more
 		return err
 	}
 	if t.action == actionPatch {
-		return withChunkBuffer(ctx, p.Limits.Memory, m.ChunkSize, func(buf []byte) error {
-			return backupPatches(ctx, repo, src, m, patches, p, rs, t.group, buf, st, progress)
-		})
+		return r.withChunkBuffer(ctx, func(buf []byte) error { return r.patch(ctx, t.group, buf) })
 	}
-	n := m.ChunkLen(t.index)
-	defer progress.bytesDone.Add(n)
-	if e, ok := rs.stored(t.index); ok && t.action == actionRead {
-		m.Chunks[t.index] = e.chunk
-		patches.set(t.index, e.patches)
-		st.resumed.Add(n)
-		st.nResumed.Add(1)
+	n := r.m.ChunkLen(t.index)
+	defer r.progress.bytesDone.Add(n)
+	if t.action == actionRead && r.fromCheckpoint(t.index) {
 		return nil
 	}
 	switch t.action {
 	case actionReuse:
-		m.Chunks[t.index] = p.Parent.Chunks[t.index]
-		patches.set(t.index, p.Parent.Patches[t.index])
-		st.reused.Add(n)
-		st.nReused.Add(1)
+		r.m.Chunks[t.index] = r.parent.Chunks[t.index]
+		r.patches.set(t.index, r.parent.Patches[t.index])
+		r.progress.addReused(n)
 		return nil
 	case actionZero:
-		st.zero.Add(n)
-		st.nZero.Add(1)
+		r.progress.addZero(n)
 		return nil
 	}
-	return withChunkBuffer(ctx, p.Limits.Memory, m.ChunkSize, func(buf []byte) error {
-		return backupWhole(ctx, repo, src, m, p, rs, t.index, buf[:n], st, progress)
-	})
+	return r.withChunkBuffer(ctx, func(buf []byte) error { return r.whole(ctx, t.index, buf[:n]) })
+}
+
+// fromCheckpoint takes chunk position i from what an earlier attempt of the job
+// stored there, if it stored it.
+func (r *backupRun) fromCheckpoint(i int) bool {
+	e, ok := r.resume.stored(i)
+	if !ok {
+		return false
+	}
+	r.m.Chunks[i] = e.chunk
+	r.patches.set(i, e.patches)
+	r.progress.addResumed(r.m.ChunkLen(i))
+	return true
 }
 
 // withChunkBuffer runs fn with a chunk buffer, once the budget has room for it
 // and for the object it is sealed into.
-func withChunkBuffer(ctx context.Context, budget *MemoryBudget, chunkSize int64, fn func(buf []byte) error) error {
-	release, err := budget.reserve(ctx, backupChunkMemory(chunkSize))
+func (r *backupRun) withChunkBuffer(ctx context.Context, fn func(buf []byte) error) error {
+	release, err := r.limits.Memory.reserve(ctx, backupChunkMemory(r.m.ChunkSize))
 	if err != nil {
 		return err
 	}
 	defer release()
-	buf := getChunkBuffer(chunkSize)
+	buf := getChunkBuffer(r.m.ChunkSize)
 	defer putChunkBuffer(buf)
 	return fn(*buf)
 }
 
-// backupWhole reads chunk position i into data and stores it.
-func backupWhole(ctx context.Context, repo *repository.Repository, src backends.Source, m *repository.Manifest,
-	p BackupParams, rs *resumeState, i int, data []byte, st *backupCounters, progress *Progress) error {
+// whole reads chunk position i into data and stores it.
+func (r *backupRun) whole(ctx context.Context, i int, data []byte) error {
 	n := int64(len(data))
-	off := int64(i) * m.ChunkSize
-	if _, err := src.ReadAt(data, off); err != nil {
+	off := int64(i) * r.m.ChunkSize
+	if _, err := r.src.ReadAt(ctx, data, off); err != nil {
 		return fmt.Errorf("read chunk %d at offset %d: %w", i, off, err)
 	}
-	st.read.Add(n)
-	progress.bytesRead.Add(n)
+	r.progress.bytesRead.Add(n)
 	if isZero(data) { // allocated, or dirty, but zeroes: a marker is enough
-		st.zero.Add(n)
-		st.nZero.Add(1)
-		rs.record(i, storedEntry{})
+		r.progress.addZero(n)
+		r.resume.record(i, storedEntry{})
 		return nil
 	}
-	id, err := storeChunk(ctx, repo, data, p.Compress, st, progress)
+	id, err := r.store(ctx, data)
 	if err != nil {
 		return err
 	}
-	m.Chunks[i] = id
-	rs.record(i, storedEntry{chunk: id})
+	r.m.Chunks[i] = id
+	r.resume.record(i, storedEntry{chunk: id})
 	return nil
 }
 
-// storeChunk puts data into the repository and counts what that cost.
-func storeChunk(ctx context.Context, repo *repository.Repository, data []byte, compress bool, st *backupCounters, progress *Progress) (string, error) {
-	res, err := repo.PutChunk(ctx, data, compress)
+// store puts data into the repository and counts what that cost.
+func (r *backupRun) store(ctx context.Context, data []byte) (string, error) {
+	res, err := r.repo.PutChunk(ctx, data, r.compress)
 	if err != nil {
 		return "", err
 	}
-	n := int64(len(data))
-	if res.Stored == 0 {
-		st.deduped.Add(n)
-		st.nDeduped.Add(1)
-		progress.bytesDeduplicated.Add(n)
-	} else {
-		st.written.Add(int64(res.Stored))
-		st.nUploaded.Add(1)
-		progress.bytesWritten.Add(int64(res.Stored))
-	}
+	r.progress.addStored(int64(len(data)), res)
 	return res.ID.String(), nil
 }
 

@@ -45,6 +45,7 @@ const (
 	CodeExhausted         = "deliveries_exhausted"
 	CodeTimeout           = "timeout"
 	CodeIO                = "io_error"
+	CodeCollected         = "chunk_collected"
 	CodeInternal          = "internal"
 )
 
@@ -75,6 +76,7 @@ var classes = []struct {
 	// cannot be reached at the start is a wrong URI or a torn-down export, which
 	// waiting does not fix. A connection lost mid-job is an I/O error, retried.
 	{backends.ErrUnreachable, CodeSourceUnreachable, false},
+	{repository.ErrCollected, CodeCollected, true},
 	{context.DeadlineExceeded, CodeTimeout, true},
 	{os.ErrDeadlineExceeded, CodeTimeout, true},
 	{io.ErrUnexpectedEOF, CodeIO, true},

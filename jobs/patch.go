@@ -118,114 +118,146 @@ func (s *patchSet) set(i int, ps []repository.Patch) {
 	s.m[i] = ps
 }
 
-// backupPatches reads the dirty extents of a group of positions into buf, stores
-// the blocks that hold data as one chunk, and records each position as its
-// parent's entry with patches laid over it. Positions an earlier attempt of the
-// job stored are taken from its checkpoint.
-func backupPatches(ctx context.Context, repo *repository.Repository, src backends.Source, m *repository.Manifest, patches *patchSet,
-	p BackupParams, rs *resumeState, group []patchPosition, buf []byte, st *backupCounters, progress *Progress) error {
-	// One read per dirty extent that may hold data, all at once: they are small
-	// (a bitmap's granularity, typically 64 KiB), so one after the other their
-	// round trips would be what the backup waits for.
-	type read struct {
-		e  backends.Extent
-		at int // where in buf it goes
+// patchedPosition is a position of a patch group as it is stored: its dirty
+// extents, the patches they become and how much of it they cover.
+type patchedPosition struct {
+	patchPosition
+	// top are the new patches, laid over the parent's entry; until the chunk
+	// they refer to is stored, its id is newPatchChunk.
+	top        []repository.Patch
+	dirtyBytes int64 // the dirty extents' length
+	zeroBytes  int64 // of which read as zeroes
+}
+
+// patch reads the dirty extents of a group of positions into buf, stores the
+// blocks that hold data as one chunk, and records each position as its parent's
+// entry with patches laid over it. Positions an earlier attempt of the job stored
+// are taken from its checkpoint.
+func (r *backupRun) patch(ctx context.Context, group []patchPosition, buf []byte) error {
+	todo := r.notResumed(group)
+	reads := extentReads(todo)
+	if err := r.readExtents(ctx, reads, buf); err != nil {
+		return err
 	}
-	type patched struct {
-		patchPosition
-		dirtyBytes, zeroBytes int64
+	chunk := packPatches(todo, reads, buf, r.m.ChunkSize)
+	id := ""
+	if len(chunk) > 0 {
+		var err error
+		if id, err = r.store(ctx, chunk); err != nil {
+			return err
+		}
 	}
-	var todo []patched
-	var reads []read
-	used := 0
+	for _, pp := range todo {
+		r.recordPatched(pp, id)
+	}
+	return nil
+}
+
+// notResumed returns the positions of group to patch: those an earlier attempt of
+// the job did not store. The others are taken from its checkpoint.
+func (r *backupRun) notResumed(group []patchPosition) []patchedPosition {
+	var todo []patchedPosition
 	for _, pp := range group {
-		if e, ok := rs.stored(pp.index); ok {
-			n := m.ChunkLen(pp.index)
-			m.Chunks[pp.index] = e.chunk
-			patches.set(pp.index, e.patches)
-			st.resumed.Add(n)
-			st.nResumed.Add(1)
-			progress.bytesDone.Add(n)
+		if r.fromCheckpoint(pp.index) {
+			r.progress.bytesDone.Add(r.m.ChunkLen(pp.index))
 			continue
 		}
+		todo = append(todo, patchedPosition{patchPosition: pp})
+	}
+	return todo
+}
+
+// extentRead is a dirty extent that may hold data, and where in the group's
+// buffer it is read to.
+type extentRead struct {
+	e  backends.Extent
+	at int
+}
+
+// extentReads lays the dirty extents of todo that may hold data out in the
+// group's buffer, one after the other in order.
+func extentReads(todo []patchedPosition) []extentRead {
+	var reads []extentRead
+	used := 0
+	for _, pp := range todo {
 		for _, e := range pp.dirty {
 			if !e.Zero {
-				reads = append(reads, read{e: e, at: used})
+				reads = append(reads, extentRead{e: e, at: used})
 				used += int(e.Length)
 			}
 		}
-		todo = append(todo, patched{patchPosition: pp})
 	}
+	return reads
+}
+
+// readExtents makes the reads all at once: they are small (a bitmap's
+// granularity, typically 64 KiB), so one after the other their round trips would
+// be what the backup waits for.
+func (r *backupRun) readExtents(ctx context.Context, reads []extentRead, buf []byte) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(16)
-	for _, r := range reads {
+	for _, rd := range reads {
 		g.Go(func() error {
 			if err := gctx.Err(); err != nil {
 				return err
 			}
-			if _, err := src.ReadAt(buf[r.at:r.at+int(r.e.Length)], r.e.Start); err != nil {
-				return fmt.Errorf("read %d bytes at offset %d: %w", r.e.Length, r.e.Start, err)
+			if _, err := r.src.ReadAt(gctx, buf[rd.at:rd.at+int(rd.e.Length)], rd.e.Start); err != nil {
+				return fmt.Errorf("read %d bytes at offset %d: %w", rd.e.Length, rd.e.Start, err)
 			}
-			st.read.Add(r.e.Length)
-			progress.bytesRead.Add(r.e.Length)
+			r.progress.bytesRead.Add(rd.e.Length)
 			return nil
 		})
 	}
-	if err := g.Wait(); err != nil {
-		return err
-	}
+	return g.Wait()
+}
 
-	// The patches, and the chunk: the blocks read, less those that read as
-	// zeroes, moved together.
-	tops := make([][]repository.Patch, len(todo))
-	blob := buf[:0]
+// packPatches makes the patches of the positions in todo, whose dirty extents
+// reads put into buf, and returns the chunk they refer to: the blocks read, less
+// those that read as zeroes, moved together at the start of buf (a block only
+// ever moves down, never over one not yet moved).
+func packPatches(todo []patchedPosition, reads []extentRead, buf []byte, chunkSize int64) []byte {
+	chunk := buf[:0]
 	next := 0 // into reads
-	for k, pd := range todo {
-		posStart := int64(pd.index) * m.ChunkSize
-		for _, e := range pd.dirty {
-			todo[k].dirtyBytes += e.Length
+	for k := range todo {
+		pp := &todo[k]
+		posStart := int64(pp.index) * chunkSize
+		for _, e := range pp.dirty {
+			pp.dirtyBytes += e.Length
 			patch := repository.Patch{Offset: e.Start - posStart, Length: e.Length}
 			if !e.Zero {
-				r := reads[next]
+				rd := reads[next]
 				next++
-				if data := buf[r.at : r.at+int(e.Length)]; !isZero(data) {
-					patch.Chunk, patch.ChunkOffset = newPatchChunk, int64(len(blob))
-					blob = append(blob, data...) // moves down within buf, never up
+				if data := buf[rd.at : rd.at+int(e.Length)]; !isZero(data) {
+					patch.Chunk, patch.ChunkOffset = newPatchChunk, int64(len(chunk))
+					chunk = append(chunk, data...)
 				}
 			}
 			if patch.Chunk == "" {
-				todo[k].zeroBytes += e.Length
+				pp.zeroBytes += e.Length
 			}
-			tops[k] = append(tops[k], patch)
+			pp.top = append(pp.top, patch)
 		}
 	}
-	id := ""
-	if len(blob) > 0 {
-		var err error
-		if id, err = storeChunk(ctx, repo, blob, p.Compress, st, progress); err != nil {
-			return err
+	return chunk
+}
+
+// recordPatched records position pp as its parent's entry with pp's patches laid
+// over the parent's there; id is the chunk its new patches refer to.
+func (r *backupRun) recordPatched(pp patchedPosition, id string) {
+	for j := range pp.top {
+		if pp.top[j].Chunk == newPatchChunk {
+			pp.top[j].Chunk = id
 		}
 	}
-	for k, pd := range todo {
-		top := tops[k]
-		for j := range top {
-			if top[j].Chunk == newPatchChunk {
-				top[j].Chunk = id
-			}
-		}
-		base := p.Parent.Chunks[pd.index]
-		all := repository.OverlayPatches(p.Parent.Patches[pd.index], top)
-		if base == "" { // zeroes laid over zeroes change nothing
-			all = slices.DeleteFunc(all, func(p repository.Patch) bool { return p.Chunk == "" })
-		}
-		m.Chunks[pd.index] = base
-		patches.set(pd.index, all)
-		rs.record(pd.index, storedEntry{chunk: base, patches: all})
-		n := m.ChunkLen(pd.index)
-		st.zero.Add(pd.zeroBytes)
-		st.reused.Add(n - pd.dirtyBytes)
-		st.nPatched.Add(1)
-		progress.bytesDone.Add(n)
+	base := r.parent.Chunks[pp.index]
+	all := repository.OverlayPatches(r.parent.Patches[pp.index], pp.top)
+	if base == "" { // zeroes laid over zeroes change nothing
+		all = slices.DeleteFunc(all, func(p repository.Patch) bool { return p.Chunk == "" })
 	}
-	return nil
+	r.m.Chunks[pp.index] = base
+	r.patches.set(pp.index, all)
+	r.resume.record(pp.index, storedEntry{chunk: base, patches: all})
+	n := r.m.ChunkLen(pp.index)
+	r.progress.addPatched(pp.zeroBytes, n-pp.dirtyBytes)
+	r.progress.bytesDone.Add(n)
 }

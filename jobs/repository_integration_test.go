@@ -220,8 +220,10 @@ func TestDeduplicationAcrossDisks(t *testing.T) {
 
 // TestRestoreIsSparse: zero chunks and zero runs inside data chunks stay holes, so a
 // restored raw image takes about the space of its data.
-func TestRestoreIsSparse(t *testing.T) {
-	r := jobs.NewRunner(jobs.WithDefaultRepository("file://" + filepath.Join(t.TempDir(), "repo")))
+// sparseDisk makes a 64 MiB raw image with 64 KiB of data, different in each, at
+// 128 KiB into every fourth 1 MiB chunk, and holes elsewhere.
+func sparseDisk(t *testing.T) string {
+	t.Helper()
 	p := filepath.Join(t.TempDir(), "sparse.raw")
 	f, err := os.Create(p)
 	if err != nil {
@@ -232,6 +234,12 @@ func TestRestoreIsSparse(t *testing.T) {
 		f.WriteAt(bytes.Repeat([]byte{byte(i + 1)}, 64<<10), i*mib+128<<10)
 	}
 	f.Close()
+	return p
+}
+
+func TestRestoreIsSparse(t *testing.T) {
+	r := jobs.NewRunner(jobs.WithDefaultRepository("file://" + filepath.Join(t.TempDir(), "repo")))
+	p := sparseDisk(t)
 	m := fullBackupOfFile(t, r, p)
 	out, err := restoreToFile(t, r, m.ID)
 	if err != nil {
@@ -246,6 +254,46 @@ func TestRestoreIsSparse(t *testing.T) {
 	}
 	if allocated := st.Blocks * 512; allocated > 2*mib {
 		t.Errorf("restored image allocates %d bytes for 1 MiB of data", allocated)
+	}
+}
+
+// TestRestoreAndVerifyFigures: the figures a restore and a verify report are what
+// they did, and what their progress showed.
+func TestRestoreAndVerifyFigures(t *testing.T) {
+	r := jobs.NewRunner(jobs.WithDefaultRepository("file://" + filepath.Join(t.TempDir(), "repo")))
+	m := fullBackupOfFile(t, r, sparseDisk(t))
+	if m.Stats.ChunksUploaded != 16 || m.Stats.ChunksZero != 48 || m.Stats.BytesRead != 16*mib {
+		t.Fatalf("backup stats %+v: want 16 chunks uploaded, 48 zero, 16 MiB read", m.Stats)
+	}
+
+	progress := jobs.NewProgress()
+	out := filepath.Join(t.TempDir(), "out.raw")
+	res, err := r.Run(context.Background(), jobs.Spec{SpecVersion: jobs.SpecVersion, ID: "r", Kind: jobs.KindRestore, Backup: m.ID,
+		Target: &jobs.Endpoint{URI: "file://" + out}}, progress)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The 16 stored chunks are fetched; of them only the 64 KiB blocks of data
+	// are written, and the rest of the disk is zeroed.
+	st, snap := res.Restore, progress.Snapshot()
+	if st.BytesTotal != 64*mib || st.BytesFetched != 16*mib || st.BytesWritten != 16*64<<10 || st.BytesZero != 64*mib-16*64<<10 {
+		t.Errorf("restore stats %+v", st)
+	}
+	if snap.BytesTotal != 64*mib || snap.BytesDone != 64*mib || snap.BytesRead != st.BytesFetched || snap.BytesWritten != st.BytesWritten {
+		t.Errorf("restore progress %+v, stats %+v", snap, st)
+	}
+
+	progress = jobs.NewProgress()
+	res, err = r.Run(context.Background(), jobs.Spec{SpecVersion: jobs.SpecVersion, ID: "v", Kind: jobs.KindVerify, Backup: m.ID}, progress)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, snap := res.Verify, progress.Snapshot()
+	if rep.ChunksChecked != 16 || rep.BytesChecked != 16*mib {
+		t.Errorf("verify report %+v: want 16 chunks, 16 MiB checked", rep)
+	}
+	if snap.BytesTotal != 16*mib || snap.BytesDone != 16*mib || snap.BytesRead != rep.BytesChecked {
+		t.Errorf("verify progress %+v, report %+v", snap, rep)
 	}
 }
 

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -33,74 +32,97 @@ func Restore(ctx context.Context, repo *repository.Repository, m *repository.Man
 	}
 	start := time.Now()
 	progress.bytesTotal.Store(m.Size)
-	var written, zero, fetched atomic.Int64
-	// Decompression buffers are recycled: fresh 4 MiB buffers cost more in page
-	// faults than decompressing into them.
-	var bufs sync.Pool
-	positions := repo.PositionReader(m, repository.PatchCacheSize)
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(lim.concurrency())
-	for i := 0; i < len(m.Chunks) && gctx.Err() == nil; i++ {
-		off, n := int64(i)*m.ChunkSize, m.ChunkLen(i)
-		// Runs of zero chunks become one zero request.
-		if m.ReadsAsZero(i) {
-			j := i
-			for j+1 < len(m.Chunks) && m.ReadsAsZero(j+1) {
-				j++
-			}
-			n = int64(j)*m.ChunkSize + m.ChunkLen(j) - off
-			i = j
-			g.Go(func() error {
-				if err := tgt.Zero(gctx, off, n); err != nil {
-					return fmt.Errorf("zero %d bytes at %d: %w", n, off, err)
-				}
-				zero.Add(n)
-				progress.bytesDone.Add(n)
-				return nil
-			})
-			continue
-		}
-		g.Go(func() error {
-			release, err := lim.Memory.reserve(gctx, restoreChunkMemory(m.ChunkSize))
-			if err != nil {
-				return err
-			}
-			defer release()
-			buf, _ := bufs.Get().(*repository.PositionBuffers)
-			if buf == nil {
-				buf = &repository.PositionBuffers{}
-			}
-			defer bufs.Put(buf)
-			data, got, err := positions.Read(gctx, i, buf)
-			if err != nil {
-				return err
-			}
-			fetched.Add(got)
-			progress.bytesRead.Add(got)
-			w, z, err := writeSparse(gctx, tgt, data, off)
-			if err != nil {
-				return err
-			}
-			written.Add(w)
-			zero.Add(z)
-			progress.bytesWritten.Add(w)
-			progress.bytesDone.Add(n)
-			return nil
-		})
+	r := &restoreRun{
+		m: m, positions: repo.PositionReader(m, repository.PatchCacheSize), tgt: tgt,
+		limits: lim, progress: progress,
 	}
-	if err := g.Wait(); err != nil {
-		return RestoreStats{}, err
-	}
-	if err := ctx.Err(); err != nil {
+	if err := r.run(ctx); err != nil {
 		return RestoreStats{}, err
 	}
 	if err := tgt.Flush(ctx); err != nil {
 		return RestoreStats{}, fmt.Errorf("flush: %w", err)
 	}
 	return RestoreStats{
-		Backup: m.ID, BytesTotal: m.Size, BytesWritten: written.Load(), BytesZero: zero.Load(),
-		BytesFetched: fetched.Load(), DurationSeconds: time.Since(start).Seconds(),
+		Backup: m.ID, BytesTotal: m.Size, BytesWritten: progress.bytesWritten.Load(), BytesZero: progress.bytesZero.Load(),
+		BytesFetched: progress.bytesRead.Load(), DurationSeconds: time.Since(start).Seconds(),
 	}, nil
+}
+
+// restoreRun is one restore in progress. Its progress counts what it fetched
+// (bytesRead), wrote and zeroed, for its monitor and its figures.
+type restoreRun struct {
+	m         *repository.Manifest
+	positions *repository.PositionReader
+	tgt       backends.Target
+	limits    Limits
+	progress  *Progress
+	// Decompression buffers are recycled: fresh 4 MiB buffers cost more in page
+	// faults than decompressing into them.
+	bufs sync.Pool
+}
+
+// run restores every chunk position, some at once. Runs of positions that read
+// as zeroes become one zero request.
+func (r *restoreRun) run(ctx context.Context) error {
+	m := r.m
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(r.limits.concurrency())
+	for i := 0; i < len(m.Chunks) && gctx.Err() == nil; i++ {
+		if !m.ReadsAsZero(i) {
+			g.Go(func() error { return r.position(gctx, i) })
+			continue
+		}
+		j := i
+		for j+1 < len(m.Chunks) && m.ReadsAsZero(j+1) {
+			j++
+		}
+		off := int64(i) * m.ChunkSize
+		n := int64(j)*m.ChunkSize + m.ChunkLen(j) - off
+		i = j
+		g.Go(func() error { return r.zero(gctx, off, n) })
+	}
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	return ctx.Err()
+}
+
+// zero makes the n bytes at off, positions that read as zeroes, zeroes.
+func (r *restoreRun) zero(ctx context.Context, off, n int64) error {
+	if err := r.tgt.Zero(ctx, off, n); err != nil {
+		return fmt.Errorf("zero %d bytes at %d: %w", n, off, err)
+	}
+	r.progress.bytesZero.Add(n)
+	r.progress.bytesDone.Add(n)
+	return nil
+}
+
+// position reads the content of chunk position i from the repository and writes
+// it, leaving its runs of zeroes sparse.
+func (r *restoreRun) position(ctx context.Context, i int) error {
+	release, err := r.limits.Memory.reserve(ctx, restoreChunkMemory(r.m.ChunkSize))
+	if err != nil {
+		return err
+	}
+	defer release()
+	buf, _ := r.bufs.Get().(*repository.PositionBuffers)
+	if buf == nil {
+		buf = &repository.PositionBuffers{}
+	}
+	defer r.bufs.Put(buf)
+	data, fetched, err := r.positions.Read(ctx, i, buf)
+	if err != nil {
+		return err
+	}
+	r.progress.bytesRead.Add(fetched)
+	written, zeroed, err := writeSparse(ctx, r.tgt, data, int64(i)*r.m.ChunkSize)
+	if err != nil {
+		return err
+	}
+	r.progress.bytesWritten.Add(written)
+	r.progress.bytesZero.Add(zeroed)
+	r.progress.bytesDone.Add(r.m.ChunkLen(i))
+	return nil
 }
 
 // sparseBlock is the granularity at which a restored chunk's zero runs are left as

@@ -8,6 +8,8 @@ import (
 	"sync"
 	"time"
 
+	"go.uber.org/zap"
+
 	"github.com/blockferry/blockferry/sinks/repository"
 )
 
@@ -23,6 +25,7 @@ const checkpointInterval = 5 * time.Second
 // the same job stored, through the repository's checkpoint of the job.
 type resumeState struct {
 	repo *repository.Repository
+	log  *zap.Logger
 	mu   sync.Mutex
 	cp   *repository.Checkpoint // nil: no job id, nothing is recorded
 	prev *repository.Checkpoint // what an earlier attempt stored; nil: nothing
@@ -35,17 +38,27 @@ type resumeState struct {
 // id, so a retried job never makes two backups. It returns the finished manifest
 // when the earlier attempt got as far as writing it.
 func resume(ctx context.Context, repo *repository.Repository, m *repository.Manifest, p BackupParams) (*resumeState, *repository.Manifest, error) {
-	rs := &resumeState{repo: repo}
+	log := p.Log
+	if log == nil {
+		log = zap.NewNop()
+	}
+	rs := &resumeState{repo: repo, log: log.With(zap.String("job", m.JobID))}
 	if !p.Resume || m.JobID == "" {
 		return rs, nil, nil
 	}
 	// A checkpoint only saves work: one that cannot be read (damaged, written with
 	// another key) is ignored and the backup starts over, under a new id.
-	cp, _ := repo.LoadCheckpoint(ctx, m.JobID)
-	if cp != nil && cp.Source == p.Source && cp.Disk == m.Disk && cp.Size == m.Size && cp.ChunkSize == m.ChunkSize &&
-		cp.Parent == m.Parent && cp.Bitmap == m.Bitmap {
+	cp, err := repo.LoadCheckpoint(ctx, m.JobID)
+	if err != nil {
+		rs.log.Warn("checkpoint ignored: the backup starts over", zap.Error(err))
+	}
+	switch {
+	case cp == nil:
+	case cp.Source == p.Source && cp.Disk == m.Disk && cp.Size == m.Size && cp.ChunkSize == m.ChunkSize &&
+		cp.Parent == m.Parent && cp.Bitmap == m.Bitmap:
 		done, err := repo.Manifest(ctx, cp.BackupID)
 		if err == nil {
+			rs.log.Info("an earlier attempt of the job completed the backup", zap.String("backup", done.ID))
 			return nil, done, nil
 		}
 		if !errors.Is(err, repository.ErrBackupNotFound) {
@@ -53,6 +66,10 @@ func resume(ctx context.Context, repo *repository.Repository, m *repository.Mani
 		}
 		m.ID, m.Started = cp.BackupID, cp.Started
 		rs.prev = cp
+		rs.log.Info("resuming the backup of an earlier attempt", zap.String("backup", m.ID), zap.Int("positions_stored", len(cp.Done)),
+			zap.Int("positions", len(m.Chunks)))
+	default:
+		rs.log.Info("checkpoint of another backup ignored: the backup starts over", zap.String("checkpoint_backup", cp.BackupID))
 	}
 	rs.cp = &repository.Checkpoint{
 		JobID: m.JobID, BackupID: m.ID, Source: p.Source, Disk: m.Disk, Size: m.Size, ChunkSize: m.ChunkSize,
@@ -146,7 +163,7 @@ func (rs *resumeState) saveEvery(ctx context.Context, d time.Duration) func() {
 			case <-ctx.Done():
 				return
 			case <-t.C:
-				_ = rs.save(ctx) // a missed checkpoint only costs re-reading
+				rs.saveOrLog(ctx) // a missed checkpoint only costs re-reading
 			}
 		}
 	}()
@@ -154,7 +171,16 @@ func (rs *resumeState) saveEvery(ctx context.Context, d time.Duration) func() {
 		close(stop)
 		<-done
 		// The context may be cancelled: the final save must still happen.
-		_ = rs.save(context.WithoutCancel(ctx))
+		rs.saveOrLog(context.WithoutCancel(ctx))
+	}
+}
+
+// saveOrLog saves the checkpoint and logs a failure, for the saves a backup does
+// not fail over: the next save tries again, and a lost one costs a retry only
+// re-reading.
+func (rs *resumeState) saveOrLog(ctx context.Context) {
+	if err := rs.save(ctx); err != nil {
+		rs.log.Warn("checkpoint not written", zap.String("backup", rs.cp.BackupID), zap.Error(err))
 	}
 }
 
@@ -168,12 +194,15 @@ func (rs *resumeState) finish(ctx context.Context) {
 	rs.mu.Lock()
 	rs.cp.Done, rs.cp.Patches, rs.dirty = map[int]string{}, nil, true
 	rs.mu.Unlock()
-	_ = rs.save(context.WithoutCancel(ctx))
+	rs.saveOrLog(context.WithoutCancel(ctx))
 }
 
 // drop removes the checkpoint: the backup was cancelled for good.
 func (rs *resumeState) drop(ctx context.Context) {
-	if rs.cp != nil {
-		_ = rs.repo.DeleteCheckpoint(context.WithoutCancel(ctx), rs.cp.JobID)
+	if rs.cp == nil {
+		return
+	}
+	if err := rs.repo.DeleteCheckpoint(context.WithoutCancel(ctx), rs.cp.JobID); err != nil {
+		rs.log.Warn("checkpoint of a cancelled backup not deleted", zap.String("backup", rs.cp.BackupID), zap.Error(err))
 	}
 }

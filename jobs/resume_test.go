@@ -25,11 +25,11 @@ type failingSource struct {
 
 var errDropped = errors.New("connection dropped")
 
-func (s *failingSource) ReadAt(p []byte, off int64) (int, error) {
+func (s *failingSource) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
 	if s.reads.Add(1) > s.after.Load() {
 		return 0, errDropped
 	}
-	return s.Source.ReadAt(p, off)
+	return s.Source.ReadAt(ctx, p, off)
 }
 
 func openRepo(t *testing.T, uri string) *repository.Repository {
@@ -38,7 +38,7 @@ func openRepo(t *testing.T, uri string) *repository.Repository {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := repository.OpenOrInit(context.Background(), store, repository.InitOptions{})
+	r, err := repository.OpenOrInit(context.Background(), store, repository.InitOptions{ChunkSize: jobs.DefaultChunkSize, Compression: jobs.DefaultCompression})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -131,11 +131,11 @@ type cancellingSource struct {
 	cancel func()
 }
 
-func (s *cancellingSource) ReadAt(p []byte, off int64) (int, error) {
+func (s *cancellingSource) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
 	if s.reads.Add(1) == 2 {
 		s.cancel()
 	}
-	return s.Source.ReadAt(p, off)
+	return s.Source.ReadAt(ctx, p, off)
 }
 
 // dirtySource marks the given ranges of a file source dirty, as a dirty bitmap

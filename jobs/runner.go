@@ -1,6 +1,7 @@
 package jobs
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -22,6 +23,14 @@ type Result struct {
 
 // Runner runs jobs: it opens what a spec names and hands it to the engine. The
 // command line and the queue worker both run jobs through it.
+//
+// A Runner trusts the specs it is given: they passed Spec.Validate at the
+// boundary they crossed (DecodeSpec in the worker, Client.Submit, the command
+// line), so ids, names, options and the combination of fields are sound and the
+// fields a kind needs are there. The defaults of what a spec leaves unset are
+// applied here (defaults.go). What the engine still checks is what only it can
+// see: that some repository is named (the runner's default counts), and, in
+// Backup, that the parent is a backup of the same disk at the same size.
 type Runner struct {
 	cfg runnerConfig
 }
@@ -60,7 +69,8 @@ func WithDefaultRepository(uri string) RunnerOption {
 // repository created by a backup is encrypted with it.
 func WithKey(key []byte) RunnerOption { return func(c *runnerConfig) { c.key = key } }
 
-// WithConcurrency is the default number of chunks in flight per job.
+// WithConcurrency is the number of chunks in flight of the jobs that do not say;
+// DefaultConcurrency without it.
 func WithConcurrency(n int) RunnerOption { return func(c *runnerConfig) { c.concurrency = n } }
 
 // WithMemoryBudget makes every job of the runner take its chunk buffers out of b,
@@ -72,23 +82,22 @@ func WithRateLimiter(l *rate.Limiter) RunnerOption {
 	return func(c *runnerConfig) { c.limiter = l }
 }
 
-// WithLogger sets the logger.
+// WithLogger receives what jobs do on their own account: a backup resuming an
+// earlier attempt of its job, checkpoints that could not be written or deleted.
+// Outcomes are the caller's to report: Run returns them.
 func WithLogger(l *zap.Logger) RunnerOption { return func(c *runnerConfig) { c.log = l } }
 
 // NewRunner makes a runner.
 func NewRunner(opts ...RunnerOption) *Runner {
-	c := runnerConfig{concurrency: 8, log: zap.NewNop()}
+	c := runnerConfig{concurrency: DefaultConcurrency, log: zap.NewNop()}
 	for _, o := range opts {
 		o(&c)
 	}
 	return &Runner{cfg: c}
 }
 
-// Run validates and runs one job. progress may be nil.
+// Run runs one job, which must be valid (Spec.Validate). progress may be nil.
 func (r *Runner) Run(ctx context.Context, s Spec, progress *Progress) (Result, error) {
-	if err := s.Validate(); err != nil {
-		return Result{}, err
-	}
 	if progress == nil {
 		progress = NewProgress()
 	}
@@ -104,10 +113,7 @@ func (r *Runner) Run(ctx context.Context, s Spec, progress *Progress) (Result, e
 		return Result{}, err
 	}
 	store = sinks.Instrumented(store, r.cfg.onStore)
-	lim := Limits{Concurrency: s.Options.Concurrency, Memory: r.cfg.memory}
-	if lim.Concurrency == 0 {
-		lim.Concurrency = r.cfg.concurrency
-	}
+	lim := Limits{Concurrency: cmp.Or(s.Options.Concurrency, r.cfg.concurrency), Memory: r.cfg.memory}
 	switch s.Kind {
 	case KindBackup:
 		return r.backup(ctx, store, s, lim, progress)
@@ -123,16 +129,15 @@ func (r *Runner) Run(ctx context.Context, s Spec, progress *Progress) (Result, e
 		if s.Kind == KindVerify {
 			var src backends.Source
 			if s.Source != nil { // also compare the backup with the disk
-				if src, err = backends.OpenSource(ctx, s.Source.URI); err != nil {
+				if src, err = r.openSource(ctx, s.Source); err != nil {
 					return Result{}, err
 				}
 				defer src.Close()
-				src = backends.Instrumented(src, r.cfg.onSource)
 			}
 			rep, err := Verify(ctx, repo, m, src, lim, progress)
 			return Result{Verify: &rep}, err
 		}
-		tgt, err := backends.OpenTarget(ctx, s.Target.URI, backends.WithSize(m.Size))
+		tgt, err := backends.OpenTarget(ctx, s.Target.URI, backends.WithSize(m.Size), backends.WithTargetConnections(DefaultConnections))
 		if err != nil {
 			return Result{}, err
 		}
@@ -149,7 +154,8 @@ func (r *Runner) Run(ctx context.Context, s Spec, progress *Progress) (Result, e
 }
 
 func (r *Runner) backup(ctx context.Context, store sinks.Store, s Spec, lim Limits, progress *Progress) (Result, error) {
-	repo, err := repository.OpenOrInit(ctx, store, repository.InitOptions{Key: r.cfg.key, ChunkSize: s.Options.ChunkSize, Compression: s.Options.Compression})
+	repo, err := repository.OpenOrInit(ctx, store, repository.InitOptions{Key: r.cfg.key,
+		ChunkSize: cmp.Or(s.Options.ChunkSize, DefaultChunkSize), Compression: cmp.Or(s.Options.Compression, DefaultCompression)})
 	if err != nil {
 		return Result{}, err
 	}
@@ -168,24 +174,34 @@ func (r *Runner) backup(ctx context.Context, store sinks.Store, s Spec, lim Limi
 			return Result{}, err
 		}
 	}
-	src, err := backends.OpenSource(ctx, s.Source.URI, backends.WithBitmap(s.Source.Bitmap))
+	src, err := r.openSource(ctx, s.Source)
 	if err != nil {
 		return Result{}, err
 	}
 	defer src.Close()
-	src = backends.Instrumented(src, r.cfg.onSource)
-	src = backends.RateLimited(ctx, src, r.cfg.limiter)
+	src = backends.RateLimited(src, r.cfg.limiter)
 	if s.Options.RateLimit != "" {
 		bps, _ := ParseByteSize(s.Options.RateLimit) // validated with the spec
-		src = backends.RateLimited(ctx, src, backends.NewLimiter(bps))
+		src = backends.RateLimited(src, backends.NewLimiter(bps))
 	}
 	m, err := Backup(ctx, repo, src, BackupParams{
 		JobID: s.ID, Resume: r.cfg.resume, Source: s.Source.URI, Disk: s.Disk, Bitmap: s.Source.Bitmap, Parent: parent, Labels: s.Labels,
-		ChunkSize: s.Options.ChunkSize, Limits: lim,
+		ChunkSize: s.Options.ChunkSize, Limits: lim, Log: r.cfg.log,
 		Compress: s.Options.Compression != "none" && (s.Options.Compression == "zstd" || repo.Config().Compression == "zstd"),
 	}, progress)
 	if err != nil {
 		return Result{}, err
 	}
 	return Result{Backup: m}, nil
+}
+
+// openSource opens the device e names, with its bitmap, and reports its requests
+// to the runner's observer.
+func (r *Runner) openSource(ctx context.Context, e *Endpoint) (backends.Source, error) {
+	src, err := backends.OpenSource(ctx, e.URI, backends.WithBitmap(e.Bitmap),
+		backends.WithConnections(DefaultConnections), backends.WithMaxInFlight(DefaultMaxInFlight))
+	if err != nil {
+		return nil, err
+	}
+	return backends.Instrumented(src, r.cfg.onSource), nil
 }

@@ -33,6 +33,10 @@ const (
 
 // Spec is a job as orchestrators submit it. It carries no secrets: credentials come
 // from the worker's configuration.
+//
+// A spec is validated once, where it enters: DecodeSpec (the worker's queue),
+// Client.Submit (the submit command) and the command line's job commands call
+// Validate; the Runner and the engine behind it trust it.
 type Spec struct {
 	SpecVersion int               `json:"spec_version"`
 	ID          string            `json:"id"`
@@ -113,7 +117,8 @@ func validID(id string) error {
 	return nil
 }
 
-// Validate checks a spec's fields and their combination.
+// Validate checks a spec's fields and their combination: everything about a job
+// that can be known without opening its repository and devices.
 func (s *Spec) Validate() error {
 	if s.SpecVersion != SpecVersion {
 		return fmt.Errorf("%w: spec_version %d is not supported (want %d)", ErrInvalid, s.SpecVersion, SpecVersion)

@@ -8,7 +8,6 @@ import (
 	"slices"
 	"sort"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -49,54 +48,15 @@ func Verify(ctx context.Context, repo *repository.Repository, m *repository.Mani
 		progress = NewProgress()
 	}
 	start := time.Now()
-	sizes := m.ChunkNeeds()
-	var total int64
-	for _, s := range sizes {
-		total += s.Length
+	r := &verifyRun{repo: repo, m: m, limits: lim, progress: progress}
+	r.rep = VerifyReport{Backup: m.ID, Missing: []string{}, Corrupt: []string{}}
+	needs := m.ChunkNeeds()
+	if err := r.checkChunks(ctx, needs); err != nil {
+		return r.rep, err
 	}
-	progress.bytesTotal.Store(total)
-	rep := VerifyReport{Backup: m.ID, Missing: []string{}, Corrupt: []string{}}
-	var mu sync.Mutex
-	var checked atomic.Int64
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(lim.concurrency())
-	for c, size := range sizes {
-		id, _ := repository.ParseChunkID(c) // every id was checked when the manifest was read
-		n := size.Length
-		g.Go(func() error {
-			defer progress.bytesDone.Add(n)
-			release, err := lim.Memory.reserve(gctx, verifyChunkMemory(n))
-			if err != nil {
-				return err
-			}
-			data, err := repo.GetChunk(gctx, id, nil)
-			release() // data is dropped below
-			if err == nil && !size.Fits(int64(len(data))) {
-				err = fmt.Errorf("%w: %d bytes, want %d", repository.ErrCorrupt, len(data), n)
-			}
-			switch {
-			case errors.Is(err, sinks.ErrNotFound):
-				mu.Lock()
-				rep.Missing = append(rep.Missing, c)
-				mu.Unlock()
-			case errors.Is(err, repository.ErrCorrupt):
-				mu.Lock()
-				rep.Corrupt = append(rep.Corrupt, c)
-				mu.Unlock()
-			case err != nil:
-				return err
-			default:
-				checked.Add(n)
-				progress.bytesRead.Add(n)
-			}
-			return nil
-		})
-	}
-	if err := g.Wait(); err != nil {
-		return rep, err
-	}
+	rep := r.rep
 	if src != nil && len(rep.Missing)+len(rep.Corrupt) == 0 {
-		differ, err := compareWithSource(ctx, repo, m, src, lim)
+		differ, err := r.compare(ctx, src)
 		if err != nil {
 			return rep, err
 		}
@@ -104,8 +64,8 @@ func Verify(ctx context.Context, repo *repository.Repository, m *repository.Mani
 	}
 	sort.Strings(rep.Missing)
 	sort.Strings(rep.Corrupt)
-	rep.ChunksChecked = len(sizes)
-	rep.BytesChecked = checked.Load()
+	rep.ChunksChecked = len(needs)
+	rep.BytesChecked = progress.bytesRead.Load()
 	rep.DurationSeconds = time.Since(start).Seconds()
 	if !rep.OK() {
 		if len(rep.Differ) > 0 {
@@ -127,41 +87,86 @@ func firstOf(lists ...[]string) string {
 	return ""
 }
 
-// compareWithSource reads every chunk position of the source and compares it with
-// the backup's content there, returning the offsets that differ.
-func compareWithSource(ctx context.Context, repo *repository.Repository, m *repository.Manifest, src backends.Source, lim Limits) ([]int64, error) {
+// verifyRun is one verify in progress. Its progress counts the bytes of the chunks
+// found intact (bytesRead), for its monitor and its report.
+type verifyRun struct {
+	repo     *repository.Repository
+	m        *repository.Manifest
+	limits   Limits
+	progress *Progress
+
+	mu  sync.Mutex
+	rep VerifyReport // the missing and corrupt chunks, as they are found
+}
+
+// checkChunks checks every chunk of needs, some at once.
+func (r *verifyRun) checkChunks(ctx context.Context, needs map[string]repository.ChunkNeed) error {
+	var total int64
+	for _, need := range needs {
+		total += need.Length
+	}
+	r.progress.bytesTotal.Store(total)
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(r.limits.concurrency())
+	for c, need := range needs {
+		g.Go(func() error { return r.checkChunk(gctx, c, need) })
+	}
+	return g.Wait()
+}
+
+// checkChunk reads chunk c, which the repository checks against its id, and
+// checks its length against what the backup needs of it. A chunk missing or
+// corrupt goes into the report; any other failure is returned.
+func (r *verifyRun) checkChunk(ctx context.Context, c string, need repository.ChunkNeed) error {
+	n := need.Length
+	defer r.progress.bytesDone.Add(n)
+	id, _ := repository.ParseChunkID(c) // every id was checked when the manifest was read
+	release, err := r.limits.Memory.reserve(ctx, verifyChunkMemory(n))
+	if err != nil {
+		return err
+	}
+	data, err := r.repo.GetChunk(ctx, id, nil)
+	release() // data is dropped below
+	if err == nil && !need.Fits(int64(len(data))) {
+		err = fmt.Errorf("%w: %d bytes, want %d", repository.ErrCorrupt, len(data), n)
+	}
+	switch {
+	case errors.Is(err, sinks.ErrNotFound):
+		r.mu.Lock()
+		r.rep.Missing = append(r.rep.Missing, c)
+		r.mu.Unlock()
+	case errors.Is(err, repository.ErrCorrupt):
+		r.mu.Lock()
+		r.rep.Corrupt = append(r.rep.Corrupt, c)
+		r.mu.Unlock()
+	case err != nil:
+		return err
+	default:
+		r.progress.bytesRead.Add(n)
+	}
+	return nil
+}
+
+// compare reads every chunk position of the source and compares it with the
+// backup's content there, returning the offsets that differ.
+func (r *verifyRun) compare(ctx context.Context, src backends.Source) ([]int64, error) {
+	m := r.m
 	if src.Size() != m.Size {
 		return nil, fmt.Errorf("%w: the source has %d bytes, backup %s %d", ErrVerifyFailed, src.Size(), m.ID, m.Size)
 	}
 	var mu sync.Mutex
 	var differ []int64
 	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(lim.concurrency())
+	g.SetLimit(r.limits.concurrency())
 	for i := range m.Chunks {
 		g.Go(func() error {
-			off, n := int64(i)*m.ChunkSize, m.ChunkLen(i)
-			release, err := lim.Memory.reserve(gctx, n+restoreChunkMemory(m.ChunkSize))
-			if err != nil {
+			same, err := r.samePosition(gctx, src, i)
+			if err != nil || same {
 				return err
 			}
-			defer release()
-			have := make([]byte, n)
-			if _, err := src.ReadAt(have, off); err != nil {
-				return fmt.Errorf("read source at %d: %w", off, err)
-			}
-			same := isZero(have)
-			if !m.ReadsAsZero(i) {
-				want, _, err := repo.PositionReader(m, 0).Read(gctx, i, &repository.PositionBuffers{})
-				if err != nil {
-					return err
-				}
-				same = bytes.Equal(have, want)
-			}
-			if !same {
-				mu.Lock()
-				differ = append(differ, off)
-				mu.Unlock()
-			}
+			mu.Lock()
+			differ = append(differ, int64(i)*m.ChunkSize)
+			mu.Unlock()
 			return nil
 		})
 	}
@@ -170,4 +175,28 @@ func compareWithSource(ctx context.Context, repo *repository.Repository, m *repo
 	}
 	slices.Sort(differ)
 	return differ, nil
+}
+
+// samePosition reports whether the source holds the backup's content at chunk
+// position i.
+func (r *verifyRun) samePosition(ctx context.Context, src backends.Source, i int) (bool, error) {
+	m := r.m
+	off, n := int64(i)*m.ChunkSize, m.ChunkLen(i)
+	release, err := r.limits.Memory.reserve(ctx, n+restoreChunkMemory(m.ChunkSize))
+	if err != nil {
+		return false, err
+	}
+	defer release()
+	have := make([]byte, n)
+	if _, err := src.ReadAt(ctx, have, off); err != nil {
+		return false, fmt.Errorf("read source at %d: %w", off, err)
+	}
+	if m.ReadsAsZero(i) {
+		return isZero(have), nil
+	}
+	want, _, err := r.repo.PositionReader(m, 0).Read(ctx, i, &repository.PositionBuffers{})
+	if err != nil {
+		return false, err
+	}
+	return bytes.Equal(have, want), nil
 }

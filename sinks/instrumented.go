@@ -79,3 +79,17 @@ func (s *instrumentedStore) Delete(ctx context.Context, name string) error {
 	s.done("delete", start, err)
 	return err
 }
+
+func (s *instrumentedStore) ListInfo(ctx context.Context, prefix string, fn func(ObjectInfo) error) error {
+	start := time.Now()
+	err := s.Store.ListInfo(ctx, prefix, fn)
+	s.done("list", start, err)
+	return err
+}
+
+func (s *instrumentedStore) DeleteObjects(ctx context.Context, names []string) error {
+	start := time.Now()
+	err := s.Store.DeleteObjects(ctx, names)
+	s.done("delete_objects", start, err)
+	return err
+}

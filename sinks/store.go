@@ -8,6 +8,7 @@ package sinks
 import (
 	"context"
 	"errors"
+	"time"
 )
 
 // Store is a flat namespace of immutable objects, addressed by slash-separated
@@ -27,10 +28,24 @@ type Store interface {
 	// List calls fn with the name of every object whose name starts with prefix, in
 	// no particular order. fn returning an error stops the listing with that error.
 	List(ctx context.Context, prefix string, fn func(name string) error) error
+	// ListInfo is List with each object's size and modification time. Garbage
+	// collection compares modification times of objects with each other only (all
+	// come from the store's clock), never with the local clock.
+	ListInfo(ctx context.Context, prefix string, fn func(ObjectInfo) error) error
 	// Delete removes the object; deleting a missing object is not an error.
 	Delete(ctx context.Context, name string) error
+	// DeleteObjects removes every named object, in batches where the store has
+	// them (S3 DeleteObjects, 1000 keys a request); missing objects are not errors.
+	DeleteObjects(ctx context.Context, names []string) error
 	// Location is the store's URI without credentials, for messages.
 	Location() string
+}
+
+// ObjectInfo describes a stored object, as ListInfo reports it.
+type ObjectInfo struct {
+	Name    string
+	Size    int64
+	ModTime time.Time // when the object was last written, by the store's clock
 }
 
 var (

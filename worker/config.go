@@ -10,13 +10,12 @@ import (
 
 // Names of the JetStream objects (DESIGN.md, docs/JOBS.md).
 const (
-	DefaultPrefix         = "blockferry"
-	DefaultJobsStream     = "BLOCKFERRY_JOBS"
-	DefaultEventsStream   = "BLOCKFERRY_EVENTS"
-	DefaultConsumer       = "workers"
-	DefaultStatusBucket   = "BLOCKFERRY_STATUS"
-	DefaultCancelBucket   = "BLOCKFERRY_CANCEL"
-	DefaultEmbeddedListen = "127.0.0.1:4222"
+	DefaultPrefix       = "blockferry"
+	DefaultJobsStream   = "BLOCKFERRY_JOBS"
+	DefaultEventsStream = "BLOCKFERRY_EVENTS"
+	DefaultConsumer     = "workers"
+	DefaultStatusBucket = "BLOCKFERRY_STATUS"
+	DefaultCancelBucket = "BLOCKFERRY_CANCEL"
 )
 
 // Topology is where jobs, events, status and cancellations live. Every worker,

@@ -55,8 +55,7 @@ func (w *Worker) failExhausted(ctx context.Context, seq uint64) {
 	spec, _ := jobs.DecodeSpec(raw.Data)
 	if spec.ID != "" {
 		j := &jobRun{spec: spec, attempt: t.MaxDeliver, log: w.cfg.log.With(zap.String("job_id", spec.ID), zap.String("disk", spec.Disk))}
-		err := fmt.Errorf("%w: no attempt of %d ended with an outcome (its workers died, lost their heartbeats or were shut down)", jobs.ErrDeliveriesExhausted, t.MaxDeliver)
-		w.finish(ctx, j, EventFailed, nil, err)
+		w.settle(ctx, j, decide(end{attempt: t.MaxDeliver, exhausted: true}, t), nil)
 	}
 	// The message would otherwise stay in the work queue for good.
 	if err := stream.DeleteMsg(ctx, seq); err != nil && !errors.Is(err, context.Canceled) {

@@ -35,6 +35,7 @@ import (
 	_ "github.com/blockferry/blockferry/sinks/file"
 	"github.com/blockferry/blockferry/sinks/repository"
 	"github.com/blockferry/blockferry/worker"
+	"github.com/blockferry/blockferry/worker/embedded"
 )
 
 const mib = 1 << 20
@@ -147,7 +148,7 @@ func newEmbeddedEnv(t *testing.T) *env {
 	t.Helper()
 	integration(t)
 	e := &env{t: t, dir: t.TempDir()}
-	srv, err := worker.StartEmbedded(filepath.Join(e.dir, "embedded"), fmt.Sprintf("127.0.0.1:%d", testutil.FreePort(t)))
+	srv, err := embedded.Start(filepath.Join(e.dir, "embedded"), fmt.Sprintf("127.0.0.1:%d", testutil.FreePort(t)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -557,8 +558,12 @@ func (e *env) startWorker(name string, opts ...worker.Option) *inproc {
 	runner := jobs.NewRunner(jobs.WithDefaultRepository(e.repo), jobs.WithConcurrency(2), jobs.WithLogger(log), jobs.WithResume())
 	all := append([]worker.Option{worker.WithTopology(testTopology()), worker.WithName(name),
 		worker.WithGracePeriod(10 * time.Second), worker.WithLogger(log)}, opts...)
+	w, err := worker.New(js, runner, all...)
+	if err != nil {
+		e.t.Fatal(err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
-	p := &inproc{name: name, w: worker.New(js, runner, all...), cancel: cancel, done: make(chan error, 1)}
+	p := &inproc{name: name, w: w, cancel: cancel, done: make(chan error, 1)}
 	go func() { p.done <- p.w.Run(ctx) }()
 	e.t.Cleanup(func() {
 		if err := p.stop(); err != nil {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"sync"
 	"time"
 
@@ -23,6 +22,9 @@ var (
 	errLostDelivery = errors.New("delivery lost: heartbeats failed for longer than the ack wait")
 )
 
+// progressInterval is how often a running job publishes a progress event.
+const progressInterval = time.Second
+
 // Worker pulls jobs from JetStream and runs them.
 type Worker struct {
 	js      jetstream.JetStream
@@ -39,81 +41,20 @@ type Worker struct {
 	ready   bool
 }
 
-type config struct {
-	topo      Topology
-	name      string
-	slots     int
-	grace     time.Duration
-	heartbeat time.Duration
-	progress  time.Duration
-	provision bool
-	log       *zap.Logger
-	metrics   Recorder
-}
-
-// Recorder receives the worker's measurements; internal/metrics implements it for
-// Prometheus.
-type Recorder interface {
-	JobStarted(kind string)
-	// JobFinished ends an attempt: outcome is completed, failed, cancelled,
-	// retrying or requeued; code is the error code of a failure.
-	JobFinished(kind, outcome, code string, d time.Duration)
-	Heartbeat(err error)
-	// Bytes counts what a job of kind read and wrote: for a backup, the source and
-	// the repository; for a restore, the repository and the target.
-	Bytes(kind string, read, written, deduplicated int64)
-}
-
-type nopRecorder struct{}
-
-func (nopRecorder) JobStarted(string)                                 {}
-func (nopRecorder) JobFinished(string, string, string, time.Duration) {}
-func (nopRecorder) Heartbeat(error)                                   {}
-func (nopRecorder) Bytes(string, int64, int64, int64)                 {}
-
-// WithMetrics reports jobs, heartbeats and bytes to r.
-func WithMetrics(r Recorder) Option { return func(c *config) { c.metrics = r } }
-
-// Option configures a Worker, in the manner of nats.go's jetstream options.
-type Option func(*config)
-
-// WithTopology sets stream, consumer and bucket names and limits.
-func WithTopology(t Topology) Option { return func(c *config) { c.topo = t } }
-
-// WithName names the worker in events and logs.
-func WithName(n string) Option { return func(c *config) { c.name = n } }
-
-// WithJobs is how many jobs the worker runs at once.
-func WithJobs(n int) Option { return func(c *config) { c.slots = n } }
-
-// WithGracePeriod is how long a stopping worker lets running jobs finish before it
-// hands them back to the queue.
-func WithGracePeriod(d time.Duration) Option { return func(c *config) { c.grace = d } }
-
-// WithProgressInterval sets how often progress events are published (at least 1s).
-func WithProgressInterval(d time.Duration) Option {
-	return func(c *config) { c.progress = max(d, time.Second) }
-}
-
-// WithoutProvisioning uses streams an operator provisioned, creating nothing.
-func WithoutProvisioning() Option { return func(c *config) { c.provision = false } }
-
-// WithLogger sets the logger.
-func WithLogger(l *zap.Logger) Option { return func(c *config) { c.log = l } }
-
-// New makes a worker; Run starts it.
-func New(js jetstream.JetStream, runner *jobs.Runner, opts ...Option) *Worker {
-	c := config{topo: DefaultTopology(), name: "worker", slots: 1, grace: 5 * time.Minute, progress: time.Second, provision: true, log: zap.NewNop(), metrics: nopRecorder{}}
+// New makes a worker; Run starts it. It fails when an option is given a value
+// that cannot work.
+func New(js jetstream.JetStream, runner *jobs.Runner, opts ...Option) (*Worker, error) {
+	c := defaultConfig()
 	for _, o := range opts {
-		o(&c)
+		if err := o(&c); err != nil {
+			return nil, fmt.Errorf("worker: %w", err)
+		}
 	}
-	c.slots = max(c.slots, 1)
-	// Heartbeats well inside the ack wait, so a healthy long job is never redelivered.
-	c.heartbeat = max(c.topo.AckWait/4, 250*time.Millisecond)
+	c.heartbeat = heartbeatInterval(c.topo.AckWait)
 	return &Worker{
 		js: js, runner: runner, cfg: c, running: map[string]*delivery{},
 		events: &publisher{js: js, topo: c.topo, source: "blockferry/worker/" + c.name},
-	}
+	}, nil
 }
 
 // Ready reports whether the worker is taking jobs.
@@ -123,33 +64,18 @@ func (w *Worker) Ready() bool {
 	return w.ready
 }
 
+func (w *Worker) setReady(v bool) {
+	w.mu.Lock()
+	w.ready = v
+	w.mu.Unlock()
+}
+
 // Run takes jobs until ctx is done, then stops taking jobs, gives running ones the
 // grace period to finish, hands back those that did not, and returns.
 func (w *Worker) Run(ctx context.Context) error {
-	t := w.cfg.topo
-	if w.cfg.provision {
-		if err := Provision(ctx, w.js, t); err != nil {
-			return fmt.Errorf("provision: %w", err)
-		}
-	}
-	var err error
-	kv, err := w.js.KeyValue(ctx, t.StatusBucket)
+	cons, err := w.open(ctx)
 	if err != nil {
-		return fmt.Errorf("status bucket %s: %w", t.StatusBucket, err)
-	}
-	w.status = statusStore{kv: kv}
-	if w.cancels, err = w.js.KeyValue(ctx, t.CancelBucket); err != nil {
-		return fmt.Errorf("cancel bucket %s: %w", t.CancelBucket, err)
-	}
-	cons, err := w.js.Consumer(ctx, t.JobsStream, t.Consumer)
-	if err != nil {
-		return fmt.Errorf("consumer %s/%s: %w", t.JobsStream, t.Consumer, err)
-	}
-	// The consumer's settings rule, whoever made it: they decide when a job is
-	// redelivered and when its attempts run out.
-	if info := cons.CachedInfo(); info != nil {
-		w.cfg.topo.MaxDeliver, w.cfg.topo.AckWait = info.Config.MaxDeliver, info.Config.AckWait
-		w.cfg.heartbeat = max(info.Config.AckWait/4, 250*time.Millisecond)
+		return err
 	}
 	// Jobs outlive ctx by the grace period; jobsCtx ends them after it.
 	jobsCtx, stopJobs := context.WithCancelCause(context.Background())
@@ -163,39 +89,47 @@ func (w *Worker) Run(ctx context.Context) error {
 	defer stopWatching()
 
 	w.setReady(true)
-	slots := make(chan struct{}, w.cfg.slots)
-	var wg sync.WaitGroup
 	w.cfg.log.Info("worker started", zap.String("worker", w.cfg.name), zap.Int("jobs", w.cfg.slots))
-	for ctx.Err() == nil {
-		select {
-		case slots <- struct{}{}:
-		case <-ctx.Done():
-			continue
-		}
-		msg, err := fetchOne(ctx, cons)
-		if msg != nil && ctx.Err() != nil {
-			// Taken as the worker was told to stop: hand it straight back.
-			_ = msg.Nak()
-			msg = nil
-		}
-		if err != nil || msg == nil {
-			<-slots
-			if err != nil && ctx.Err() == nil {
-				w.cfg.log.Warn("fetching a job", zap.Error(err))
-				sleep(ctx, time.Second)
-			}
-			continue
-		}
-		wg.Add(1)
-		go func() {
-			defer func() { <-slots; wg.Done() }()
-			w.handle(jobsCtx, msg)
-		}()
-	}
+	running := w.pull(ctx, jobsCtx, cons)
 	w.setReady(false)
+	w.drain(running, stopJobs)
+	return nil
+}
+
+// open provisions the streams and buckets, opens the buckets and the consumer,
+// and takes the consumer's settings.
+func (w *Worker) open(ctx context.Context) (jetstream.Consumer, error) {
+	t := w.cfg.topo
+	if err := Provision(ctx, w.js, t); err != nil {
+		return nil, fmt.Errorf("provision: %w", err)
+	}
+	kv, err := w.js.KeyValue(ctx, t.StatusBucket)
+	if err != nil {
+		return nil, fmt.Errorf("status bucket %s: %w", t.StatusBucket, err)
+	}
+	w.status = statusStore{kv: kv}
+	if w.cancels, err = w.js.KeyValue(ctx, t.CancelBucket); err != nil {
+		return nil, fmt.Errorf("cancel bucket %s: %w", t.CancelBucket, err)
+	}
+	cons, err := w.js.Consumer(ctx, t.JobsStream, t.Consumer)
+	if err != nil {
+		return nil, fmt.Errorf("consumer %s/%s: %w", t.JobsStream, t.Consumer, err)
+	}
+	// The consumer's settings rule, whoever made it: they decide when a job is
+	// redelivered and when its attempts run out.
+	if info := cons.CachedInfo(); info != nil {
+		w.cfg.topo.MaxDeliver, w.cfg.topo.AckWait = info.Config.MaxDeliver, info.Config.AckWait
+		w.cfg.heartbeat = heartbeatInterval(info.Config.AckWait)
+	}
+	return cons, nil
+}
+
+// drain gives the running jobs the grace period to finish, then ends those that
+// did not: their deliveries go back to the queue.
+func (w *Worker) drain(running *sync.WaitGroup, stopJobs context.CancelCauseFunc) {
 	w.cfg.log.Info("worker stopping: no new jobs", zap.Duration("grace", w.cfg.grace))
 	done := make(chan struct{})
-	go func() { wg.Wait(); close(done) }()
+	go func() { running.Wait(); close(done) }()
 	select {
 	case <-done:
 	case <-time.After(w.cfg.grace):
@@ -203,320 +137,4 @@ func (w *Worker) Run(ctx context.Context) error {
 		stopJobs(errShutdown)
 		<-done
 	}
-	return nil
-}
-
-func (w *Worker) setReady(v bool) {
-	w.mu.Lock()
-	w.ready = v
-	w.mu.Unlock()
-}
-
-// fetchOne pulls at most one job, waiting a few seconds for one. The wait ends
-// when ctx does: a stopping worker must not take a job in the meantime.
-func fetchOne(ctx context.Context, cons jetstream.Consumer) (jetstream.Msg, error) {
-	fetchCtx, cancel := context.WithTimeout(ctx, 3*time.Second)
-	defer cancel()
-	batch, err := cons.Fetch(1, jetstream.FetchContext(fetchCtx))
-	if err != nil {
-		return nil, err
-	}
-	for m := range batch.Messages() {
-		return m, nil
-	}
-	if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) &&
-		!errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
-		return nil, err
-	}
-	return nil, ctx.Err()
-}
-
-func sleep(ctx context.Context, d time.Duration) {
-	select {
-	case <-ctx.Done():
-	case <-time.After(d):
-	}
-}
-
-// watchCancellations cancels running jobs whose id is put in the cancel bucket.
-func (w *Worker) watchCancellations(ctx context.Context) {
-	for ctx.Err() == nil {
-		watcher, err := w.cancels.WatchAll(ctx, jetstream.UpdatesOnly())
-		if err != nil {
-			sleep(ctx, time.Second)
-			continue
-		}
-		for e := range watcher.Updates() {
-			if e == nil || e.Operation() != jetstream.KeyValuePut {
-				continue
-			}
-			w.mu.Lock()
-			if d, ok := w.running[e.Key()]; ok {
-				d.cancel(errCancelled)
-			}
-			w.mu.Unlock()
-		}
-		watcher.Stop()
-	}
-}
-
-func (w *Worker) cancelRequested(ctx context.Context, id string) bool {
-	_, err := w.cancels.Get(ctx, id)
-	return err == nil
-}
-
-// delivery is a running job's entry in Worker.running.
-type delivery struct{ cancel context.CancelCauseFunc }
-
-// jobRun is one delivery of a job being handled.
-type jobRun struct {
-	msg     jetstream.Msg
-	spec    jobs.Spec
-	attempt int
-	log     *zap.Logger
-	started time.Time
-
-	mu      sync.Mutex
-	counted jobs.ProgressSnapshot // bytes already added to the metrics
-}
-
-func (j *jobRun) data(worker string) EventData {
-	return EventData{JobID: j.spec.ID, Kind: j.spec.Kind, Disk: j.spec.Disk, Attempt: j.attempt, Worker: worker, Labels: j.spec.Labels}
-}
-
-// handle runs one delivery of a job to its end: a terminal event and ack/term,
-// a retrying event and nak, or (shutting down) a plain nak.
-func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
-	j := &jobRun{msg: msg, attempt: 1, log: w.cfg.log}
-	if meta, err := msg.Metadata(); err == nil {
-		j.attempt = int(meta.NumDelivered)
-	}
-	spec, err := jobs.DecodeSpec(msg.Data())
-	j.spec = spec
-	if err == nil && msg.Subject() != w.cfg.topo.JobSubject(spec.Kind) {
-		err = fmt.Errorf("%w: a %s job published on %s", jobs.ErrInvalid, spec.Kind, msg.Subject())
-	}
-	if spec.ID != "" {
-		j.log = j.log.With(zap.String("job_id", spec.ID), zap.String("disk", spec.Disk), zap.Int("attempt", j.attempt))
-	}
-	if err != nil {
-		j.log.Warn("rejected job", zap.String("subject", msg.Subject()), zap.Error(err))
-		if spec.ID != "" {
-			w.finish(ctx, j, EventFailed, nil, err)
-		}
-		_ = msg.Term()
-		return
-	}
-	st, _, known, err := w.status.get(ctx, spec.ID)
-	if err == nil && known && TerminalState(st.State) {
-		// A redelivery of a job that already ended (the worker died before its
-		// ack): the outcome stands; acknowledge it and publish nothing new.
-		j.log.Info("job already ended", zap.String("state", st.State))
-		_ = msg.Ack()
-		return
-	}
-	if w.cancelRequested(ctx, spec.ID) {
-		w.finish(ctx, j, EventCancelled, nil, errCancelled)
-		_ = msg.Term()
-		return
-	}
-
-	jobCtx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	mine := &delivery{cancel: cancel}
-	w.mu.Lock()
-	w.running[spec.ID] = mine
-	w.mu.Unlock()
-	defer func() {
-		w.mu.Lock()
-		if w.running[spec.ID] == mine {
-			delete(w.running, spec.ID)
-		}
-		w.mu.Unlock()
-	}()
-	if w.cancelRequested(ctx, spec.ID) { // requested between the check and registering
-		cancel(errCancelled)
-	}
-
-	progress := jobs.NewProgress()
-	j.started = time.Now()
-	w.cfg.metrics.JobStarted(spec.Kind)
-	outcome, code := "", ""
-	defer func() { w.cfg.metrics.JobFinished(spec.Kind, outcome, code, time.Since(j.started)) }()
-	d := j.data(w.cfg.name)
-	_ = w.status.put(ctx, JobStatus{JobID: spec.ID, Kind: spec.Kind, Disk: spec.Disk, State: StateRunning, Attempt: j.attempt, Worker: w.cfg.name})
-	if err := w.events.publish(ctx, EventStarted, fmt.Sprintf("%s.started.%d", spec.ID, j.attempt), d); err != nil {
-		j.log.Warn("publishing started event", zap.Error(err))
-	}
-	j.log.Info("job started", zap.String("kind", spec.Kind))
-	stopBeats := w.heartbeats(jobCtx, j, progress, cancel)
-	res, err := w.runner.Run(jobCtx, spec, progress)
-	stopBeats()
-
-	cause := context.Cause(jobCtx)
-	switch {
-	case err == nil:
-		outcome = StateCompleted
-		w.finish(ctx, j, EventCompleted, &res, nil)
-		if err := msg.DoubleAck(ctx); err != nil {
-			j.log.Warn("ack", zap.Error(err))
-		}
-	case errors.Is(cause, errCancelled):
-		outcome = StateCancelled
-		w.finish(ctx, j, EventCancelled, nil, errCancelled)
-		_ = msg.Term()
-	case errors.Is(cause, errLostDelivery):
-		outcome = "requeued"
-		j.log.Error("stopping a job whose delivery was lost")
-		_ = msg.Nak()
-	case errors.Is(cause, errShutdown):
-		outcome = "requeued"
-		j.log.Info("handing job back to the queue")
-		_ = w.status.put(context.Background(), JobStatus{JobID: spec.ID, Kind: spec.Kind, Disk: spec.Disk, State: StateQueued, Attempt: j.attempt})
-		_ = msg.Nak()
-	default:
-		f := jobs.Classify(err)
-		code = f.Code
-		if !f.Retryable || (w.cfg.topo.MaxDeliver > 0 && j.attempt >= w.cfg.topo.MaxDeliver) {
-			outcome = StateFailed
-			w.finish(ctx, j, EventFailed, &res, err) // a failed verify says what it found
-			_ = msg.Term()
-			return
-		}
-		outcome = StateRetrying
-		delay := w.cfg.topo.retryDelay(j.attempt)
-		d.Error, d.RetryIn = &f, delay.Seconds()
-		j.log.Warn("job failed, will retry", zap.Error(err), zap.Duration("delay", delay))
-		_ = w.status.put(ctx, JobStatus{JobID: spec.ID, Kind: spec.Kind, Disk: spec.Disk, State: StateRetrying, Attempt: j.attempt, Worker: w.cfg.name, Error: &f})
-		_ = w.events.publish(ctx, EventRetrying, fmt.Sprintf("%s.retrying.%d", spec.ID, j.attempt), d)
-		_ = msg.NakWithDelay(delay)
-	}
-}
-
-// heartbeats keeps the delivery alive with InProgress and publishes progress; the
-// returned function stops both. They run apart so that a slow publish never holds
-// up a heartbeat.
-func (w *Worker) heartbeats(ctx context.Context, j *jobRun, p *jobs.Progress, cancel context.CancelCauseFunc) func() {
-	ctx, stop := context.WithCancel(ctx)
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		beat := time.NewTicker(w.cfg.heartbeat)
-		defer beat.Stop()
-		lastOK := time.Now()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-beat.C:
-				err := j.msg.InProgress()
-				w.cfg.metrics.Heartbeat(err)
-				if err == nil {
-					lastOK = time.Now()
-					continue
-				}
-				j.log.Warn("heartbeat", zap.Error(err))
-				if time.Since(lastOK) > w.cfg.topo.AckWait {
-					// Another worker has the job by now: two attempts at once
-					// would race on its checkpoint and outcome.
-					cancel(errLostDelivery)
-					return
-				}
-			}
-		}
-	})
-	wg.Go(func() {
-		tick := time.NewTicker(w.cfg.progress)
-		defer tick.Stop()
-		for n := 1; ; n++ {
-			select {
-			case <-ctx.Done():
-				return
-			case <-tick.C:
-				snap := p.Snapshot()
-				j.countBytes(w.cfg.metrics, snap)
-				d := j.data(w.cfg.name)
-				d.setProgress(snap)
-				_ = w.events.publish(ctx, EventProgress, fmt.Sprintf("%s.progress.%d.%d", j.spec.ID, j.attempt, n), d)
-				_ = w.status.put(ctx, JobStatus{JobID: j.spec.ID, Kind: j.spec.Kind, Disk: j.spec.Disk, State: StateRunning,
-					Attempt: j.attempt, Worker: w.cfg.name, Progress: &snap})
-			}
-		}
-	})
-	return func() {
-		stop()
-		wg.Wait()
-		j.countBytes(w.cfg.metrics, p.Snapshot())
-	}
-}
-
-// countBytes adds what the job did since it was last counted to the byte metrics.
-func (j *jobRun) countBytes(m Recorder, s jobs.ProgressSnapshot) {
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	m.Bytes(j.spec.Kind, s.BytesRead-j.counted.BytesRead, s.BytesWritten-j.counted.BytesWritten, s.BytesDeduplicated-j.counted.BytesDeduplicated)
-	j.counted = s
-}
-
-// finish records a job's end and publishes its one terminal event. The status
-// bucket decides, with compare-and-set, which outcome is the job's: a job that
-// already ended publishes nothing more.
-func (w *Worker) finish(ctx context.Context, j *jobRun, typ string, res *jobs.Result, err error) {
-	ctx = context.WithoutCancel(ctx)
-	d := j.data(w.cfg.name)
-	st := JobStatus{JobID: j.spec.ID, Kind: j.spec.Kind, Disk: j.spec.Disk, Attempt: j.attempt, Worker: w.cfg.name}
-	switch typ {
-	case EventCompleted:
-		st.State = StateCompleted
-		d.Backup, d.Stats = resultSummary(j.spec, res)
-		st.Backup, st.Stats = d.Backup, d.Stats
-	case EventCancelled:
-		st.State = StateCancelled
-	default:
-		st.State = StateFailed
-		f := jobs.Classify(err)
-		d.Error, st.Error = &f, &f
-		if res != nil && res.Verify != nil { // the chunks found missing or corrupt
-			d.Stats, st.Stats = res.Verify, res.Verify
-		}
-	}
-	written, serr := w.status.transition(ctx, st)
-	if serr != nil {
-		j.log.Warn("recording job status", zap.Error(serr))
-	} else if !written {
-		j.log.Info("job had already ended; no second terminal event")
-		return
-	}
-	// The status now says the job ended, so a redelivery will not publish this
-	// event: retry it here. Its id makes a duplicate harmless.
-	for try := 1; ; try++ {
-		err := w.events.publish(ctx, typ, j.spec.ID+".end", d)
-		if err == nil {
-			break
-		}
-		if try == 8 {
-			j.log.Error("publishing terminal event", zap.Error(err))
-			break
-		}
-		time.Sleep(time.Duration(try) * 500 * time.Millisecond)
-	}
-	switch typ {
-	case EventFailed:
-		j.log.Warn("job failed", zap.String("code", d.Error.Code), zap.String("error", d.Error.Message))
-	default:
-		j.log.Info("job ended", zap.String("outcome", strings.TrimPrefix(typ, "io.blockferry.job.")))
-	}
-}
-
-func resultSummary(s jobs.Spec, res *jobs.Result) (string, any) {
-	switch {
-	case res == nil:
-		return s.Backup, nil
-	case res.Backup != nil:
-		return res.Backup.ID, res.Backup.Stats
-	case res.Restore != nil:
-		return s.Backup, res.Restore
-	case res.Verify != nil:
-		return s.Backup, res.Verify
-	}
-	return s.Backup, nil
 }

@@ -22,9 +22,8 @@ func init() {
 
 // Image is a raw image file.
 type Image struct {
-	f        *os.File
-	size     int64
-	writable bool
+	f    *os.File
+	size int64
 }
 
 var (
@@ -106,23 +105,20 @@ func OpenTarget(path string, size int64) (*Image, error) {
 		f.Close()
 		return nil, fmt.Errorf("%s: %w: %d bytes, need %d", path, backends.ErrTooSmall, cur, size)
 	}
-	return &Image{f: f, size: size, writable: true}, nil
+	return &Image{f: f, size: size}, nil
 }
 
 // Size is the image size.
 func (i *Image) Size() int64 { return i.size }
 
 // ReadAt reads from the image; bytes past its end read as an error, as io.ReaderAt
-// requires.
-func (i *Image) ReadAt(p []byte, off int64) (int, error) { return i.f.ReadAt(p, off) }
+// requires. A file read does not wait on anything ctx could end.
+func (i *Image) ReadAt(_ context.Context, p []byte, off int64) (int, error) {
+	return i.f.ReadAt(p, off)
+}
 
 // WriteAt writes to the image.
 func (i *Image) WriteAt(p []byte, off int64) (int, error) { return i.f.WriteAt(p, off) }
-
-// Capabilities of a raw file.
-func (i *Image) Capabilities() backends.Capabilities {
-	return backends.Capabilities{Allocation: true, Zero: true, Flush: true, MultiConn: true, ReadOnly: !i.writable}
-}
 
 // Extents reports data and holes with SEEK_DATA/SEEK_HOLE. Every range is dirty:
 // a file has no bitmap.

@@ -61,10 +61,25 @@ var errClosed = errors.New("nbd connection closed")
 type export struct {
 	uri        string // redacted, for messages
 	size       int64
-	caps       backends.Capabilities
+	features   features
 	maxRequest int64 // largest read or write payload to send at once
 	// contexts are the requested meta contexts the server agreed to serve.
 	contexts map[string]bool
+}
+
+// features are what the server advertised that changes how requests are made.
+type features struct {
+	// allocation: the server serves base:allocation, so block status tells holes
+	// from data; without it every range is data.
+	allocation bool
+	// zero: WRITE_ZEROES; without it zeroes are written as zero bytes.
+	zero bool
+	// flush: FLUSH makes writes durable; without it there is nothing to ask for.
+	flush bool
+	// multiConn: connections to the export see each other's writes and flushes,
+	// so a device may open several.
+	multiConn bool
+	readOnly  bool
 }
 
 // Handshake timeouts. A server at its client limit (qemu-nbd -e N) accepts the
@@ -82,9 +97,17 @@ const (
 // errHandshakeTimeout: the server did not finish the handshake in time.
 var errHandshakeTimeout = errors.New("no NBD handshake: the server accepted the connection but did not negotiate (is the export at its client limit?)")
 
-// dial opens one connection, asking for the meta contexts given, and waits at most
-// timeout for the handshake, or until ctx ends.
-func dial(ctx context.Context, uri, shown string, contexts []string, timeout time.Duration) (*libnbd.Libnbd, error) {
+// endpoint is an export as every connection to it dials it.
+type endpoint struct {
+	uri      string
+	shown    string   // the URI redacted, for messages
+	contexts []string // the meta contexts to ask for
+}
+
+// dial opens one connection, asking for the endpoint's meta contexts, and waits at
+// most timeout for the handshake, or until ctx ends.
+func (ep endpoint) dial(ctx context.Context, timeout time.Duration) (*libnbd.Libnbd, error) {
+	shown := ep.shown
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -99,13 +122,13 @@ func dial(ctx context.Context, uri, shown string, contexts []string, timeout tim
 		h.Close()
 		return nil, fmt.Errorf("nbd %s: %w", shown, err)
 	}
-	for _, name := range contexts {
+	for _, name := range ep.contexts {
 		if err := h.AddMetaContext(name); err != nil {
 			h.Close()
 			return nil, fmt.Errorf("nbd %s: request meta context %q: %w", shown, name, err)
 		}
 	}
-	if err := handshake(ctx, h, uri, timeout); err != nil {
+	if err := handshake(ctx, h, ep.uri, timeout); err != nil {
 		h.Close()
 		if unreachable(err) {
 			return nil, fmt.Errorf("nbd %s: %w: %w", shown, backends.ErrUnreachable, err)
@@ -163,8 +186,9 @@ func unreachable(err error) bool {
 	return false
 }
 
-// inspect reads what the server advertised.
-func inspect(h *libnbd.Libnbd, shown string, contexts []string) (export, error) {
+// inspect reads what the server advertised on h, a connection to ep.
+func (ep endpoint) inspect(h *libnbd.Libnbd) (export, error) {
+	shown := ep.shown
 	e := export{uri: shown, contexts: map[string]bool{}}
 	size, err := h.GetSize()
 	if err != nil {
@@ -178,18 +202,18 @@ func inspect(h *libnbd.Libnbd, shown string, contexts []string) (export, error) 
 		ok, err := f()
 		return err == nil && ok
 	}
-	e.caps = backends.Capabilities{
-		Zero:      can(h.CanZero),
-		Flush:     can(h.CanFlush),
-		MultiConn: can(h.CanMultiConn),
-		ReadOnly:  can(h.IsReadOnly),
+	e.features = features{
+		zero:      can(h.CanZero),
+		flush:     can(h.CanFlush),
+		multiConn: can(h.CanMultiConn),
+		readOnly:  can(h.IsReadOnly),
 	}
-	for _, name := range contexts {
+	for _, name := range ep.contexts {
 		if ok, err := h.CanMetaContext(name); err == nil && ok {
 			e.contexts[name] = true
 		}
 	}
-	e.caps.Allocation = e.contexts[contextAllocation]
+	e.features.allocation = e.contexts[contextAllocation]
 
 	e.maxRequest = maxRequestSize
 	if m, err := h.GetBlockSize(libnbd.SIZE_MAXIMUM); err == nil && m > 0 && int64(m) < e.maxRequest {
@@ -198,13 +222,13 @@ func inspect(h *libnbd.Libnbd, shown string, contexts []string) (export, error) 
 	return e, nil
 }
 
-// connections starts the loop of the first connection and returns the pool of a
-// device. When the server says that several connections see each other's writes
+// connections starts the loop of the first connection to ep, which advertised e,
+// and returns the pool of a device. When the server says that several connections see each other's writes
 // and flushes (multi-conn) and want allows, more connections are opened in the
 // background and join the pool as they are ready, so that a device is usable at
 // once even when the server makes extra connections wait.
-func connections(ctx context.Context, first *libnbd.Libnbd, e export, uri string, contexts []string, want int, maxInFlight int64) (*pool, error) {
-	if !e.caps.MultiConn || want < 1 {
+func (ep endpoint) connections(ctx context.Context, first *libnbd.Libnbd, e export, want int, maxInFlight int64) (*pool, error) {
+	if !e.features.multiConn || want < 1 {
 		want = 1
 	}
 	if maxInFlight <= 0 {
@@ -218,7 +242,7 @@ func connections(ctx context.Context, first *libnbd.Libnbd, e export, uri string
 	p := newPool(c)
 	if want > 1 {
 		p.grow(ctx, want-1, func(ctx context.Context) (*conn, error) {
-			h, err := dial(ctx, uri, e.uri, contexts, extraHandshakeTimeout)
+			h, err := ep.dial(ctx, extraHandshakeTimeout)
 			if err != nil {
 				return nil, err
 			}

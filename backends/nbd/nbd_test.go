@@ -85,14 +85,14 @@ func TestSourceBitmapExtentsAndReads(t *testing.T) {
 	}
 	defer s.Close()
 
-	caps := s.Capabilities()
-	if !caps.DirtyBitmap || !caps.Allocation || !caps.ReadOnly {
-		t.Errorf("capabilities = %+v, want bitmap, allocation, read-only", caps)
+	f, bitmap := s.(*source).exp.features, s.(*source).bitmap
+	if bitmap == "" || !f.allocation || !f.readOnly {
+		t.Errorf("features = %+v, bitmap %q; want bitmap, allocation, read-only", f, bitmap)
 	}
 	// qemu-nbd advertises multi-conn when it allows several clients (--shared);
 	// the extra connections join in the background.
-	if n := waitConns(s, 4); !caps.MultiConn || n != 4 {
-		t.Errorf("multi-conn %v, %d connections; want true, 4", caps.MultiConn, n)
+	if n := waitConns(s, 4); !f.multiConn || n != 4 {
+		t.Errorf("multi-conn %v, %d connections; want true, 4", f.multiConn, n)
 	}
 	if s.Size() != 16*mib {
 		t.Fatalf("size %d", s.Size())
@@ -136,7 +136,7 @@ func TestSourceBitmapExtentsAndReads(t *testing.T) {
 
 	// Reading across the end returns what is there and io.EOF.
 	buf := make([]byte, mib)
-	n, err := s.ReadAt(buf, s.Size()-100*kib)
+	n, err := s.ReadAt(context.Background(), buf, s.Size()-100*kib)
 	if n != int(100*kib) || err != io.EOF || !bytes.Equal(buf[:n], wantData[len(wantData)-n:]) {
 		t.Errorf("ReadAt across the end = %d, %v", n, err)
 	}
@@ -153,7 +153,7 @@ func readConcurrently(t *testing.T, s backends.Source, workers int, chunk int64)
 		wg.Go(func() {
 			for off := range offs {
 				end := min(off+chunk, s.Size())
-				if n, err := s.ReadAt(out[off:end], off); err != nil || n != int(end-off) {
+				if n, err := s.ReadAt(context.Background(), out[off:end], off); err != nil || n != int(end-off) {
 					errs <- err
 					return
 				}
@@ -193,8 +193,8 @@ func TestSourceWithoutBitmapIsAllDirty(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	if caps := s.Capabilities(); caps.DirtyBitmap || caps.MultiConn {
-		t.Errorf("capabilities %+v: want no bitmap, no multi-conn", caps)
+	if f, bitmap := s.(*source).exp.features, s.(*source).bitmap; bitmap != "" || f.multiConn {
+		t.Errorf("features %+v, bitmap %q: want no bitmap, no multi-conn", f, bitmap)
 	}
 	if n := len(s.(*source).pool.all()); n != 1 {
 		t.Errorf("%d connections without multi-conn, want 1", n)
@@ -250,8 +250,8 @@ func TestSourceWithoutBlockStatus(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	if s.Capabilities().Allocation {
-		t.Error("Allocation without base:allocation")
+	if s.(*source).exp.features.allocation {
+		t.Error("allocation without base:allocation")
 	}
 	ext, err := s.Extents(context.Background(), mib, 8*mib)
 	want := []backends.Extent{{Start: mib, Length: 3 * mib, Dirty: true}}
@@ -283,8 +283,8 @@ func TestTargetRoundTrip(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if got := tg.Capabilities().Zero; got != tc.zero {
-				t.Errorf("Capabilities().Zero = %v, want %v", got, tc.zero)
+			if got := tg.(*target).exp.features.zero; got != tc.zero {
+				t.Errorf("features.zero = %v, want %v", got, tc.zero)
 			}
 			want := make([]byte, 16*mib)
 			_, _ = rand.NewChaCha8([32]byte{1}).Read(want)
@@ -357,7 +357,7 @@ func TestReadErrorsAreReported(t *testing.T) {
 	for i := range 64 {
 		off := int64(i%32) * 256 * kib
 		clear(buf)
-		if _, err := s.ReadAt(buf, off); err != nil {
+		if _, err := s.ReadAt(context.Background(), buf, off); err != nil {
 			failures++
 			continue
 		}
@@ -388,7 +388,7 @@ func TestExtentsCancel(t *testing.T) {
 	if err := s.Close(); err != nil {
 		t.Error(err)
 	}
-	if _, err := s.ReadAt(make([]byte, 10), 0); err == nil {
+	if _, err := s.ReadAt(context.Background(), make([]byte, 10), 0); err == nil {
 		t.Error("ReadAt after Close succeeded")
 	}
 }
@@ -461,7 +461,7 @@ func BenchmarkReadAt(b *testing.B) {
 					wg.Go(func() {
 						buf := make([]byte, 4*mib)
 						for off := range offs {
-							if _, err := s.ReadAt(buf, off); err != nil {
+							if _, err := s.ReadAt(context.Background(), buf, off); err != nil {
 								b.Error(err)
 							}
 						}
@@ -487,7 +487,7 @@ func readsDuring(t *testing.T, s backends.Source, stop func()) []error {
 		wg.Go(func() {
 			buf := make([]byte, mib)
 			for {
-				if _, err := s.ReadAt(buf, int64(i)*mib%s.Size()); err != nil {
+				if _, err := s.ReadAt(context.Background(), buf, int64(i)*mib%s.Size()); err != nil {
 					errs[i] = err
 					return
 				}
@@ -519,7 +519,7 @@ func TestCloseDuringReads(t *testing.T) {
 			t.Error("read ended without an error")
 		}
 	}
-	if _, err := s.ReadAt(make([]byte, 10), 0); !errors.Is(err, errClosed) {
+	if _, err := s.ReadAt(context.Background(), make([]byte, 10), 0); !errors.Is(err, errClosed) {
 		t.Errorf("read after Close: %v, want connection closed", err)
 	}
 }
@@ -551,7 +551,7 @@ func TestServerGoneFailsReads(t *testing.T) {
 					t.Error("read ended without an error")
 				}
 			}
-			if _, err := s.ReadAt(make([]byte, 10), 0); err == nil {
+			if _, err := s.ReadAt(context.Background(), make([]byte, 10), 0); err == nil {
 				t.Error("read after the server went away succeeded")
 			}
 			if _, err := s.Extents(context.Background(), 0, mib); err == nil {
@@ -597,7 +597,7 @@ func TestClientLimit(t *testing.T) {
 		t.Errorf("open took %v", d)
 	}
 	buf := make([]byte, 1<<20)
-	if _, err := a.ReadAt(buf, 0); err != nil {
+	if _, err := a.ReadAt(context.Background(), buf, 0); err != nil {
 		t.Fatalf("read: %v", err)
 	}
 	// The second connection joins; the third waits in vain and is given up.
@@ -624,4 +624,36 @@ func TestClientLimit(t *testing.T) {
 		t.Fatalf("open after the first source closed: %v", err)
 	}
 	b.Close()
+}
+
+// TestReadEndsWithItsContext: the commands of a read not yet sent are dropped when
+// its context ends, so a cancelled job does not wait for the whole read.
+func TestReadEndsWithItsContext(t *testing.T) {
+	uri, _ := testutil.ServeNbdkitMemory(t, "16M", "delay", "delay-read=20ms")
+	// One command in flight at a time: the 16 MiB read is 128 commands, 2.5 s.
+	s, err := backends.OpenSource(context.Background(), uri, backends.WithConnections(1), backends.WithMaxInFlight(maxRequestSize))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	buf := make([]byte, 16*mib)
+
+	ended, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := s.ReadAt(ended, buf, 0); !errors.Is(err, context.Canceled) {
+		t.Errorf("read with an ended context: %v, want context.Canceled", err)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	if _, err := s.ReadAt(ctx, buf, 0); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("read whose context ended: %v, want context.DeadlineExceeded", err)
+	}
+	if d := time.Since(start); d > 1500*time.Millisecond {
+		t.Errorf("read took %v after its context ended at 100ms", d)
+	}
+	if n, err := s.ReadAt(context.Background(), buf[:mib], 0); err != nil || n != int(mib) {
+		t.Errorf("read after the dropped ones = %d, %v", n, err)
+	}
 }

@@ -98,10 +98,11 @@ func (p *pool) close() error {
 // transfer reads into or writes from buf at off, in commands of at most maxRequest
 // bytes spread over the connections, and waits for all of them. libnbd works on
 // buf itself: a runtime.Pinner keeps it in place while C holds pointers into it,
-// and every command is waited for, also after a failure, so that none is left
-// touching buf once transfer returns. It returns the bytes before the first
+// and every command is waited for, also after a failure or the end of ctx, so
+// that none is left touching buf once transfer returns; when ctx ends, the
+// commands not yet started are dropped. It returns the bytes before the first
 // failure.
-func (p *pool) transfer(kind opKind, buf []byte, off, maxRequest int64) (int, error) {
+func (p *pool) transfer(ctx context.Context, kind opKind, buf []byte, off, maxRequest int64) (int, error) {
 	if len(buf) == 0 {
 		return 0, nil
 	}
@@ -113,6 +114,7 @@ func (p *pool) transfer(kind opKind, buf []byte, off, maxRequest int64) (int, er
 		n := min(maxRequest, int64(len(buf))-done)
 		r := newRequest(kind, off+done, n)
 		r.buf = libnbd.AioBuffer{P: unsafe.Pointer(&buf[done]), Size: uint(n)}
+		r.ctx = ctx
 		p.submit(r)
 		reqs = append(reqs, r)
 	}

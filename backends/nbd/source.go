@@ -21,42 +21,40 @@ type source struct {
 }
 
 func openSource(ctx context.Context, u *url.URL, o backends.SourceOptions) (backends.Source, error) {
-	uri, shown := u.String(), u.Redacted()
-	contexts := []string{contextAllocation}
+	ep := endpoint{uri: u.String(), shown: u.Redacted(), contexts: []string{contextAllocation}}
 	bitmap := ""
 	if o.Bitmap != "" {
 		bitmap = bitmapContextPrefix + o.Bitmap
-		contexts = append(contexts, bitmap)
+		ep.contexts = append(ep.contexts, bitmap)
 	}
-	h, err := dial(ctx, uri, shown, contexts, firstHandshakeTimeout)
+	h, err := ep.dial(ctx, firstHandshakeTimeout)
 	if err != nil {
 		return nil, err
 	}
-	e, err := inspect(h, shown, contexts)
+	e, err := ep.inspect(h)
 	if err != nil {
 		h.Close()
 		return nil, err
 	}
 	if bitmap != "" && !e.contexts[bitmap] {
 		h.Close()
-		return nil, fmt.Errorf("nbd %s: export has no dirty bitmap %q: %w", shown, o.Bitmap, backends.ErrNoBitmap)
+		return nil, fmt.Errorf("nbd %s: export has no dirty bitmap %q: %w", ep.shown, o.Bitmap, backends.ErrNoBitmap)
 	}
-	e.caps.DirtyBitmap = bitmap != ""
-	p, err := connections(ctx, h, e, uri, contexts, o.Connections, o.MaxInFlight)
+	p, err := ep.connections(ctx, h, e, o.Connections, o.MaxInFlight)
 	if err != nil {
 		return nil, err
 	}
 	return &source{exp: e, pool: p, bitmap: bitmap}, nil
 }
 
-func (s *source) Size() int64                         { return s.exp.size }
-func (s *source) Capabilities() backends.Capabilities { return s.exp.caps }
+func (s *source) Size() int64 { return s.exp.size }
 
 // ReadAt reads p in commands of at most the request size, spread over the
 // connections. libnbd reads the replies straight into p, which stays pinned until
 // every command is answered: no C buffer, no copy. Reading past the end returns
-// what the image holds and io.EOF.
-func (s *source) ReadAt(p []byte, off int64) (int, error) {
+// what the image holds and io.EOF. When ctx ends, the commands not yet sent are
+// dropped.
+func (s *source) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
 	if off < 0 {
 		return 0, fmt.Errorf("nbd %s: read at negative offset %d", s.exp.uri, off)
 	}
@@ -65,8 +63,11 @@ func (s *source) ReadAt(p []byte, off int64) (int, error) {
 		p = p[:max(0, s.exp.size-off)]
 		eof = io.EOF
 	}
-	n, err := s.pool.transfer(opRead, p, off, s.exp.maxRequest)
+	n, err := s.pool.transfer(ctx, opRead, p, off, s.exp.maxRequest)
 	if err != nil {
+		if err == ctx.Err() {
+			return n, err
+		}
 		return n, fmt.Errorf("nbd %s: %w", s.exp.uri, err)
 	}
 	return n, eof
@@ -82,7 +83,7 @@ func (s *source) Extents(ctx context.Context, start, length int64) ([]backends.E
 	if length <= 0 {
 		return nil, nil
 	}
-	if !s.exp.caps.Allocation && s.bitmap == "" {
+	if !s.exp.features.allocation && s.bitmap == "" {
 		// Nothing to ask: every byte is data, and dirty for a full backup.
 		return []backends.Extent{{Start: start, Length: length, Dirty: true}}, nil
 	}
@@ -97,7 +98,7 @@ func (s *source) Extents(ctx context.Context, start, length int64) ([]backends.E
 	}
 	// Receiving from r.done orders the callback's writes to r.extents before this.
 	var alloc, bitmap []uint32
-	if s.exp.caps.Allocation {
+	if s.exp.features.allocation {
 		alloc = r.extents[contextAllocation]
 		if alloc == nil {
 			alloc = []uint32{} // a missing reply is an error, not "not in use"

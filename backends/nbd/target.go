@@ -27,33 +27,32 @@ type target struct {
 }
 
 func openTarget(ctx context.Context, u *url.URL, o backends.TargetOptions) (backends.Target, error) {
-	uri, shown := u.String(), u.Redacted()
-	h, err := dial(ctx, uri, shown, nil, firstHandshakeTimeout)
+	ep := endpoint{uri: u.String(), shown: u.Redacted()}
+	h, err := ep.dial(ctx, firstHandshakeTimeout)
 	if err != nil {
 		return nil, err
 	}
-	e, err := inspect(h, shown, nil)
+	e, err := ep.inspect(h)
 	if err != nil {
 		h.Close()
 		return nil, err
 	}
-	if e.caps.ReadOnly {
+	if e.features.readOnly {
 		h.Close()
-		return nil, fmt.Errorf("nbd %s: export is read-only and cannot be restored into", shown)
+		return nil, fmt.Errorf("nbd %s: export is read-only and cannot be restored into", ep.shown)
 	}
 	if o.Size > e.size {
 		h.Close()
-		return nil, fmt.Errorf("nbd %s: export has %d bytes, image needs %d: %w", shown, e.size, o.Size, backends.ErrTooSmall)
+		return nil, fmt.Errorf("nbd %s: export has %d bytes, image needs %d: %w", ep.shown, e.size, o.Size, backends.ErrTooSmall)
 	}
-	p, err := connections(ctx, h, e, uri, nil, o.Connections, defaultMaxInFlight)
+	p, err := ep.connections(ctx, h, e, o.Connections, defaultMaxInFlight)
 	if err != nil {
 		return nil, err
 	}
 	return &target{exp: e, pool: p}, nil
 }
 
-func (t *target) Size() int64                         { return t.exp.size }
-func (t *target) Capabilities() backends.Capabilities { return t.exp.caps }
+func (t *target) Size() int64 { return t.exp.size }
 
 // check refuses ranges outside the export before the server has to.
 func (t *target) check(what string, off, length int64) error {
@@ -69,7 +68,8 @@ func (t *target) WriteAt(p []byte, off int64) (int, error) {
 	if err := t.check("write", off, int64(len(p))); err != nil {
 		return 0, err
 	}
-	n, err := t.pool.transfer(opWrite, p, off, t.exp.maxRequest)
+	// io.WriterAt has no context: a write is always sent.
+	n, err := t.pool.transfer(context.Background(), opWrite, p, off, t.exp.maxRequest)
 	if err != nil {
 		return n, fmt.Errorf("nbd %s: %w", t.exp.uri, err)
 	}
@@ -83,7 +83,7 @@ func (t *target) Zero(ctx context.Context, off, length int64) error {
 		return err
 	}
 	piece, batch := int64(maxZeroSize), int(^uint(0)>>1)
-	if !t.exp.caps.Zero {
+	if !t.exp.features.zero {
 		t.zeroOnce.Do(func() { t.zeroes = libnbd.MakeAioBufferZero(uint(t.exp.maxRequest)) })
 		piece, batch = t.exp.maxRequest, int(max(1, defaultMaxInFlight/t.exp.maxRequest))
 	}
@@ -92,7 +92,7 @@ func (t *target) Zero(ctx context.Context, off, length int64) error {
 		for ; done < length && len(reqs) < batch; done += piece {
 			n := min(piece, length-done)
 			var r *request
-			if t.exp.caps.Zero {
+			if t.exp.features.zero {
 				r = newRequest(opZero, off+done, n)
 			} else {
 				r = newRequest(opWrite, off+done, n)
@@ -113,7 +113,7 @@ func (t *target) Zero(ctx context.Context, off, length int64) error {
 // all of them, but asking each costs little and does not depend on it. Without
 // flush support there is nothing to ask for.
 func (t *target) Flush(ctx context.Context) error {
-	if !t.exp.caps.Flush {
+	if !t.exp.features.flush {
 		return nil
 	}
 	conns := t.pool.all()

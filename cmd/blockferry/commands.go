@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/blockferry/blockferry/jobs"
 	"github.com/blockferry/blockferry/sinks/repository"
@@ -34,26 +35,23 @@ func newInitCommand(g *globals) *cobra.Command {
 				fmt.Sprintf("created repository %s at %s (encrypted: %t)\n", cfg.ID, repo.Location(), repo.Encrypted()))
 		},
 	}
-	cmd.Flags().Int64Var(&chunkSize, "chunk-size", repository.DefaultChunkSize, "default chunk size in bytes (power of two, 64 KiB to 64 MiB)")
-	cmd.Flags().StringVar(&compression, "compression", "zstd", "zstd or none")
+	cmd.Flags().Int64Var(&chunkSize, "chunk-size", jobs.DefaultChunkSize, "default chunk size in bytes (power of two, 64 KiB to 64 MiB)")
+	cmd.Flags().StringVar(&compression, "compression", jobs.DefaultCompression, "zstd or none")
 	return cmd
 }
 
 func newBackupCommand(g *globals) *cobra.Command {
-	var s jobs.Spec
-	src := &jobs.Endpoint{}
-	var labels []string
+	var jf jobFlags
 	cmd := &cobra.Command{
 		Use:   "backup",
 		Short: "Back up a disk exported over NBD (full, or incremental with --bitmap and --parent)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			s.SpecVersion, s.ID, s.Kind, s.Source = jobs.SpecVersion, cliJobID(), jobs.KindBackup, src
 			if err := required(cmd, "source", "disk"); err != nil {
 				return err
 			}
-			var err error
-			if s.Labels, err = parseLabels(labels); err != nil {
+			s, err := jf.job(jobs.KindBackup, cliJobID())
+			if err != nil {
 				return err
 			}
 			res, err := runJob(cmd.Context(), g, s)
@@ -68,16 +66,7 @@ func newBackupCommand(g *globals) *cobra.Command {
 			return g.print(cmd.OutOrStdout(), backupView(m), human)
 		},
 	}
-	f := cmd.Flags()
-	f.StringVar(&src.URI, "source", "", "NBD URI of the disk (nbd://, nbd+unix://, nbds://) or a raw file")
-	f.StringVar(&src.Bitmap, "bitmap", "", "dirty bitmap of an incremental backup")
-	f.StringVar(&s.Parent, "parent", "", "backup id the incremental is taken against")
-	f.StringVar(&s.Disk, "disk", "", "name of the disk, e.g. vm1/vda")
-	f.Int64Var(&s.Options.ChunkSize, "chunk-size", 0, "chunk size in bytes (default: the repository's)")
-	f.StringVar(&s.Options.Compression, "compression", "", "zstd or none (default: the repository's)")
-	f.IntVar(&s.Options.Concurrency, "concurrency", 0, "chunks in flight (default 8)")
-	f.StringVar(&s.Options.RateLimit, "rate-limit", "", "cap on source reads, e.g. 200MiB (per second)")
-	f.StringSliceVar(&labels, "label", nil, "key=value label recorded with the backup (repeatable)")
+	jf.register(cmd.Flags())
 	return cmd
 }
 
@@ -105,7 +94,7 @@ func newRestoreCommand(g *globals) *cobra.Command {
 	f := cmd.Flags()
 	f.StringVar(&s.Backup, "backup", "", "backup id to restore")
 	f.StringVar(&tgt.URI, "target", "", "file:///path/disk.raw (created sparse) or a writable nbd:// export")
-	f.IntVar(&s.Options.Concurrency, "concurrency", 0, "chunks in flight (default 8)")
+	concurrencyFlag(f, &s.Options.Concurrency)
 	return cmd
 }
 
@@ -139,7 +128,7 @@ func newVerifyCommand(g *globals) *cobra.Command {
 	}
 	cmd.Flags().StringVar(&s.Backup, "backup", "", "backup id to verify")
 	cmd.Flags().Var(sourceFlag{&s.Source}, "source", "also compare the backup with this disk (NBD URI or raw file)")
-	cmd.Flags().IntVar(&s.Options.Concurrency, "concurrency", 0, "chunks in flight (default 8)")
+	concurrencyFlag(cmd.Flags(), &s.Options.Concurrency)
 	return cmd
 }
 
@@ -158,9 +147,12 @@ func newLsCommand(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			list, err := repo.Backups(cmd.Context(), disk)
+			list, bad, err := repo.ListBackups(cmd.Context(), disk)
 			if err != nil {
 				return err
+			}
+			for _, o := range bad {
+				fmt.Fprintf(cmd.ErrOrStderr(), "skipped %s: %s\n", o.Name, o.Error)
 			}
 			views := make([]map[string]any, 0, len(list))
 			var b strings.Builder
@@ -172,13 +164,15 @@ func newLsCommand(g *globals) *cobra.Command {
 					m.Completed.Format(time.RFC3339), bytesText(m.Size), bytesText(m.Stats.BytesWritten))
 			}
 			tw.Flush()
-			return g.print(cmd.OutOrStdout(), map[string]any{"backups": views}, b.String())
+			return g.print(cmd.OutOrStdout(), map[string]any{"backups": views, "skipped": bad}, b.String())
 		},
 	}
 	cmd.Flags().StringVar(&disk, "disk", "", "only the backups of this disk")
 	return cmd
 }
 
+// runJob validates a job the command line describes and runs it here: the
+// command line is one of the boundaries where specs are validated (jobs.Spec).
 func runJob(ctx context.Context, g *globals, s jobs.Spec) (jobs.Result, error) {
 	r, err := g.runner()
 	if err != nil {
@@ -186,6 +180,9 @@ func runJob(ctx context.Context, g *globals, s jobs.Spec) (jobs.Result, error) {
 	}
 	if s.Repository == "" && g.repository == "" {
 		return jobs.Result{}, fmt.Errorf("--repository is required")
+	}
+	if err := s.Validate(); err != nil {
+		return jobs.Result{}, err
 	}
 	return r.Run(ctx, s, nil)
 }
@@ -197,6 +194,11 @@ func backupView(m *repository.Manifest) map[string]any {
 		"size": m.Size, "chunk_size": m.ChunkSize, "started": m.Started, "completed": m.Completed,
 		"labels": m.Labels, "stats": m.Stats,
 	}
+}
+
+// concurrencyFlag is --concurrency of a job: 0 leaves it to the runner.
+func concurrencyFlag(f *pflag.FlagSet, n *int) {
+	f.IntVar(n, "concurrency", 0, fmt.Sprintf("chunks in flight (default %d)", jobs.DefaultConcurrency))
 }
 
 // sourceFlag sets an optional source endpoint.

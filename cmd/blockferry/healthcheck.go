@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"net"
 	"net/http"
 	"time"
 
@@ -36,11 +37,9 @@ func newHealthcheckCommand() *cobra.Command {
 
 // localAddr turns a listen address such as 0.0.0.0:9090 or :9090 into one to dial.
 func localAddr(listen string) string {
-	switch {
-	case len(listen) > 0 && listen[0] == ':':
-		return "127.0.0.1" + listen
-	case len(listen) > 8 && listen[:8] == "0.0.0.0:":
-		return "127.0.0.1" + listen[7:]
+	host, port, err := net.SplitHostPort(listen)
+	if err != nil || (host != "" && host != "0.0.0.0") {
+		return listen
 	}
-	return listen
+	return net.JoinHostPort("127.0.0.1", port)
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/term"
 
 	"github.com/blockferry/blockferry/jobs"
 	"github.com/blockferry/blockferry/worker"
@@ -20,31 +21,31 @@ const clientNATSURL = "nats://127.0.0.1:4222"
 
 func newSubmitCommand(g *globals) *cobra.Command {
 	var (
-		n      natsFlags
-		s      jobs.Spec
-		src    jobs.Endpoint
-		tgt    jobs.Endpoint
-		labels []string
-		wait   bool
+		n    natsFlags
+		jf   jobFlags
+		id   string
+		tgt  jobs.Endpoint
+		back string
+		wait bool
 	)
 	cmd := &cobra.Command{
 		Use:   "submit backup|restore|verify",
 		Short: "Submit a job to the workers (--wait follows it to its end)",
-		Args:  cobra.ExactArgs(1),
+		Long: "Submit a job to the workers (--wait follows it to its end). A backup takes the flags of the backup command;\n" +
+			"a restore takes --backup, --target and --concurrency; a verify --backup, --concurrency and, to compare\n" +
+			"the backup with the disk, --source.",
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			s.SpecVersion, s.Kind, s.Repository = jobs.SpecVersion, args[0], g.repository
-			if s.ID == "" {
-				s.ID = s.Kind + "-" + jobs.NewBackupID()
+			if id == "" {
+				id = args[0] + "-" + jobs.NewBackupID()
 			}
-			if src.URI != "" {
-				s.Source = &src
+			s, err := jf.job(args[0], id)
+			if err != nil {
+				return err
 			}
+			s.Repository, s.Backup = g.repository, back
 			if tgt.URI != "" {
 				s.Target = &tgt
-			}
-			var err error
-			if s.Labels, err = parseLabels(labels); err != nil {
-				return err
 			}
 			c, closeConn, err := n.client("blockferry-submit")
 			if err != nil {
@@ -64,18 +65,11 @@ func newSubmitCommand(g *globals) *cobra.Command {
 	}
 	f := cmd.Flags()
 	n.register(f, clientNATSURL)
-	f.StringVar(&s.ID, "id", "", "job id (default: generated); re-submitting an id is a no-op")
-	f.StringVar(&s.Disk, "disk", "", "disk name (backup)")
-	f.StringVar(&src.URI, "source", "", "NBD URI of the disk (backup; verify: compare with it)")
-	f.StringVar(&src.Bitmap, "bitmap", "", "dirty bitmap (incremental backup)")
-	f.StringVar(&s.Parent, "parent", "", "parent backup id (incremental backup)")
-	f.StringVar(&s.Backup, "backup", "", "backup id (restore, verify)")
+	f.StringVar(&id, "id", "", "job id (default: generated); re-submitting an id is a no-op")
+	jf.register(f)
+	f.Lookup("concurrency").Usage = "chunks in flight (default: the worker's --concurrency)"
+	f.StringVar(&back, "backup", "", "backup id (restore, verify)")
 	f.StringVar(&tgt.URI, "target", "", "raw file or writable NBD export (restore)")
-	f.Int64Var(&s.Options.ChunkSize, "chunk-size", 0, "chunk size in bytes")
-	f.StringVar(&s.Options.Compression, "compression", "", "zstd or none")
-	f.IntVar(&s.Options.Concurrency, "concurrency", 0, "chunks in flight")
-	f.StringVar(&s.Options.RateLimit, "rate-limit", "", "cap on source reads per second, e.g. 200MiB")
-	f.StringSliceVar(&labels, "label", nil, "key=value label (repeatable)")
 	f.BoolVar(&wait, "wait", false, "follow the job with a progress bar until it ends; exit status says how")
 	return cmd
 }
@@ -155,13 +149,11 @@ func eventLine(ev worker.Event) string {
 	return s
 }
 
+// isTerminal reports whether w is a terminal, where a progress bar redraws one
+// line instead of printing a line per update.
 func isTerminal(w io.Writer) bool {
 	f, ok := w.(*os.File)
-	if !ok {
-		return false
-	}
-	st, err := f.Stat()
-	return err == nil && st.Mode()&os.ModeCharDevice != 0
+	return ok && term.IsTerminal(int(f.Fd()))
 }
 
 func newWatchCommand(g *globals) *cobra.Command {

@@ -73,8 +73,9 @@ func newRootCommand() *cobra.Command {
 	root.AddCommand(
 		newInitCommand(g), newBackupCommand(g), newRestoreCommand(g), newVerifyCommand(g), newLsCommand(g),
 		newWorkerCommand(g), newSubmitCommand(g), newWatchCommand(g), newStatusCommand(g), newCancelCommand(g),
-		newHealthcheckCommand(), newServeCommand(g),
+		newHealthcheckCommand(), newForgetCommand(g), newPruneCommand(g), newCheckCommand(g), newStatsCommand(g),
 	)
+	root.AddCommand(newServeCommand(g))
 	annotateEnv(root)
 	return root
 }

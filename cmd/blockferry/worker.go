@@ -17,6 +17,7 @@ import (
 	"github.com/blockferry/blockferry/jobs"
 	"github.com/blockferry/blockferry/sinks"
 	"github.com/blockferry/blockferry/worker"
+	"github.com/blockferry/blockferry/worker/embedded"
 )
 
 func defaultDataDir() string {
@@ -60,7 +61,7 @@ func newWorkerCommand(g *globals) *cobra.Command {
 				return fmt.Errorf("data directory: %w", err)
 			}
 			if n.conn.URLs == "" {
-				srv, err := worker.StartEmbedded(dataDir, listen)
+				srv, err := embedded.Start(dataDir, listen)
 				if err != nil {
 					return err
 				}
@@ -97,8 +98,11 @@ func newWorkerCommand(g *globals) *cobra.Command {
 			runner := jobs.NewRunner(jobs.WithDefaultRepository(repo), jobs.WithKey(key), jobs.WithConcurrency(concurrency),
 				jobs.WithRateLimiter(limiter), jobs.WithLogger(log), jobs.WithObservers(m.ObserveSource, m.ObserveStore),
 				jobs.WithResume(), jobs.WithMemoryBudget(budget))
-			w := worker.New(js, runner, worker.WithTopology(n.topo), worker.WithName(name), worker.WithJobs(slots),
+			w, err := worker.New(js, runner, worker.WithTopology(n.topo), worker.WithName(name), worker.WithJobs(slots),
 				worker.WithGracePeriod(grace), worker.WithLogger(log), worker.WithMetrics(m))
+			if err != nil {
+				return err
+			}
 			if httpAddr != "" {
 				store, err := sinks.OpenStore(cmd.Context(), repo)
 				if err != nil {
@@ -115,10 +119,7 @@ func newWorkerCommand(g *globals) *cobra.Command {
 						_, err := js.Stream(ctx, n.topo.JobsStream)
 						return err
 					},
-					"repository": func(ctx context.Context) error {
-						_, err := store.Exists(ctx, "config")
-						return err
-					},
+					"repository": repositoryReadiness(store),
 					"worker": func(context.Context) error {
 						if !w.Ready() {
 							return fmt.Errorf("not taking jobs")
@@ -144,12 +145,13 @@ func newWorkerCommand(g *globals) *cobra.Command {
 	f := cmd.Flags()
 	n.register(f, "")
 	f.StringVar(&dataDir, "data-dir", defaultDataDir(), "data directory: embedded NATS store and the default file repository")
-	f.StringVar(&listen, "listen", worker.DefaultEmbeddedListen, "address of the embedded NATS server")
+	f.StringVar(&listen, "listen", embedded.DefaultListen, "address of the embedded NATS server")
 	f.StringVar(&name, "name", "", "worker name in events and logs (default: host name)")
 	f.IntVar(&slots, "jobs", 1, "jobs run at once")
-	f.IntVar(&concurrency, "concurrency", 8, "chunks in flight per job")
+	f.IntVar(&concurrency, "concurrency", jobs.DefaultConcurrency, "chunks in flight per job")
 	f.StringVar(&rateLimit, "rate-limit", "", "cap on source reads of all jobs together, e.g. 400MiB (per second)")
-	f.StringVar(&memoryLimit, "memory-limit", "", "bound on the chunk buffers of all running jobs together, e.g. 512MiB; jobs wait for buffers rather than exceed it (default: 128MiB per --jobs)")
+	f.StringVar(&memoryLimit, "memory-limit", "", fmt.Sprintf("bound on the chunk buffers of all running jobs together, e.g. 512MiB; "+
+		"jobs wait for buffers rather than exceed it (default: %dMiB per --jobs)", jobs.DefaultMemoryPerJob>>20))
 	f.DurationVar(&grace, "grace-period", 5*time.Minute, "on SIGTERM, how long running jobs may finish before they are handed back")
 	f.IntVar(&n.topo.Replicas, "replicas", 1, "replicas of the streams and buckets the worker creates (3 on a cluster)")
 	f.DurationVar(&n.topo.AckWait, "ack-wait", n.topo.AckWait, "redeliver a job whose worker sent no heartbeat for this long")
@@ -162,11 +164,6 @@ func newWorkerCommand(g *globals) *cobra.Command {
 	return cmd
 }
 
-// defaultMemoryPerJob is the chunk buffer budget per job slot: a job with default
-// settings (8 chunks of 4 MiB in flight) needs 64 MiB for a backup, 96 for a
-// restore.
-const defaultMemoryPerJob = 128 << 20
-
 // memoryBudget makes the worker's buffer budget from --memory-limit, and tells
 // the Go runtime to collect garbage before its heap outgrows the budget by more
 // than 128 MiB, the room for everything else (NATS and an embedded server, the
@@ -175,7 +172,7 @@ const defaultMemoryPerJob = 128 << 20
 // libraries' memory (zstd contexts, libnbd): docs/PERFORMANCE.md states its peak
 // RSS as the budget plus 192 MiB.
 func memoryBudget(flag string, slots int) (*jobs.MemoryBudget, error) {
-	size := int64(max(slots, 1)) * defaultMemoryPerJob
+	size := int64(max(slots, 1)) * jobs.DefaultMemoryPerJob
 	if flag != "" {
 		var err error
 		if size, err = jobs.ParseByteSize(flag); err != nil {
@@ -189,6 +186,21 @@ func memoryBudget(flag string, slots int) (*jobs.MemoryBudget, error) {
 		debug.SetMemoryLimit(size + 128<<20)
 	}
 	return jobs.NewMemoryBudget(size), nil
+}
+
+// repositoryReadiness is /readyz's check of the repository's store. A store that
+// can check itself as a whole does (S3: HeadBucket, then a one-key listing): on S3
+// a HEAD of the config object answers a missing bucket or an unknown access key
+// with a bodiless 404, which reads as "no config yet" and would leave the worker
+// ready. Other stores are asked whether the config object exists.
+func repositoryReadiness(store sinks.Store) metrics.Check {
+	if c, ok := store.(interface{ Check(context.Context) error }); ok {
+		return c.Check
+	}
+	return func(ctx context.Context) error {
+		_, err := store.Exists(ctx, "config")
+		return err
+	}
 }
 
 func newLogger(level string) (*zap.Logger, error) {

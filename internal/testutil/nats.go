@@ -69,14 +69,6 @@ func (s *NATSServer) Start() {
 	}
 }
 
-// Restart stops the server gracefully and starts it again on the same port and
-// store.
-func (s *NATSServer) Restart() {
-	s.t.Helper()
-	s.Stop()
-	s.Start()
-}
-
 func (s *NATSServer) start() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -131,18 +123,13 @@ func jetStreamReady(url string) error {
 
 // Stop shuts the server down gracefully (SIGTERM: JetStream state is flushed) and
 // waits until it exited. It does nothing when the server is not running.
-func (s *NATSServer) Stop() { s.halt(syscall.SIGTERM) }
-
-// Kill kills the server with SIGKILL and waits until it exited.
-func (s *NATSServer) Kill() { s.halt(syscall.SIGKILL) }
-
-func (s *NATSServer) halt(sig syscall.Signal) {
+func (s *NATSServer) Stop() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.cmd == nil {
 		return
 	}
-	_ = s.cmd.Process.Signal(sig)
+	_ = s.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-s.exited:
 	case <-time.After(15 * time.Second):

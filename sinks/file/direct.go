@@ -1,11 +1,8 @@
 package file
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"os"
-	"path/filepath"
 	"sync"
 	"unsafe"
 
@@ -23,46 +20,48 @@ import (
 // and lengths: the page size covers every logical block size in use.
 const directAlign = 4096
 
-// createTemp creates a new file in dir whose name starts with prefix, switched to
-// direct I/O where the file system allows it. Direct I/O is turned on after the
-// file exists, not asked for at open: Linux creates the file before it checks
-// whether the file system takes O_DIRECT, so an open with O_CREAT|O_EXCL|O_DIRECT
-// that fails with EINVAL leaves the file behind.
+// createTemp creates a new file in dir whose name starts with prefix (os.CreateTemp:
+// mode 0600, a random suffix, O_EXCL), switched to direct I/O where the file
+// system allows it. Direct I/O is turned on after the file exists, not asked for
+// at open: Linux creates the file before it checks whether the file system takes
+// O_DIRECT, so an open with O_CREAT|O_EXCL|O_DIRECT that fails with EINVAL leaves
+// the file behind.
 func createTemp(dir, prefix string) (f *os.File, direct bool, err error) {
-	for range 10 {
-		var r [8]byte
-		_, _ = rand.Read(r[:])
-		name := filepath.Join(dir, prefix+hex.EncodeToString(r[:]))
-		f, err = os.OpenFile(name, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
-		if errors.Is(err, os.ErrExist) {
-			continue
-		}
-		if err != nil {
-			return nil, false, err
-		}
-		switch err := enableDirect(f); {
-		case err == nil:
-			return f, true, nil
-		case errors.Is(err, unix.EINVAL):
-			return f, false, nil // the file system has no direct I/O: buffered
-		default:
-			_ = f.Close()
-			_ = os.Remove(name)
-			return nil, false, err
-		}
+	// The explicit "*" is where the random part goes, even if the object's own
+	// name holds a "*".
+	f, err = os.CreateTemp(dir, prefix+"*")
+	if err != nil {
+		return nil, false, err
 	}
-	return nil, false, err
+	switch err := enableDirect(f); {
+	case err == nil:
+		return f, true, nil
+	case errors.Is(err, unix.EINVAL):
+		return f, false, nil // the file system has no direct I/O: buffered
+	default:
+		_ = f.Close()
+		_ = os.Remove(f.Name())
+		return nil, false, err
+	}
 }
 
 // enableDirect switches f to direct I/O; a variable so that tests can play a file
 // system that refuses it.
-var enableDirect = func(f *os.File) error {
-	fd := uintptr(f.Fd())
+var enableDirect = func(f *os.File) error { return setDirect(f, true) }
+
+// setDirect turns O_DIRECT on or off on an open file.
+func setDirect(f *os.File, on bool) error {
+	fd := f.Fd()
 	fl, err := unix.FcntlInt(fd, unix.F_GETFL, 0)
 	if err != nil {
 		return err
 	}
-	_, err = unix.FcntlInt(fd, unix.F_SETFL, fl|unix.O_DIRECT)
+	if on {
+		fl |= unix.O_DIRECT
+	} else {
+		fl &^= unix.O_DIRECT
+	}
+	_, err = unix.FcntlInt(fd, unix.F_SETFL, fl)
 	return err
 }
 
@@ -95,7 +94,7 @@ func writeDirect(f *os.File, data []byte) error {
 		}
 		// The device wants larger blocks than directAlign, or the file system
 		// takes O_DIRECT at open but not at write: write through the cache.
-		if err := clearDirect(f); err != nil {
+		if err := setDirect(f, false); err != nil {
 			return err
 		}
 		if err := f.Truncate(0); err != nil {
@@ -116,14 +115,4 @@ func alignedSlice(n int) []byte {
 	b := make([]byte, n+directAlign)
 	skip := int(-uintptr(unsafe.Pointer(unsafe.SliceData(b))) & (directAlign - 1))
 	return b[skip : skip+n : skip+n]
-}
-
-func clearDirect(f *os.File) error {
-	fd := int(f.Fd())
-	fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
-	if err != nil {
-		return err
-	}
-	_, err = unix.FcntlInt(uintptr(fd), unix.F_SETFL, fl&^unix.O_DIRECT)
-	return err
 }

@@ -292,6 +292,25 @@ func notFound(err error) bool {
 // List calls fn for every object whose name starts with prefix. Only the part of
 // the tree that can match is walked, so listing "chunks/ab" reads chunks/ only.
 func (s *Store) List(ctx context.Context, prefix string, fn func(name string) error) error {
+	return s.walk(ctx, prefix, func(name string, _ fs.DirEntry) error { return fn(name) })
+}
+
+// ListInfo is List with each object's size and modification time.
+func (s *Store) ListInfo(ctx context.Context, prefix string, fn func(sinks.ObjectInfo) error) error {
+	return s.walk(ctx, prefix, func(name string, d fs.DirEntry) error {
+		info, err := d.Info()
+		if notFound(err) {
+			return nil // removed while we walked
+		}
+		if err != nil {
+			return err
+		}
+		return fn(sinks.ObjectInfo{Name: name, Size: info.Size(), ModTime: info.ModTime()})
+	})
+}
+
+// walk calls fn for every regular file whose object name starts with prefix.
+func (s *Store) walk(ctx context.Context, prefix string, fn func(name string, d fs.DirEntry) error) error {
 	// Start at the deepest directory the prefix names completely.
 	start := s.dir
 	if i := strings.LastIndexByte(prefix, '/'); i >= 0 {
@@ -339,7 +358,7 @@ func (s *Store) List(ctx context.Context, prefix string, fn func(name string) er
 		if !d.Type().IsRegular() || !strings.HasPrefix(name, prefix) {
 			return nil
 		}
-		return fn(name)
+		return fn(name, d)
 	})
 	if err != nil {
 		return fmt.Errorf("%s: list %q: %w", s.Location(), prefix, err)
@@ -361,6 +380,17 @@ func (s *Store) Delete(ctx context.Context, name string) error {
 	}
 	if err := os.Remove(p); err != nil && !notFound(err) {
 		return fmt.Errorf("%s: delete %q: %w", s.Location(), name, err)
+	}
+	return nil
+}
+
+// DeleteObjects removes every named object; a filesystem has no batch delete, so
+// it is Delete for each.
+func (s *Store) DeleteObjects(ctx context.Context, names []string) error {
+	for _, name := range names {
+		if err := s.Delete(ctx, name); err != nil {
+			return err
+		}
 	}
 	return nil
 }

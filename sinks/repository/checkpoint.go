@@ -53,7 +53,9 @@ func (r *Repository) PutCheckpoint(ctx context.Context, cp *Checkpoint) error {
 	return r.store.Put(ctx, checkpointName(cp.JobID), obj)
 }
 
-// LoadCheckpoint returns a job's checkpoint, or nil when it has none.
+// LoadCheckpoint returns a job's checkpoint, or nil when it has none. Through a
+// backup attempt's repository (BeginAttempt) it leaves out the positions whose
+// chunks garbage collection condemned or deleted.
 func (r *Repository) LoadCheckpoint(ctx context.Context, jobID string) (*Checkpoint, error) {
 	if !ValidID(jobID) {
 		return nil, nil
@@ -75,6 +77,9 @@ func (r *Repository) LoadCheckpoint(ctx context.Context, jobID string) (*Checkpo
 	}
 	if err := cp.validate(); err != nil {
 		return nil, fmt.Errorf("checkpoint of job %s: %w: %v", jobID, ErrCorrupt, err)
+	}
+	if err := r.gc.reusableCheckpoint(ctx, &cp); err != nil {
+		return nil, fmt.Errorf("checkpoint of job %s: %w", jobID, err)
 	}
 	return &cp, nil
 }

@@ -8,9 +8,9 @@ import (
 
 // Hot paths of a backup and a restore, per 4 MiB chunk, in benchstat-friendly form:
 //
-//	go test -run '^$' -bench . -count 6 ./sinks | tee new.txt; benchstat old.txt new.txt
+//	go test -run '^$' -bench . -count 6 ./sinks/repository | tee new.txt; benchstat old.txt new.txt
 func benchChunks() map[string][]byte {
-	const size = DefaultChunkSize
+	const size = 4 << 20
 	noise := make([]byte, size)
 	rand.NewChaCha8([32]byte{3}).Read(noise)
 	var text bytes.Buffer

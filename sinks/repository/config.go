@@ -9,11 +9,10 @@ import (
 // FormatVersion is the repository format this code writes and reads.
 const FormatVersion = 1
 
-// Defaults for a new repository.
+// The chunk sizes the format supports.
 const (
-	DefaultChunkSize = 4 << 20
-	MinChunkSize     = 64 << 10
-	MaxChunkSize     = 64 << 20
+	MinChunkSize = 64 << 10
+	MaxChunkSize = 64 << 20
 )
 
 // Config is the "config" object: the repository's format and parameters. It is the

@@ -14,7 +14,7 @@ func TestPatchChunkCache(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	repo, err := Init(ctx, store, InitOptions{})
+	repo, err := Init(ctx, store, InitOptions{ChunkSize: 4 << 20, Compression: "zstd"})
 	if err != nil {
 		t.Fatal(err)
 	}

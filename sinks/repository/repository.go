@@ -7,15 +7,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"path"
 	"reflect"
 	"slices"
-	"sort"
 	"sync"
 	"time"
 
 	"github.com/blockferry/blockferry/sinks"
-	"golang.org/x/sync/errgroup"
 	"golang.org/x/sync/singleflight"
 )
 
@@ -45,8 +42,18 @@ type Repository struct {
 	store sinks.Store
 	cfg   *Config
 	codec *codec
-	// known holds chunk ids this process has stored or seen stored, so that a
-	// chunk is looked up in the store at most once.
+	*chunkCache
+	// gc is set on the copy of a repository that one backup attempt writes
+	// through (BeginAttempt): it steers deduplication around condemned chunks.
+	gc *GCView
+}
+
+// chunkCache is what the repository and the attempts' copies of it share.
+type chunkCache struct {
+	// known maps chunk ids this process has stored or seen stored to when it
+	// asked the store (before the request), so that a chunk is looked up at most
+	// once, and an attempt trusts only what was learnt after it began (a chunk
+	// seen before may have been collected since).
 	known    sync.Map
 	inflight singleflight.Group
 	// sealBufs recycles the buffers chunks are sealed into: a backup seals one per
@@ -54,22 +61,19 @@ type Repository struct {
 	sealBufs sync.Pool
 }
 
-// InitOptions are the parameters of a new repository.
+// InitOptions are the parameters of a new repository. The format has no defaults:
+// its callers choose (jobs.DefaultChunkSize, jobs.DefaultCompression).
 type InitOptions struct {
 	// Key, when not empty, makes the repository encrypted with this key material.
-	Key         []byte
-	ChunkSize   int64
+	Key []byte
+	// ChunkSize is the default chunk size of the repository's backups.
+	ChunkSize int64
+	// Compression of the repository's backups: "zstd" or "none".
 	Compression string
 }
 
 // Init creates a repository on store. It fails with sinks.ErrExists if one is there.
 func Init(ctx context.Context, store sinks.Store, o InitOptions) (*Repository, error) {
-	if o.ChunkSize == 0 {
-		o.ChunkSize = DefaultChunkSize
-	}
-	if o.Compression == "" {
-		o.Compression = "zstd"
-	}
 	id := make([]byte, 16)
 	rand.Read(id)
 	cfg := &Config{
@@ -140,7 +144,7 @@ func newRepository(store sinks.Store, cfg *Config, keys *dataKeys) (*Repository,
 	if err != nil {
 		return nil, err
 	}
-	return &Repository{store: store, cfg: cfg, codec: c}, nil
+	return &Repository{store: store, cfg: cfg, codec: c, chunkCache: &chunkCache{}}, nil
 }
 
 // Config returns the repository's parameters.
@@ -152,9 +156,6 @@ func (r *Repository) Encrypted() bool { return r.cfg.Encryption != nil }
 // Location names the store, for messages.
 func (r *Repository) Location() string { return r.store.Location() }
 
-// ChunkID computes the id of a chunk's plaintext.
-func (r *Repository) ChunkID(data []byte) ChunkID { return r.codec.ID(data) }
-
 // PutResult says what PutChunk did.
 type PutResult struct {
 	ID ChunkID
@@ -164,41 +165,26 @@ type PutResult struct {
 
 // PutChunk stores a chunk unless the repository already has it. Concurrent puts of
 // the same content upload it once. compress asks for zstd; a chunk it does not
-// shrink is stored as it is.
+// shrink is stored as it is. Through a backup attempt's repository
+// (BeginAttempt), a chunk that garbage collection has condemned is uploaded again
+// even when it is stored, so that its new modification time keeps it.
 func (r *Repository) PutChunk(ctx context.Context, data []byte, compress bool) (PutResult, error) {
 	id := r.codec.ID(data)
-	if _, ok := r.known.Load(id); ok {
+	condemned := r.gc.condemnedChunk(id)
+	if !condemned && r.knownSince(id) {
 		return PutResult{ID: id}, nil
+	}
+	key := id.String()
+	if condemned {
+		key += "+condemned" // never shares the answer of a plain lookup
 	}
 	// Only the caller whose function runs uploads; the others share its result and
 	// count the chunk as deduplicated. (singleflight's shared flag is set for the
 	// leader too, so it cannot tell them apart.)
 	leader := false
-	v, err, _ := r.inflight.Do(id.String(), func() (any, error) {
+	v, err, _ := r.inflight.Do(key, func() (any, error) {
 		leader = true
-		name := chunkName(id)
-		ok, err := r.store.Exists(ctx, name)
-		if err != nil {
-			return 0, err
-		}
-		if ok {
-			r.known.Store(id, struct{}{})
-			return 0, nil
-		}
-		buf, _ := r.sealBufs.Get().(*[]byte)
-		if buf == nil {
-			buf = new([]byte)
-		}
-		obj := r.codec.Seal(*buf, data, chunkAAD(id), compress)
-		if err := r.store.Put(ctx, name, obj); err != nil {
-			// Not recycled: after a failed request an HTTP transport may still be
-			// reading the body.
-			return 0, err
-		}
-		*buf = obj
-		r.sealBufs.Put(buf) // a store keeps nothing of data after a successful Put
-		r.known.Store(id, struct{}{})
-		return len(obj), nil
+		return r.putChunk(ctx, id, data, compress, condemned)
 	})
 	if err != nil {
 		return PutResult{ID: id}, fmt.Errorf("store chunk %s: %w", id, err)
@@ -206,7 +192,50 @@ func (r *Repository) PutChunk(ctx context.Context, data []byte, compress bool) (
 	if !leader {
 		return PutResult{ID: id}, nil
 	}
+	if condemned {
+		r.gc.reuploaded(id)
+	}
 	return PutResult{ID: id, Stored: v.(int)}, nil
+}
+
+// knownSince reports whether the chunk was seen stored late enough for this
+// repository (any time; for an attempt, after it began).
+func (r *Repository) knownSince(id ChunkID) bool {
+	v, ok := r.known.Load(id)
+	return ok && (r.gc == nil || !v.(time.Time).Before(r.gc.started))
+}
+
+func (r *Repository) putChunk(ctx context.Context, id ChunkID, data []byte, compress, upload bool) (int, error) {
+	asked := time.Now()
+	name := chunkName(id)
+	if !upload {
+		ok, err := r.store.Exists(ctx, name)
+		if err != nil {
+			return 0, err
+		}
+		if ok {
+			r.known.Store(id, asked)
+			return 0, nil
+		}
+	}
+	buf, _ := r.sealBufs.Get().(*[]byte)
+	if buf == nil {
+		buf = new([]byte)
+	}
+	obj := r.codec.Seal(*buf, data, chunkAAD(id), compress)
+	if err := r.store.Put(ctx, name, obj); err != nil {
+		// Not recycled: after a failed request an HTTP transport may still be
+		// reading the body.
+		return 0, err
+	}
+	*buf = obj
+	r.sealBufs.Put(buf) // a store keeps nothing of data after a successful Put
+	if !upload {
+		// A condemned chunk is not remembered: until the attempt's commit check,
+		// a sweep may still delete it.
+		r.known.Store(id, asked)
+	}
+	return len(obj), nil
 }
 
 // GetChunk reads a chunk and checks it against its id. The plaintext goes into
@@ -224,11 +253,6 @@ func (r *Repository) GetChunk(ctx context.Context, id ChunkID, buf []byte) ([]by
 		return nil, fmt.Errorf("chunk %s: %w: content does not match its id", id, ErrCorrupt)
 	}
 	return data, nil
-}
-
-// HasChunk reports whether the chunk is stored, without reading it.
-func (r *Repository) HasChunk(ctx context.Context, id ChunkID) (bool, error) {
-	return r.store.Exists(ctx, chunkName(id))
 }
 
 // PutManifest writes a backup's manifest. It never overwrites one: a second write
@@ -249,6 +273,9 @@ func (r *Repository) PutManifest(ctx context.Context, m *Manifest) error {
 		return fmt.Errorf("manifest %s: %d bytes is more than a reader accepts (%d): use a larger chunk size", m.ID, len(data), MaxMetadataSize)
 	}
 	obj := r.codec.Seal(nil, data, manifestAAD(m.ID), true)
+	if err := r.gc.beforeCommit(ctx); err != nil {
+		return fmt.Errorf("write manifest %s: %w", m.ID, err)
+	}
 	err = r.store.PutIfAbsent(ctx, manifestName(m.ID), obj)
 	if errors.Is(err, sinks.ErrExists) {
 		// A conditional put retried after a lost answer finds its own object: the
@@ -294,44 +321,9 @@ func (r *Repository) Manifest(ctx context.Context, id string) (*Manifest, error)
 }
 
 // Backups lists the backups of a disk, or of all disks when disk is empty, oldest
-// first.
+// first. Objects under backups/ that are not readable manifests are skipped;
+// ListBackups names them.
 func (r *Repository) Backups(ctx context.Context, disk string) ([]*Manifest, error) {
-	var ids []string
-	err := r.store.List(ctx, backupsPrefix, func(name string) error {
-		id := path.Base(name)
-		if ValidID(id) {
-			ids = append(ids, id)
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("list backups: %w", err)
-	}
-	all := make([]*Manifest, len(ids))
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(16)
-	for i, id := range ids {
-		g.Go(func() error {
-			m, err := r.Manifest(gctx, id)
-			all[i] = m
-			return err
-		})
-	}
-	if err := g.Wait(); err != nil {
-		return nil, err
-	}
-	var out []*Manifest
-	for _, m := range all {
-		if disk == "" || m.Disk == disk {
-			m.Chunks, m.Patches = nil, nil // a listing does not need the index
-			out = append(out, m)
-		}
-	}
-	sort.Slice(out, func(i, j int) bool {
-		if !out[i].Started.Equal(out[j].Started) {
-			return out[i].Started.Before(out[j].Started)
-		}
-		return out[i].ID < out[j].ID
-	})
-	return out, nil
+	list, _, err := r.ListBackups(ctx, disk)
+	return list, err
 }

@@ -12,10 +12,10 @@ const zstdLevel = 1
 
 // zstdEncoder compresses with the reference C library (frames any zstd decoder
 // reads; this package decodes with klauspost/compress). Compression is what bounds
-// a backup's speed on text-like data, and there the C encoder at level 1 is about
-// twice as fast as the pure-Go one at its fastest and compresses a little better:
-// 249 against 131 MB/s, ratio 0.29 against 0.31, on the text of make bench, one core
-// (BenchmarkSeal). Contexts are pooled: one is not safe for concurrent use.
+// a backup's speed on text-like data, and there the C encoder at level 1 is faster
+// than the pure-Go one at its fastest and compresses a little better (figures in
+// docs/PERFORMANCE.md, from BenchmarkSeal). Contexts are pooled: one is not safe
+// for concurrent use.
 type zstdEncoder struct {
 	ctxs sync.Pool
 }

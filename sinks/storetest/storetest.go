@@ -7,14 +7,17 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/blockferry/blockferry/sinks"
 )
 
 // Run checks s, which must be empty: round trips of small, empty and 4 MB objects,
-// replacing, deleting, conditional puts and listing by prefix.
+// replacing, deleting, conditional puts, listing by prefix with sizes and
+// modification times, and batched deletes.
 func Run(t *testing.T, s sinks.Store) {
 	t.Helper()
 	ctx := context.Background()
@@ -49,6 +52,8 @@ func Run(t *testing.T, s sinks.Store) {
 		t.Fatalf("List chunks/: %v, want %v", listed, want)
 	}
 
+	checkListInfo(t, s, objects)
+
 	if err := s.Put(ctx, "config", []byte("cfg2")); err != nil {
 		t.Fatal(err)
 	}
@@ -74,5 +79,79 @@ func Run(t *testing.T, s sinks.Store) {
 	}
 	if err := s.Delete(ctx, "config"); err != nil {
 		t.Fatalf("Delete of a missing object: %v", err)
+	}
+	checkDeleteObjects(t, s)
+}
+
+// checkListInfo checks that ListInfo reports every object with its size and a
+// modification time near now (stores and test machines share a clock here), and
+// that replacing an object moves its modification time forward.
+func checkListInfo(t *testing.T, s sinks.Store, objects map[string][]byte) {
+	t.Helper()
+	ctx := context.Background()
+	infos := map[string]sinks.ObjectInfo{}
+	if err := s.ListInfo(ctx, "", func(o sinks.ObjectInfo) error { infos[o.Name] = o; return nil }); err != nil {
+		t.Fatalf("ListInfo: %v", err)
+	}
+	if len(infos) != len(objects) {
+		t.Fatalf("ListInfo found %d objects, want %d: %v", len(infos), len(objects), infos)
+	}
+	for name, data := range objects {
+		o := infos[name]
+		if o.Size != int64(len(data)) {
+			t.Fatalf("ListInfo %s: size %d, want %d", name, o.Size, len(data))
+		}
+		if age := time.Since(o.ModTime); age < -time.Minute || age > time.Minute {
+			t.Fatalf("ListInfo %s: modification time %v is not near now", name, o.ModTime)
+		}
+	}
+	// Garbage collection relies on a rewrite getting a new modification time;
+	// S3 keeps it to the second.
+	before := infos["chunks/cd/cdef0123"].ModTime
+	time.Sleep(1100 * time.Millisecond)
+	if err := s.Put(ctx, "chunks/cd/cdef0123", []byte("chunk")); err != nil {
+		t.Fatal(err)
+	}
+	err := s.ListInfo(ctx, "chunks/cd/", func(o sinks.ObjectInfo) error {
+		if !o.ModTime.After(before) {
+			t.Errorf("a rewritten object keeps its modification time %v", o.ModTime)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// checkDeleteObjects deletes a batch larger than one S3 request, with missing
+// names among it.
+func checkDeleteObjects(t *testing.T, s sinks.Store) {
+	t.Helper()
+	ctx := context.Background()
+	var names []string
+	for i := range 1003 {
+		name := fmt.Sprintf("gc/x/%04d", i)
+		names = append(names, name)
+		if i%2 == 0 {
+			if err := s.Put(ctx, name, []byte{byte(i)}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := s.Put(ctx, "gc/keep", nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DeleteObjects(ctx, names); err != nil {
+		t.Fatalf("DeleteObjects: %v", err)
+	}
+	var left []string
+	if err := s.List(ctx, "gc/", func(name string) error { left = append(left, name); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(left, []string{"gc/keep"}) {
+		t.Fatalf("after DeleteObjects: %d objects left under gc/ (%.3v), want only gc/keep", len(left), left)
+	}
+	if err := s.DeleteObjects(ctx, nil); err != nil {
+		t.Fatalf("DeleteObjects of nothing: %v", err)
 	}
 }

@@ -2,12 +2,8 @@ package worker
 
 import (
 	"fmt"
-	"net"
-	"path/filepath"
-	"strconv"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 )
 
@@ -62,35 +58,4 @@ func Connect(o ConnectOptions) (*nats.Conn, error) {
 		return nil, fmt.Errorf("connect to NATS at %s: %w", o.URLs, err)
 	}
 	return nc, nil
-}
-
-// StartEmbedded runs a single-node JetStream server in this process, with its store
-// under dataDir/nats, listening on listen (host:port).
-func StartEmbedded(dataDir, listen string) (*server.Server, error) {
-	host, portText, err := net.SplitHostPort(listen)
-	if err != nil {
-		return nil, fmt.Errorf("embedded NATS listen address %q: %w", listen, err)
-	}
-	port, err := strconv.Atoi(portText)
-	if err != nil {
-		return nil, fmt.Errorf("embedded NATS port %q: %w", portText, err)
-	}
-	s, err := server.NewServer(&server.Options{
-		ServerName: "blockferry-embedded",
-		Host:       host,
-		Port:       port,
-		JetStream:  true,
-		StoreDir:   filepath.Join(dataDir, "nats"),
-		NoSigs:     true,
-		MaxPayload: 1 << 20,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("embedded NATS: %w", err)
-	}
-	go s.Start()
-	if !s.ReadyForConnections(15 * time.Second) {
-		s.Shutdown()
-		return nil, fmt.Errorf("embedded NATS did not start listening on %s", listen)
-	}
-	return s, nil
 }
