@@ -60,7 +60,7 @@ With --tls-cert and --tls-key, clients must start TLS before anything else
 	fl.StringVar(&f.tlsCert, "tls-cert", "", "PEM certificate (chain) of the server: clients must then use TLS (nbds://)")
 	fl.StringVar(&f.tlsKey, "tls-key", "", "PEM private key of --tls-cert")
 	fl.StringVar(&f.name, "export-name", "", "export name (clients asking for the default export get it too)")
-	fl.StringVar(&f.cache, "cache", "256MiB", "decoded chunks kept in memory between reads")
+	fl.StringVar(&f.cache, "cache", "64MiB", "decoded chunks kept in memory between reads (more helps random readers, such as a booted VM, over S3)")
 	fl.IntVar(&f.concurrency, "concurrency", 8, "chunks fetched at once")
 	fl.IntVar(&f.maxClients, "max-clients", 16, "connections served at once")
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
@@ -168,6 +168,10 @@ func (e exportDevice) Size() int64 { return e.dev.Size() }
 
 func (e exportDevice) ReadAt(ctx context.Context, p []byte, off int64) error {
 	return e.dev.ReadAt(ctx, p, off)
+}
+
+func (e exportDevice) Lend(ctx context.Context, off, n int64) ([][]byte, func(), error) {
+	return e.dev.Lend(ctx, off, n)
 }
 
 func (e exportDevice) Extents(ctx context.Context, off, length int64) ([]nbdserver.Extent, error) {

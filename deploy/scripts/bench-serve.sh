@@ -9,8 +9,10 @@
 #
 # The disk alternates 16 MiB of random bytes and 16 MiB of base64 text (which
 # zstd shrinks a little) with 16 MiB holes, backed up once to a file:// repository.
-# Each of BENCH_RUNS rounds (default 3) runs a restore and then a fresh serve with
-# one nbdcopy of its export (a fresh server: its cache starts empty); the fastest
+# Each of BENCH_RUNS rounds (default 3) runs a restore, then a fresh serve with
+# one nbdcopy of its export (a fresh server: its cache starts empty), then the
+# transport's floor: nbdcopy of the raw disk served by qemu-nbd (from the page
+# cache, no decoding, no checking); the fastest
 # of each is reported, as bench.sh does, being the figure least disturbed by other
 # load on a shared machine. The copy must equal the disk (sha256), else exit 1.
 #
@@ -32,13 +34,14 @@ fi
 log() { printf 'bench-serve: %s\n' "$*" >&2; }
 die() { log "FAIL: $*"; exit 1; }
 [ -x "$bf" ] || die "no blockferry binary at $bf (make build)"
-for t in nbdcopy sha256sum; do command -v "$t" >/dev/null || die "$t is needed"; done
+for t in nbdcopy qemu-nbd sha256sum; do command -v "$t" >/dev/null || die "$t is needed"; done
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/bf-bench-serve.XXXXXX")
 serve_pid=""
 cleanup() {
 	local rc=$?
 	if [ -n "$serve_pid" ]; then kill "$serve_pid" 2>/dev/null && wait "$serve_pid" 2>/dev/null || true; fi
+	if [ -n "${qemu_pid:-}" ]; then kill "$qemu_pid" 2>/dev/null && wait "$qemu_pid" 2>/dev/null || true; fi
 	if [ "${BENCH_KEEP:-0}" = 1 ]; then log "kept $work"; else rm -rf "$work"; fi
 	exit "$rc"
 }
@@ -78,24 +81,38 @@ serve_copy() { # copies the export of the backup to $work/copy.raw with nbdcopy
 	serve_pid=""
 }
 
-restore=() serve=()
+qemu_copy() { # copies the raw disk served by qemu-nbd to $work/qemu.raw with nbdcopy
+	local sock=$work/qemu.sock
+	rm -f "$work/qemu.raw" "$sock"
+	qemu-nbd -r -t -f raw --socket="$sock" "$disk" &
+	qemu_pid=$!
+	for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.05; done
+	nbdcopy --flush "nbd+unix:///?socket=$sock" "$work/qemu.raw"
+	kill "$qemu_pid" && wait "$qemu_pid" 2>/dev/null || true
+	qemu_pid=""
+}
+
+restore=() serve=() floor=()
 for ((i = 1; i <= runs; i++)); do
 	rm -f "$work/restored.raw"
 	restore+=("$(seconds "$bf" restore --repository "$repo" --backup "$id" --target "file://$work/restored.raw")")
 	serve+=("$(seconds serve_copy)")
-	log "round $i: restore ${restore[-1]}s, serve + nbdcopy ${serve[-1]}s"
+	floor+=("$(seconds qemu_copy)")
+	log "round $i: restore ${restore[-1]}s, serve + nbdcopy ${serve[-1]}s, qemu-nbd + nbdcopy ${floor[-1]}s"
 done
 got=$(sha256sum <"$work/copy.raw" | cut -d' ' -f1)
 [ "$got" = "$want" ] || die "the copy of the export differs from the disk (sha256 $got, want $want)"
 
 min() { printf '%s\n' "$@" | sort -g | head -n 1; }
-r=$(min "${restore[@]}") s=$(min "${serve[@]}")
+r=$(min "${restore[@]}") s=$(min "${serve[@]}") q=$(min "${floor[@]}")
 mib=$((regions * 32))
-awk -v r="$r" -v s="$s" -v mib="$mib" 'BEGIN {
+awk -v r="$r" -v s="$s" -v q="$q" -v mib="$mib" 'BEGIN {
 	printf "| run | wall (s) | disk MiB/s |\n|---|---|---|\n"
 	printf "| blockferry restore -> raw file | %.2f | %.0f |\n", r, mib / r
 	printf "| blockferry serve + nbdcopy --flush -> raw file | %.2f | %.0f |\n", s, mib / s
+	printf "| qemu-nbd (raw disk) + nbdcopy --flush -> raw file | %.2f | %.0f |\n", q, mib / q
 	ratio = r / s
 	verdict = "FAIL"; if (ratio >= 0.8) verdict = "PASS"
 	printf "\nbar (issue 13): serve reads at >= 80%% of restore speed: %s (%.0f%%)\n", verdict, 100 * ratio
+	printf "serve reads at %.0f%% of the speed of nbdcopy from qemu-nbd on the raw disk\n", 100 * q / s
 }'

@@ -42,6 +42,13 @@ type ExtentLister interface {
 	Extents(ctx context.Context, off, length int64) ([]Extent, error)
 }
 
+// Lender is implemented by devices that can lend the bytes of a range instead
+// of copying them: Lend returns slices that together hold the n bytes at off,
+// valid until release is called, which the server does once it has sent them.
+type Lender interface {
+	Lend(ctx context.Context, off, n int64) (slices [][]byte, release func(), err error)
+}
+
 // Writer is implemented by writable devices; other exports are read-only.
 // WriteAt must not keep p: the server reuses it.
 type Writer interface {
@@ -106,6 +113,7 @@ type Server struct {
 	dev    Device
 	ext    ExtentLister // nil: no block status
 	writer Writer       // nil: read-only
+	lender Lender       // nil: reads copy into a buffer
 	cfg    config
 }
 
@@ -123,6 +131,7 @@ func New(dev Device, opts ...Option) *Server {
 	s := &Server{dev: dev, cfg: cfg}
 	s.ext, _ = dev.(ExtentLister)
 	s.writer, _ = dev.(Writer)
+	s.lender, _ = dev.(Lender)
 	return s
 }
 

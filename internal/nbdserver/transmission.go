@@ -137,16 +137,30 @@ func (c *connection) read(ctx context.Context, req request, inBounds bool) error
 	case !inBounds || req.length == 0:
 		return c.errorReply(req, errInval, "read out of bounds")
 	}
-	buf := getBuffer(int(req.length))
-	defer putBuffer(buf)
-	if errno := c.deviceErrno(req, c.srv.dev.ReadAt(ctx, buf, int64(req.off))); errno != 0 {
+	data, release, err := c.readData(ctx, req)
+	if errno := c.deviceErrno(req, err); errno != 0 {
 		return c.errorReply(req, errno, "read failed")
 	}
+	defer release()
 	if !c.structured {
-		return c.send(simpleHeader(req.cookie, 0), buf)
+		return c.send(simpleHeader(req.cookie, 0), data...)
 	}
-	hdr := structuredHeader(req.cookie, replyOffsetData, 8+len(buf))
-	return c.send(binary.BigEndian.AppendUint64(hdr, req.off), buf)
+	hdr := structuredHeader(req.cookie, replyOffsetData, 8+int(req.length))
+	return c.send(binary.BigEndian.AppendUint64(hdr, req.off), data...)
+}
+
+// readData gets the bytes a READ asks for: lent by the device when it can, or
+// read into a recycled buffer.
+func (c *connection) readData(ctx context.Context, req request) (data [][]byte, release func(), err error) {
+	if c.srv.lender != nil {
+		return c.srv.lender.Lend(ctx, int64(req.off), int64(req.length))
+	}
+	buf := getBuffer(int(req.length))
+	if err := c.srv.dev.ReadAt(ctx, buf, int64(req.off)); err != nil {
+		putBuffer(buf)
+		return nil, nil, err
+	}
+	return [][]byte{buf}, func() { putBuffer(buf) }, nil
 }
 
 func (c *connection) blockStatus(ctx context.Context, req request, inBounds bool) error {
@@ -180,7 +194,7 @@ func (c *connection) blockStatus(ctx context.Context, req request, inBounds bool
 	if len(payload) == 4 {
 		return c.errorReply(req, errIO, "no extents")
 	}
-	return c.send(append(structuredHeader(req.cookie, replyBlockStatus, len(payload)), payload...), nil)
+	return c.send(append(structuredHeader(req.cookie, replyBlockStatus, len(payload)), payload...))
 }
 
 // errorReply answers a failed request: a structured error chunk for the replies
@@ -192,11 +206,11 @@ func (c *connection) errorReply(req request, errno uint32, msg string) error {
 	b := structuredHeader(req.cookie, replyError, 6+len(msg))
 	b = binary.BigEndian.AppendUint32(b, errno)
 	b = binary.BigEndian.AppendUint16(b, uint16(len(msg)))
-	return c.send(append(b, msg...), nil)
+	return c.send(append(b, msg...))
 }
 
 func (c *connection) simpleReply(cookie uint64, errno uint32) error {
-	return c.send(simpleHeader(cookie, errno), nil)
+	return c.send(simpleHeader(cookie, errno))
 }
 
 func simpleHeader(cookie uint64, errno uint32) []byte {
@@ -214,14 +228,13 @@ func structuredHeader(cookie uint64, typ uint16, length int) []byte {
 	return binary.BigEndian.AppendUint32(b, uint32(length))
 }
 
-// send writes one reply whole, so replies of concurrent requests never interleave.
-func (c *connection) send(hdr, data []byte) error {
+// send writes one reply whole (in one writev where the connection allows), so
+// replies of concurrent requests never interleave.
+func (c *connection) send(hdr []byte, data ...[]byte) error {
+	bufs := append(make(net.Buffers, 0, 1+len(data)), hdr)
+	bufs = append(bufs, data...)
 	c.writeMu.Lock()
 	defer c.writeMu.Unlock()
-	bufs := net.Buffers{hdr}
-	if len(data) > 0 {
-		bufs = append(bufs, data)
-	}
 	_, err := bufs.WriteTo(c.conn)
 	return err
 }
