@@ -22,25 +22,27 @@ import (
 // served is a running `blockferry serve`.
 type served struct {
 	uri    string
-	stderr *lockedBuffer
+	stderr logFile
 	stop   func() // SIGTERM, then checks a clean exit; also runs when the test ends
 }
 
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
+// logFile is a child's output, in a file: the child writes it while the test
+// may read it.
+type logFile string
+
+func newLogFile(t *testing.T) (logFile, *os.File) {
+	t.Helper()
+	f, err := os.Create(filepath.Join(t.TempDir(), "output.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return logFile(f.Name()), f
 }
 
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
+func (l logFile) String() string {
+	b, _ := os.ReadFile(string(l))
+	return string(b)
 }
 
 // serveBackup runs `blockferry serve` on a Unix socket (or on the --listen
@@ -60,8 +62,8 @@ func serveBackup(t *testing.T, env []string, repo, backup string, extra ...strin
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := served{stderr: &lockedBuffer{}}
-	cmd.Stderr = s.stderr
+	var s served
+	s.stderr, cmd.Stderr = newLogFile(t)
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -323,8 +325,8 @@ func TestServeExt4FileReadBack(t *testing.T) {
 	mnt := filepath.Join(dir, "mnt")
 	os.Mkdir(mnt, 0o755)
 	fuse := exec.Command(nbdfuse, "-r", mnt, s.uri)
-	var fuseOut lockedBuffer
-	fuse.Stdout, fuse.Stderr = &fuseOut, &fuseOut
+	fuseOut, out := newLogFile(t)
+	fuse.Stdout, fuse.Stderr = out, out
 	if err := fuse.Start(); err != nil {
 		t.Fatal(err)
 	}
