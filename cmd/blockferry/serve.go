@@ -23,7 +23,7 @@ import (
 type serveFlags struct {
 	backup, listen, name, cache, logLevel, overlay string
 	tlsCert, tlsKey                                string
-	concurrency, maxClients                        int
+	concurrency, maxClients, readAhead             int
 	writable                                       bool
 }
 
@@ -62,6 +62,7 @@ With --tls-cert and --tls-key, clients must start TLS before anything else
 	fl.StringVar(&f.name, "export-name", "", "export name (clients asking for the default export get it too)")
 	fl.StringVar(&f.cache, "cache", "64MiB", "decoded chunks kept in memory between reads (more helps random readers, such as a booted VM, over S3)")
 	fl.IntVar(&f.concurrency, "concurrency", 8, "chunks fetched at once")
+	fl.IntVar(&f.readAhead, "read-ahead", 8, "chunks fetched ahead of a sequential reader (at most half the cache; 0: none)")
 	fl.IntVar(&f.maxClients, "max-clients", 16, "connections served at once")
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fl.BoolVar(&f.writable, "writable", false, "accept writes, into a local overlay (never into the repository)")
@@ -94,7 +95,8 @@ func runServe(cmd *cobra.Command, g *globals, f serveFlags) error {
 	if f.overlay != "" && !f.writable {
 		return fmt.Errorf("--overlay needs --writable")
 	}
-	var dev nbdserver.Device = exportDevice{jobs.NewBackupDevice(repo, m, jobs.WithDeviceCache(cacheBytes), jobs.WithDeviceConcurrency(f.concurrency))}
+	var dev nbdserver.Device = exportDevice{jobs.NewBackupDevice(repo, m, jobs.WithDeviceCache(cacheBytes), jobs.WithDeviceConcurrency(f.concurrency),
+		jobs.WithDeviceReadAhead(f.readAhead))}
 	if f.writable {
 		ov, err := openOverlay(f.overlay, m.ID, dev)
 		if err != nil {

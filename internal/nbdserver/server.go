@@ -68,6 +68,10 @@ const (
 	maxOptionLength = 64 << 10
 	// maxOptions bounds the options of one handshake.
 	maxOptions = 128
+	// maxInFlightBytes bounds the bytes of requests one connection has in
+	// progress (at least MaxRequest): the server stops reading requests until
+	// earlier ones are answered.
+	maxInFlightBytes = 64 << 20
 	// maxBlockStatusExtents bounds the descriptors of one block status reply.
 	maxBlockStatusExtents = 1 << 16
 )
@@ -76,7 +80,6 @@ type config struct {
 	name           string
 	log            *zap.Logger
 	maxConns       int
-	inFlightBytes  int64
 	preferredBlock uint32
 	tls            *tls.Config
 }
@@ -94,11 +97,6 @@ func WithLogger(l *zap.Logger) Option { return func(c *config) { c.log = l } }
 // WithMaxConnections bounds the clients served at once (default 16); further
 // connections are closed at once.
 func WithMaxConnections(n int) Option { return func(c *config) { c.maxConns = n } }
-
-// WithInFlightBytes bounds the bytes of requests one connection has in progress
-// (default 64 MiB, at least MaxRequest): the server stops reading requests
-// until earlier ones are answered.
-func WithInFlightBytes(n int64) Option { return func(c *config) { c.inFlightBytes = n } }
 
 // WithPreferredBlockSize sets the block size clients are told to prefer (a power of
 // two, default 4096; capped at MaxRequest).
@@ -120,11 +118,10 @@ type Server struct {
 // New returns a server of dev. The export is writable when dev implements Writer
 // and answers block status when it implements ExtentLister.
 func New(dev Device, opts ...Option) *Server {
-	cfg := config{log: zap.NewNop(), maxConns: 16, inFlightBytes: 64 << 20, preferredBlock: 4096}
+	cfg := config{log: zap.NewNop(), maxConns: 16, preferredBlock: 4096}
 	for _, o := range opts {
 		o(&cfg)
 	}
-	cfg.inFlightBytes = max(cfg.inFlightBytes, MaxRequest)
 	if cfg.preferredBlock == 0 || cfg.preferredBlock&(cfg.preferredBlock-1) != 0 || cfg.preferredBlock > MaxRequest {
 		cfg.preferredBlock = 4096
 	}

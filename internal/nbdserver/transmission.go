@@ -27,9 +27,9 @@ type request struct {
 
 // transmit reads requests and answers each in a goroutine of its own, so that
 // clients can keep many in flight; the bytes in progress are bounded by
-// inFlightBytes, beyond which the next request waits.
+// maxInFlightBytes, beyond which the next request waits.
 func (c *connection) transmit(ctx context.Context) error {
-	inFlight := semaphore.NewWeighted(c.srv.cfg.inFlightBytes)
+	inFlight := semaphore.NewWeighted(maxInFlightBytes)
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	var hdr [28]byte
