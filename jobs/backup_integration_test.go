@@ -87,7 +87,7 @@ func backupSpec(id, uri, bitmap, parent string) jobs.Spec {
 	return jobs.Spec{
 		SpecVersion: jobs.SpecVersion, ID: id, Kind: jobs.KindBackup, Disk: "vm1/vda",
 		Source: &jobs.Endpoint{URI: uri, Bitmap: bitmap}, Parent: parent,
-		Options: jobs.Options{ChunkSize: chunkSize, Concurrency: 4},
+		Options: jobs.Options{ChunkSize: jobs.ByteSize(chunkSize), Concurrency: 4},
 	}
 }
 
@@ -291,7 +291,7 @@ func TestBackupErrors(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	list, err := r.Backups(context.Background(), "")
+	list, _, err := r.ListBackups(context.Background(), "")
 	if err != nil || len(list) != 1 || list[0].ID != full.ID {
 		t.Errorf("after failed backups the repository lists %v (%v), want only %s", list, err, full.ID)
 	}

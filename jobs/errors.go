@@ -2,6 +2,7 @@ package jobs
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -30,13 +31,19 @@ type Failure struct {
 // Error codes of failed events (docs/JOBS.md).
 const (
 	CodeInvalidJob        = "invalid_job"
+	CodeForbidden         = "forbidden"
 	CodeSourceUnreachable = "source_unreachable"
+	CodeSourceInvalid     = "source_invalid"
+	CodeTargetInvalid     = "target_invalid"
 	CodeBitmapNotFound    = "bitmap_not_found"
 	CodeParentNotFound    = "parent_not_found"
 	CodeParentMismatch    = "parent_mismatch"
 	CodeBackupNotFound    = "backup_not_found"
+	CodeChunkMissing      = "chunk_missing"
 	CodeRepositoryMissing = "repository_not_found"
+	CodeRepositoryInvalid = "repository_invalid"
 	CodeAccessDenied      = "access_denied"
+	CodeNoSpace           = "no_space"
 	CodeKey               = "encryption_key"
 	CodeCorrupt           = "corrupt_data"
 	CodeVerifyFailed      = "verify_failed"
@@ -49,42 +56,98 @@ const (
 	CodeInternal          = "internal"
 )
 
-// classes maps sentinel errors to codes; the first match wins, so more specific
-// errors come first. This is the one place that decides what a retry can fix.
-var classes = []struct {
-	err       error
+// class is one row of the classification table: the errors match picks, and
+// what they are.
+type class struct {
+	match     func(error) bool
 	code      string
 	retryable bool
-}{
-	{ErrInvalid, CodeInvalidJob, false},
-	{ErrDeliveriesExhausted, CodeExhausted, false},
-	{backends.ErrUnsupportedScheme, CodeInvalidJob, false},
-	{ErrParentNotFound, CodeParentNotFound, false},
-	{ErrParentMismatch, CodeParentMismatch, false},
-	{backends.ErrNoBitmap, CodeBitmapNotFound, false},
-	{backends.ErrTooSmall, CodeTargetTooSmall, false},
-	{repository.ErrBackupNotFound, CodeBackupNotFound, false},
-	{sinks.ErrNoRepository, CodeRepositoryMissing, false},
-	{sinks.ErrAccessDenied, CodeAccessDenied, false},
-	{repository.ErrWrongKey, CodeKey, false},
-	{repository.ErrKeyRequired, CodeKey, false},
-	{ErrVerifyFailed, CodeVerifyFailed, false},
-	{repository.ErrCorrupt, CodeCorrupt, false},
-	{context.Canceled, CodeCancelled, false},
-	{os.ErrPermission, CodeAccessDenied, false},
+}
+
+// is matches errors that wrap target.
+func is(target error) func(error) bool {
+	return func(err error) bool { return errors.Is(err, target) }
+}
+
+// as matches errors that wrap one of type T.
+func as[T error](err error) bool {
+	var t T
+	return errors.As(err, &t)
+}
+
+// classes is the one place that decides what a retry can fix. The first match
+// wins, so more specific errors come first. Whatever a retry cannot fix is
+// permanent here, with a code that says what to fix: a wrong request, a source,
+// target or repository that is not what the job says, missing or damaged data, a
+// full disk. Only what may pass by itself (timeouts, lost connections, I/O
+// errors) is retried.
+var classes = []class{
+	{is(ErrInvalid), CodeInvalidJob, false},
+	{is(ErrForbidden), CodeForbidden, false},
+	{is(ErrDeliveriesExhausted), CodeExhausted, false},
+	{is(backends.ErrUnsupportedScheme), CodeInvalidJob, false},
+	{is(backends.ErrInvalidSource), CodeSourceInvalid, false},
+	{is(backends.ErrInvalidTarget), CodeTargetInvalid, false},
+	{is(ErrParentNotFound), CodeParentNotFound, false},
+	{is(ErrParentMismatch), CodeParentMismatch, false},
+	{is(backends.ErrNoBitmap), CodeBitmapNotFound, false},
+	{is(backends.ErrTooSmall), CodeTargetTooSmall, false},
+	{is(repository.ErrBackupNotFound), CodeBackupNotFound, false},
+	{is(sinks.ErrInvalidLocation), CodeRepositoryInvalid, false},
+	{is(repository.ErrUnsupportedFormat), CodeRepositoryInvalid, false},
+	{is(sinks.ErrNoRepository), CodeRepositoryMissing, false},
+	{is(sinks.ErrAccessDenied), CodeAccessDenied, false},
+	{is(repository.ErrWrongKey), CodeKey, false},
+	{is(repository.ErrKeyRequired), CodeKey, false},
+	{is(ErrVerifyFailed), CodeVerifyFailed, false},
+	{is(repository.ErrCorrupt), CodeCorrupt, false},
+	// Not wrapped in ErrCorrupt, a disk too large is a source's (a manifest that
+	// claims one is corrupt, above).
+	{is(repository.ErrDiskTooLarge), CodeSourceInvalid, false},
+	// The one object a job reads that may be missing without a sentinel of its
+	// own is a chunk a backup names: verify reports it as missing, restore fails.
+	{is(sinks.ErrNotFound), CodeChunkMissing, false},
+	{is(context.Canceled), CodeCancelled, false},
+	{is(os.ErrPermission), CodeAccessDenied, false},
+	{is(syscall.EROFS), CodeAccessDenied, false},
+	// A full disk or quota does not free itself within the retries' minutes, and
+	// each retry reads the source again.
+	{is(syscall.ENOSPC), CodeNoSpace, false},
+	{is(syscall.EDQUOT), CodeNoSpace, false},
 	// The orchestrator exports the disk before it submits the job: an export that
 	// cannot be reached at the start is a wrong URI or a torn-down export, which
 	// waiting does not fix. A connection lost mid-job is an I/O error, retried.
-	{backends.ErrUnreachable, CodeSourceUnreachable, false},
-	{repository.ErrCollected, CodeCollected, true},
-	{context.DeadlineExceeded, CodeTimeout, true},
-	{os.ErrDeadlineExceeded, CodeTimeout, true},
-	{io.ErrUnexpectedEOF, CodeIO, true},
-	{syscall.ECONNRESET, CodeIO, true},
-	{syscall.ECONNREFUSED, CodeIO, true},
-	{syscall.EPIPE, CodeIO, true},
-	{syscall.EIO, CodeIO, true},
-	{syscall.ENOSPC, CodeIO, true},
+	{is(backends.ErrUnreachable), CodeSourceUnreachable, false},
+	{is(repository.ErrCollected), CodeCollected, true},
+	// Errors of Go's own network stack come from the S3 store (libnbd reports
+	// the NBD side): an endpoint whose name does not resolve, or whose
+	// certificate is not trusted, is a repository location to fix.
+	{dnsNotFound, CodeRepositoryInvalid, false},
+	{as[*tls.CertificateVerificationError], CodeRepositoryInvalid, false},
+	{is(context.DeadlineExceeded), CodeTimeout, true},
+	{is(os.ErrDeadlineExceeded), CodeTimeout, true},
+	{is(syscall.ETIMEDOUT), CodeTimeout, true},
+	{is(io.ErrUnexpectedEOF), CodeIO, true},
+	{is(syscall.ECONNRESET), CodeIO, true},
+	{is(syscall.ECONNREFUSED), CodeIO, true},
+	{is(syscall.ECONNABORTED), CodeIO, true},
+	{is(syscall.EPIPE), CodeIO, true},
+	{is(syscall.EIO), CodeIO, true},
+	{is(syscall.EHOSTUNREACH), CodeIO, true},
+	{is(syscall.ENETUNREACH), CodeIO, true},
+	{is(syscall.ENETDOWN), CodeIO, true},
+	// Sources, targets and repositories that do not exist have sentinels of their
+	// own (above); a bare "no such file" is one that vanished under a listing, a
+	// prune running beside.
+	{is(os.ErrNotExist), CodeIO, true},
+	{as[net.Error], CodeIO, true},
+}
+
+// dnsNotFound matches a host name that does not resolve (NXDOMAIN), unlike a
+// resolver that failed or timed out.
+func dnsNotFound(err error) bool {
+	var de *net.DNSError
+	return errors.As(err, &de) && de.IsNotFound
 }
 
 // Classify turns an error into a failure code and says whether retrying may help.
@@ -95,15 +158,18 @@ func Classify(err error) Failure {
 		return Failure{}
 	}
 	f := Failure{Code: CodeInternal, Message: err.Error(), Retryable: true}
-	for _, c := range classes {
-		if errors.Is(err, c.err) {
-			f.Code, f.Retryable = c.code, c.retryable
-			return f
-		}
-	}
-	var ne net.Error
-	if errors.As(err, &ne) {
-		f.Code = CodeIO
+	if c := classify(err); c >= 0 {
+		f.Code, f.Retryable = classes[c].code, classes[c].retryable
 	}
 	return f
+}
+
+// classify is the index of the first class err matches, -1 for none.
+func classify(err error) int {
+	for i, c := range classes {
+		if c.match(err) {
+			return i
+		}
+	}
+	return -1
 }

@@ -41,9 +41,6 @@ func NewMemoryBudget(size int64) *MemoryBudget {
 // Size is the budget in bytes.
 func (b *MemoryBudget) Size() int64 { return b.size }
 
-// Peak is the most the budget has had reserved at once.
-func (b *MemoryBudget) Peak() int64 { return b.peak.Load() }
-
 // reserve waits until n bytes are free and takes them; the returned function gives
 // them back. A reservation larger than the whole budget takes all of it, so that a
 // job with chunks larger than the budget still runs, alone. A nil budget reserves

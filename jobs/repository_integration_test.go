@@ -61,7 +61,7 @@ func runSpec(t *testing.T, r *jobs.Runner, s jobs.Spec) (jobs.Result, error) {
 func fullBackupOfFile(t *testing.T, r *jobs.Runner, path string) *repository.Manifest {
 	t.Helper()
 	res, err := runSpec(t, r, jobs.Spec{ID: "b", Kind: jobs.KindBackup, Disk: "vm1/vda", Source: &jobs.Endpoint{URI: "file://" + path},
-		Options: jobs.Options{ChunkSize: chunkSize}})
+		Options: jobs.Options{ChunkSize: jobs.ByteSize(chunkSize)}})
 	if err != nil {
 		t.Fatalf("backup: %v", err)
 	}
@@ -199,6 +199,11 @@ func TestMissingChunk(t *testing.T) {
 	if !errors.Is(err, jobs.ErrVerifyFailed) || len(res.Verify.Missing) != 1 || res.Verify.Missing[0] != gone {
 		t.Errorf("verify: %+v, %v; want missing [%s]", res.Verify, err, gone)
 	}
+	// Restore says the same, at once: no retry brings the chunk back.
+	_, err = restoreToFile(t, r, m.ID)
+	if f := jobs.Classify(err); f.Code != jobs.CodeChunkMissing || f.Retryable || !strings.Contains(err.Error(), gone) {
+		t.Errorf("restore of a backup with a missing chunk: %v: %+v", err, f)
+	}
 }
 
 // TestDeduplicationAcrossDisks: a second disk with the same content stores nothing.
@@ -207,7 +212,7 @@ func TestDeduplicationAcrossDisks(t *testing.T) {
 	disk, _ := rawDisk(t, 8*mib)
 	first := fullBackupOfFile(t, r, disk)
 	res, err := runSpec(t, r, jobs.Spec{ID: "b2", Kind: jobs.KindBackup, Disk: "vm2/vdb", Source: &jobs.Endpoint{URI: "file://" + disk},
-		Options: jobs.Options{ChunkSize: chunkSize}})
+		Options: jobs.Options{ChunkSize: jobs.ByteSize(chunkSize)}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -352,7 +357,7 @@ func TestJobsShareMemoryBudget(t *testing.T) {
 	for i, d := range disks {
 		go func() {
 			res, err := runSpec(t, r, jobs.Spec{ID: fmt.Sprintf("b%d", i), Kind: jobs.KindBackup, Disk: fmt.Sprintf("vm%d/vda", i),
-				Source: &jobs.Endpoint{URI: "file://" + d.path}, Options: jobs.Options{ChunkSize: chunkSize}})
+				Source: &jobs.Endpoint{URI: "file://" + d.path}, Options: jobs.Options{ChunkSize: jobs.ByteSize(chunkSize)}})
 			if err == nil {
 				ids[i] = res.Backup.ID
 			}

@@ -85,7 +85,7 @@ func TestResumeAfterInterruption(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	list, _ := repo.Backups(context.Background(), "")
+	list, _, _ := repo.ListBackups(context.Background(), "")
 	if len(list) != 1 || again.ID != m.ID {
 		t.Errorf("repository holds %d backups after a repeated job", len(list))
 	}
@@ -119,7 +119,7 @@ func TestCancelledBackupLeavesNothing(t *testing.T) {
 	if cp, _ := repo.LoadCheckpoint(context.Background(), "job-c"); cp != nil {
 		t.Error("a cancelled backup kept its checkpoint")
 	}
-	if list, _ := repo.Backups(context.Background(), ""); len(list) != 0 {
+	if list, _, _ := repo.ListBackups(context.Background(), ""); len(list) != 0 {
 		t.Errorf("a cancelled backup left %d manifests", len(list))
 	}
 }

@@ -45,6 +45,7 @@ type runnerConfig struct {
 	onSource    backends.SourceObserver
 	onStore     sinks.StoreObserver
 	resume      bool
+	policy      *Policy
 }
 
 // WithResume makes backups keep a checkpoint under their job id, so that a retry
@@ -101,12 +102,9 @@ func (r *Runner) Run(ctx context.Context, s Spec, progress *Progress) (Result, e
 	if progress == nil {
 		progress = NewProgress()
 	}
-	repoURI := s.Repository
-	if repoURI == "" {
-		repoURI = r.cfg.repository
-	}
-	if repoURI == "" {
-		return Result{}, fmt.Errorf("%w: job %s names no repository and the worker has no default", ErrInvalid, s.ID)
+	r, s, repoURI, err := r.forJob(s)
+	if err != nil {
+		return Result{}, err
 	}
 	store, err := sinks.OpenStore(ctx, repoURI)
 	if err != nil {
@@ -121,6 +119,11 @@ func (r *Runner) Run(ctx context.Context, s Spec, progress *Progress) (Result, e
 		repo, err := repository.Open(ctx, store, r.cfg.key)
 		if err != nil {
 			return Result{}, err
+		}
+		if len(r.cfg.key) > 0 && !repo.Encrypted() {
+			// Backups the worker wrote are encrypted: an unencrypted repository
+			// under its name is not one it wrote to.
+			return Result{}, fmt.Errorf("%s: %w: the repository is not encrypted but a key is configured; refusing to read it", repo.Location(), repository.ErrWrongKey)
 		}
 		m, err := repo.Manifest(ctx, s.Backup)
 		if err != nil {
@@ -155,7 +158,7 @@ func (r *Runner) Run(ctx context.Context, s Spec, progress *Progress) (Result, e
 
 func (r *Runner) backup(ctx context.Context, store sinks.Store, s Spec, lim Limits, progress *Progress) (Result, error) {
 	repo, err := repository.OpenOrInit(ctx, store, repository.InitOptions{Key: r.cfg.key,
-		ChunkSize: cmp.Or(s.Options.ChunkSize, DefaultChunkSize), Compression: cmp.Or(s.Options.Compression, DefaultCompression)})
+		ChunkSize: int64(cmp.Or(s.Options.ChunkSize, DefaultChunkSize)), Compression: cmp.Or(s.Options.Compression, DefaultCompression)})
 	if err != nil {
 		return Result{}, err
 	}
@@ -179,6 +182,9 @@ func (r *Runner) backup(ctx context.Context, store sinks.Store, s Spec, lim Limi
 		return Result{}, err
 	}
 	defer src.Close()
+	if err := checkSourceSize(src, s.Source.URI, repo, int64(s.Options.ChunkSize), parent); err != nil {
+		return Result{}, err
+	}
 	src = backends.RateLimited(src, r.cfg.limiter)
 	if s.Options.RateLimit != "" {
 		bps, _ := ParseByteSize(s.Options.RateLimit) // validated with the spec
@@ -186,7 +192,7 @@ func (r *Runner) backup(ctx context.Context, store sinks.Store, s Spec, lim Limi
 	}
 	m, err := Backup(ctx, repo, src, BackupParams{
 		JobID: s.ID, Resume: r.cfg.resume, Source: s.Source.URI, Disk: s.Disk, Bitmap: s.Source.Bitmap, Parent: parent, Labels: s.Labels,
-		ChunkSize: s.Options.ChunkSize, Limits: lim, Log: r.cfg.log,
+		ChunkSize: int64(s.Options.ChunkSize), Limits: lim, Log: r.cfg.log,
 		Compress: s.Options.Compression != "none" && (s.Options.Compression == "zstd" || repo.Config().Compression == "zstd"),
 	}, progress)
 	if err != nil {

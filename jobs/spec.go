@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"reflect"
 	"regexp"
 	"strings"
 
@@ -55,14 +56,16 @@ type Spec struct {
 type Endpoint struct {
 	URI    string `json:"uri"`
 	Bitmap string `json:"bitmap,omitempty"`
+	// Overwrite lets a restore write over an existing file or block device.
+	Overwrite bool `json:"overwrite,omitempty"`
 }
 
 // Options tune a job; zero values take the worker's defaults.
 type Options struct {
-	ChunkSize   int64  `json:"chunk_size,omitempty"`
-	Compression string `json:"compression,omitempty"`
-	Concurrency int    `json:"concurrency,omitempty"`
-	RateLimit   string `json:"rate_limit,omitempty"` // bytes per second: "200MiB", "50M", "1000000"
+	ChunkSize   ByteSize `json:"chunk_size,omitempty"` // a number of bytes, or a string with units: "4MiB"
+	Compression string   `json:"compression,omitempty"`
+	Concurrency int      `json:"concurrency,omitempty"`
+	RateLimit   string   `json:"rate_limit,omitempty"` // bytes per second: "200MiB", "50M", "1000000"
 }
 
 var (
@@ -86,6 +89,10 @@ func decodeSpec(data []byte) (Spec, error) {
 	if len(data) > MaxSpecBytes {
 		return s, fmt.Errorf("%w: job is %d bytes, at most %d are accepted", ErrInvalid, len(data), MaxSpecBytes)
 	}
+	if err := checkKeys(data, reflect.TypeFor[Spec]()); err != nil {
+		s.ID = peekID(data)
+		return s, fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&s); err != nil {
@@ -96,18 +103,6 @@ func decodeSpec(data []byte) (Spec, error) {
 		return s, fmt.Errorf("%w: data after the job object", ErrInvalid)
 	}
 	return s, s.Validate()
-}
-
-// peekID reads the id of a job that does not decode, if it can, and only if it is a
-// valid id: a failure event may then name it.
-func peekID(data []byte) string {
-	var v struct {
-		ID string `json:"id"`
-	}
-	if json.Unmarshal(data, &v) != nil {
-		return ""
-	}
-	return v.ID
 }
 
 func validID(id string) error {
@@ -202,8 +197,10 @@ func (s *Spec) Validate() error {
 }
 
 func (o Options) validate() error {
-	if o.ChunkSize != 0 && !repository.ValidChunkSize(o.ChunkSize) {
-		return fmt.Errorf("chunk_size %d: want a power of two from %d to %d", o.ChunkSize, repository.MinChunkSize, repository.MaxChunkSize)
+	if o.ChunkSize != 0 {
+		if err := CheckChunkSize(o.ChunkSize); err != nil {
+			return fmt.Errorf("chunk_size: %w", err)
+		}
 	}
 	if o.Compression != "" && o.Compression != "zstd" && o.Compression != "none" {
 		return fmt.Errorf("compression %q: want zstd or none", o.Compression)
@@ -217,4 +214,14 @@ func (o Options) validate() error {
 		}
 	}
 	return nil
+}
+
+// CheckChunkSize says whether n is a chunk size the repository format supports,
+// and if not, why in units: the trap is a decimal unit, 4M being 4000000 bytes.
+func CheckChunkSize(n ByteSize) error {
+	if repository.ValidChunkSize(int64(n)) {
+		return nil
+	}
+	return fmt.Errorf("%d bytes is not a power of two from %s to %s (KiB and MiB are powers of two, K and M powers of ten)",
+		n, ByteSize(repository.MinChunkSize), ByteSize(repository.MaxChunkSize))
 }

@@ -17,6 +17,10 @@ func TestDecodeSpec(t *testing.T) {
 	if s.Source.Bitmap != "chk-1" || s.Options.ChunkSize != 4<<20 || s.Labels["vm"] != "1042" {
 		t.Errorf("decoded %+v", s)
 	}
+	withUnits := strings.Replace(good, `"chunk_size":4194304`, `"chunk_size":"4MiB"`, 1)
+	if s, err := DecodeSpec([]byte(withUnits)); err != nil || s.Options.ChunkSize != 4<<20 {
+		t.Errorf("chunk_size \"4MiB\": %d, %v", s.Options.ChunkSize, err)
+	}
 
 	bad := []struct {
 		name, doc, id string
@@ -30,6 +34,9 @@ func TestDecodeSpec(t *testing.T) {
 		{"spec version", `{"spec_version":2,"id":"j5","kind":"verify","backup":"b"}`, "j5"},
 		{"bitmap without parent", `{"spec_version":1,"id":"j6","kind":"backup","disk":"d","source":{"uri":"nbd://h","bitmap":"b"}}`, "j6"},
 		{"bad chunk size", `{"spec_version":1,"id":"j7","kind":"backup","disk":"d","source":{"uri":"nbd://h"},"options":{"chunk_size":1000}}`, "j7"},
+		{"chunk size in decimal units", `{"spec_version":1,"id":"j13","kind":"backup","disk":"d","source":{"uri":"nbd://h"},"options":{"chunk_size":"4M"}}`, "j13"},
+		{"negative chunk size", `{"spec_version":1,"id":"j14","kind":"backup","disk":"d","source":{"uri":"nbd://h"},"options":{"chunk_size":-4194304}}`, "j14"},
+		{"fractional chunk size", `{"spec_version":1,"id":"j15","kind":"backup","disk":"d","source":{"uri":"nbd://h"},"options":{"chunk_size":"1.5"}}`, "j15"},
 		{"bad rate", `{"spec_version":1,"id":"j8","kind":"backup","disk":"d","source":{"uri":"nbd://h"},"options":{"rate_limit":"fast"}}`, "j8"},
 		{"restore with a chunk size", `{"spec_version":1,"id":"j12","kind":"restore","backup":"b","target":{"uri":"file:///x"},"options":{"chunk_size":65536}}`, "j12"},
 		{"trailing data", `{"spec_version":1,"id":"j9","kind":"verify","backup":"b"} {}`, "j9"},
@@ -50,18 +57,5 @@ func TestDecodeSpec(t *testing.T) {
 				t.Errorf("id %q, want %q", s.ID, c.id)
 			}
 		})
-	}
-}
-
-func TestParseByteSize(t *testing.T) {
-	for in, want := range map[string]int64{"200MiB": 200 << 20, "50M": 50e6, "1048576": 1 << 20, "1.5GiB": 3 << 29, "10 KiB": 10240} {
-		if got, err := ParseByteSize(in); err != nil || got != want {
-			t.Errorf("%q: %d, %v; want %d", in, got, err, want)
-		}
-	}
-	for _, in := range []string{"", "0", "-5M", "fast", "5XB"} {
-		if _, err := ParseByteSize(in); err == nil {
-			t.Errorf("%q: no error", in)
-		}
 	}
 }

@@ -28,7 +28,7 @@ func RegisterStore(scheme string, open StoreOpener) {
 func OpenStore(ctx context.Context, uri string) (Store, error) {
 	u, err := url.Parse(uri)
 	if err != nil {
-		return nil, fmt.Errorf("repository %q: %w", uri, err)
+		return nil, fmt.Errorf("%w: %w", ErrInvalidLocation, err)
 	}
 	if u.Scheme == "" && u.Path != "" { // a plain path is a file repository
 		u.Scheme = "file"
@@ -37,7 +37,7 @@ func OpenStore(ctx context.Context, uri string) (Store, error) {
 	open, ok := openers[u.Scheme]
 	registryMu.RUnlock()
 	if !ok {
-		return nil, fmt.Errorf("repository %q: unsupported scheme %q (want file or s3)", uri, u.Scheme)
+		return nil, fmt.Errorf("repository %s: %w: unsupported scheme %q (want file or s3)", u.Redacted(), ErrInvalidLocation, u.Scheme)
 	}
 	return open(ctx, u)
 }

@@ -58,4 +58,8 @@ var (
 	ErrNoRepository = errors.New("repository does not exist")
 	// ErrAccessDenied: the store refused our credentials.
 	ErrAccessDenied = errors.New("access denied")
+	// ErrInvalidLocation: a repository URI that names no usable store: an unknown
+	// scheme or parameter, credentials in the URI, a file that is no directory,
+	// or a store configuration that lacks what it needs (an S3 region).
+	ErrInvalidLocation = errors.New("invalid repository location")
 )

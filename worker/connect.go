@@ -2,6 +2,8 @@ package worker
 
 import (
 	"fmt"
+	"net/url"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -55,7 +57,29 @@ func Connect(o ConnectOptions) (*nats.Conn, error) {
 	}
 	nc, err := nats.Connect(o.URLs, opts...)
 	if err != nil {
-		return nil, fmt.Errorf("connect to NATS at %s: %w", o.URLs, err)
+		return nil, fmt.Errorf("connect to NATS at %s: %w", RedactURLs(o.URLs), err)
 	}
 	return nc, nil
 }
+
+// RedactURLs is a comma-separated list of NATS URLs fit for messages: a password
+// or token in a URL's user information is replaced by "xxxxx".
+func RedactURLs(urls string) string {
+	list := strings.Split(urls, ",")
+	for i, s := range list {
+		u, err := url.Parse(strings.TrimSpace(s))
+		switch {
+		case err != nil && strings.Contains(s, "@"):
+			list[i] = "(unparsable URL)"
+		case err != nil || u.User == nil:
+		case hasPassword(u.User):
+			list[i] = u.Redacted()
+		default: // nats://token@host: the user name is the secret
+			u.User = url.User("xxxxx")
+			list[i] = u.String()
+		}
+	}
+	return strings.Join(list, ",")
+}
+
+func hasPassword(u *url.Userinfo) bool { _, ok := u.Password(); return ok }

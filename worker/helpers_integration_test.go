@@ -126,6 +126,8 @@ type env struct {
 	nc   *nats.Conn
 	js   jetstream.JetStream
 	repo string
+	// runnerOpts are added to the runner of in-process workers (a policy).
+	runnerOpts []jobs.RunnerOption
 }
 
 // newProcessEnv runs a nats-server process.
@@ -148,12 +150,18 @@ func newEmbeddedEnv(t *testing.T) *env {
 	t.Helper()
 	integration(t)
 	e := &env{t: t, dir: t.TempDir()}
-	srv, err := embedded.Start(filepath.Join(e.dir, "embedded"), fmt.Sprintf("127.0.0.1:%d", testutil.FreePort(t)))
+	dataDir := filepath.Join(e.dir, "embedded")
+	srv, err := embedded.Start(dataDir, fmt.Sprintf("127.0.0.1:%d", testutil.FreePort(t)))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
-	e.url = srv.ClientURL()
+	token, err := embedded.ReadToken(embedded.TokenFile(dataDir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The server requires its token; a URL's user information carries it.
+	e.url = strings.Replace(srv.ClientURL(), "nats://", "nats://"+token+"@", 1)
 	e.init()
 	return e
 }
@@ -496,7 +504,7 @@ func (e *env) backups() []*repository.Manifest {
 	}
 	ctx, cancel := ctxTimeout(10 * time.Second)
 	defer cancel()
-	ms, err := repo.Backups(ctx, "")
+	ms, _, err := repo.ListBackups(ctx, "")
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -555,7 +563,7 @@ func (e *env) startWorker(name string, opts ...worker.Option) *inproc {
 		e.t.Fatal(err)
 	}
 	log := zaptest.NewLogger(e.t, zaptest.Level(zap.InfoLevel)).With(zap.String("test_worker", name))
-	runner := jobs.NewRunner(jobs.WithDefaultRepository(e.repo), jobs.WithConcurrency(2), jobs.WithLogger(log), jobs.WithResume())
+	runner := jobs.NewRunner(append([]jobs.RunnerOption{jobs.WithDefaultRepository(e.repo), jobs.WithConcurrency(2), jobs.WithLogger(log), jobs.WithResume()}, e.runnerOpts...)...)
 	all := append([]worker.Option{worker.WithTopology(testTopology()), worker.WithName(name),
 		worker.WithGracePeriod(10 * time.Second), worker.WithLogger(log)}, opts...)
 	w, err := worker.New(js, runner, all...)
@@ -630,7 +638,9 @@ func (e *env) startWorkerProc(name string, args ...string) *proc {
 		e.t.Fatal(err)
 	}
 	all := append([]string{"worker", "--nats-url", e.url, "--data-dir", filepath.Join(e.dir, "data-"+name),
-		"--repository", e.repo, "--name", name, "--concurrency", "2", "--log-level", "info"}, args...)
+		"--repository", e.repo, "--name", name, "--concurrency", "2", "--log-level", "info",
+		"--allow-source", "file://" + e.dir + "/**", "--allow-source", "nbd+unix:///*?socket=" + filepath.Dir(e.dir) + "/**", // the test's temporary directories
+		"--allow-target", "file://" + e.dir + "/**"}, args...)
 	p.cmd = exec.Command(bin, all...)
 	p.cmd.Env = cleanEnv()
 	p.cmd.Stdout, p.cmd.Stderr = logFile, logFile

@@ -52,8 +52,11 @@ func openSource(_ context.Context, u *url.URL, o backends.SourceOptions) (backen
 	return OpenSource(p)
 }
 
-// OpenSource opens a raw image file for reading.
+// OpenSource opens a raw image file or a block device for reading.
 func OpenSource(path string) (*Image, error) {
+	if err := checkDiskPath(path, backends.ErrInvalidSource); err != nil {
+		return nil, err
+	}
 	f, err := os.Open(path)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
@@ -69,6 +72,36 @@ func OpenSource(path string) (*Image, error) {
 	return &Image{f: f, size: size}, nil
 }
 
+// checkDiskPath refuses what is no disk image, wrapping kind: only a regular file
+// or a block device is one. A directory would otherwise report a size of 2^63-1
+// (ext4's SEEK_END on a directory), and opening a named pipe blocks until someone
+// writes to it. A path that does not exist passes: opening it says so.
+func checkDiskPath(path string, kind error) error {
+	st, err := os.Stat(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	m := st.Mode()
+	if m.IsRegular() || (m&os.ModeDevice != 0 && m&os.ModeCharDevice == 0) {
+		return nil
+	}
+	what := "special file"
+	switch {
+	case m.IsDir():
+		what = "directory"
+	case m&os.ModeCharDevice != 0:
+		what = "character device"
+	case m&os.ModeNamedPipe != 0:
+		what = "named pipe"
+	case m&os.ModeSocket != 0:
+		what = "socket"
+	}
+	return fmt.Errorf("%s: %w: a %s, not a regular file or block device", path, kind, what)
+}
+
 func openTarget(_ context.Context, u *url.URL, o backends.TargetOptions) (backends.Target, error) {
 	p, err := pathOf(u)
 	if err != nil {
@@ -80,7 +113,13 @@ func openTarget(_ context.Context, u *url.URL, o backends.TargetOptions) (backen
 // OpenTarget opens or creates a raw image file for writing and sets its size: a new
 // file is sparse, so a restore leaves zero chunks as holes.
 func OpenTarget(path string, size int64) (*Image, error) {
+	if err := checkDiskPath(path, backends.ErrInvalidTarget); err != nil {
+		return nil, err
+	}
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if errors.Is(err, os.ErrNotExist) { // its directory does not exist
+		return nil, fmt.Errorf("%w: %w", backends.ErrInvalidTarget, err)
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -133,6 +133,9 @@ func (ep endpoint) dial(ctx context.Context, timeout time.Duration) (*libnbd.Lib
 		if unreachable(err) {
 			return nil, fmt.Errorf("nbd %s: %w: %w", shown, backends.ErrUnreachable, err)
 		}
+		if notNBD(err) {
+			return nil, fmt.Errorf("nbd %s: %w: %w", shown, errNotNBD, err)
+		}
 		if errors.Is(err, ctx.Err()) {
 			return nil, err
 		}
@@ -184,6 +187,17 @@ func unreachable(err error) bool {
 		return strings.Contains(le.Errmsg, "getaddrinfo")
 	}
 	return false
+}
+
+// errNotNBD: what answered is no NBD server. The openers wrap it in
+// backends.ErrInvalidSource or ErrInvalidTarget: asking again does not change it.
+var errNotNBD = errors.New("the server does not speak NBD")
+
+// notNBD tells a server that answered with something else than the NBD greeting
+// (an HTTP or SSH server on the port) from one that failed the handshake.
+func notNBD(err error) bool {
+	var le *libnbd.LibnbdError
+	return errors.As(err, &le) && strings.Contains(le.Errmsg, "expected NBD magic")
 }
 
 // inspect reads what the server advertised on h, a connection to ep.

@@ -2,6 +2,7 @@ package nbd
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/url"
@@ -28,6 +29,9 @@ func openSource(ctx context.Context, u *url.URL, o backends.SourceOptions) (back
 		ep.contexts = append(ep.contexts, bitmap)
 	}
 	h, err := ep.dial(ctx, firstHandshakeTimeout)
+	if errors.Is(err, errNotNBD) {
+		return nil, fmt.Errorf("%w: %w", backends.ErrInvalidSource, err)
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -2,6 +2,7 @@ package nbd
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/url"
 	"sync"
@@ -29,6 +30,9 @@ type target struct {
 func openTarget(ctx context.Context, u *url.URL, o backends.TargetOptions) (backends.Target, error) {
 	ep := endpoint{uri: u.String(), shown: u.Redacted()}
 	h, err := ep.dial(ctx, firstHandshakeTimeout)
+	if errors.Is(err, errNotNBD) {
+		return nil, fmt.Errorf("%w: %w", backends.ErrInvalidTarget, err)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -39,7 +43,7 @@ func openTarget(ctx context.Context, u *url.URL, o backends.TargetOptions) (back
 	}
 	if e.features.readOnly {
 		h.Close()
-		return nil, fmt.Errorf("nbd %s: export is read-only and cannot be restored into", ep.shown)
+		return nil, fmt.Errorf("nbd %s: %w: the export is read-only", ep.shown, backends.ErrInvalidTarget)
 	}
 	if o.Size > e.size {
 		h.Close()

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -15,18 +16,21 @@ import (
 )
 
 func newInitCommand(g *globals) *cobra.Command {
-	var chunkSize int64
+	chunkSize := jobs.ByteSize(jobs.DefaultChunkSize)
 	var compression string
 	cmd := &cobra.Command{
 		Use:   "init",
 		Short: "Create a repository (encrypted when a key is given); backup also creates one on first use",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := jobs.CheckChunkSize(chunkSize); err != nil {
+				return fmt.Errorf("--chunk-size: %w", err)
+			}
 			store, key, err := g.store(cmd.Context())
 			if err != nil {
 				return err
 			}
-			repo, err := repository.Init(cmd.Context(), store, repository.InitOptions{Key: key, ChunkSize: chunkSize, Compression: compression})
+			repo, err := repository.Init(cmd.Context(), store, repository.InitOptions{Key: key, ChunkSize: int64(chunkSize), Compression: compression})
 			if err != nil {
 				return err
 			}
@@ -35,13 +39,14 @@ func newInitCommand(g *globals) *cobra.Command {
 				fmt.Sprintf("created repository %s at %s (encrypted: %t)\n", cfg.ID, repo.Location(), repo.Encrypted()))
 		},
 	}
-	cmd.Flags().Int64Var(&chunkSize, "chunk-size", jobs.DefaultChunkSize, "default chunk size in bytes (power of two, 64 KiB to 64 MiB)")
+	cmd.Flags().Var(&chunkSize, "chunk-size", "default chunk size of the repository's backups (power of two, 64KiB to 64MiB)")
 	cmd.Flags().StringVar(&compression, "compression", jobs.DefaultCompression, "zstd or none")
 	return cmd
 }
 
 func newBackupCommand(g *globals) *cobra.Command {
 	var jf jobFlags
+	var quiet bool
 	cmd := &cobra.Command{
 		Use:   "backup",
 		Short: "Back up a disk exported over NBD (full, or incremental with --bitmap and --parent)",
@@ -54,7 +59,7 @@ func newBackupCommand(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			res, err := runJob(cmd.Context(), g, s)
+			res, err := runJob(cmd.Context(), g, s, progressOut(cmd, quiet))
 			if err != nil {
 				return err
 			}
@@ -67,11 +72,13 @@ func newBackupCommand(g *globals) *cobra.Command {
 		},
 	}
 	jf.register(cmd.Flags())
+	quietFlag(cmd.Flags(), &quiet)
 	return cmd
 }
 
 func newRestoreCommand(g *globals) *cobra.Command {
 	var s jobs.Spec
+	var quiet bool
 	tgt := &jobs.Endpoint{}
 	cmd := &cobra.Command{
 		Use:   "restore",
@@ -82,7 +89,7 @@ func newRestoreCommand(g *globals) *cobra.Command {
 			if err := required(cmd, "backup", "target"); err != nil {
 				return err
 			}
-			res, err := runJob(cmd.Context(), g, s)
+			res, err := runJob(cmd.Context(), g, s, progressOut(cmd, quiet))
 			if err != nil {
 				return err
 			}
@@ -95,11 +102,13 @@ func newRestoreCommand(g *globals) *cobra.Command {
 	f.StringVar(&s.Backup, "backup", "", "backup id to restore")
 	f.StringVar(&tgt.URI, "target", "", "file:///path/disk.raw (created sparse) or a writable nbd:// export")
 	concurrencyFlag(f, &s.Options.Concurrency)
+	quietFlag(f, &quiet)
 	return cmd
 }
 
 func newVerifyCommand(g *globals) *cobra.Command {
 	var s jobs.Spec
+	var quiet bool
 	cmd := &cobra.Command{
 		Use:   "verify",
 		Short: "Re-read and re-hash every chunk of a backup; names missing and corrupt chunks",
@@ -109,7 +118,7 @@ func newVerifyCommand(g *globals) *cobra.Command {
 			if err := required(cmd, "backup"); err != nil {
 				return err
 			}
-			res, err := runJob(cmd.Context(), g, s)
+			res, err := runJob(cmd.Context(), g, s, progressOut(cmd, quiet))
 			if res.Verify != nil {
 				r := res.Verify
 				human := fmt.Sprintf("backup %s: %d chunks checked, %d missing, %d corrupt\n", r.Backup, r.ChunksChecked, len(r.Missing), len(r.Corrupt))
@@ -129,6 +138,7 @@ func newVerifyCommand(g *globals) *cobra.Command {
 	cmd.Flags().StringVar(&s.Backup, "backup", "", "backup id to verify")
 	cmd.Flags().Var(sourceFlag{&s.Source}, "source", "also compare the backup with this disk (NBD URI or raw file)")
 	concurrencyFlag(cmd.Flags(), &s.Options.Concurrency)
+	quietFlag(cmd.Flags(), &quiet)
 	return cmd
 }
 
@@ -173,7 +183,8 @@ func newLsCommand(g *globals) *cobra.Command {
 
 // runJob validates a job the command line describes and runs it here: the
 // command line is one of the boundaries where specs are validated (jobs.Spec).
-func runJob(ctx context.Context, g *globals, s jobs.Spec) (jobs.Result, error) {
+// Its progress line goes to bar, unless bar is nil (progressOut).
+func runJob(ctx context.Context, g *globals, s jobs.Spec, bar io.Writer) (jobs.Result, error) {
 	r, err := g.runner()
 	if err != nil {
 		return jobs.Result{}, err
@@ -184,7 +195,9 @@ func runJob(ctx context.Context, g *globals, s jobs.Spec) (jobs.Result, error) {
 	if err := s.Validate(); err != nil {
 		return jobs.Result{}, err
 	}
-	return r.Run(ctx, s, nil)
+	progress := jobs.NewProgress()
+	defer showProgress(bar, progress)()
+	return r.Run(ctx, s, progress)
 }
 
 // backupView is what commands print of a backup: the manifest without its index.

@@ -133,7 +133,7 @@ func applyConfig(cmd *cobra.Command, file string) error {
 	})
 	known := settingNames(cmd.Root())
 	for k := range values {
-		if !known[k] {
+		if !known[k] && !configSections[k] {
 			errs = append(errs, fmt.Sprintf("%s: unknown setting %q", file, k))
 		}
 	}

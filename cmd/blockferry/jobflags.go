@@ -11,9 +11,10 @@ import (
 // take some of them) to the workers. Like every flag that describes one job, they
 // take no values from the environment or the config file.
 type jobFlags struct {
-	spec   jobs.Spec // disk, parent and options
-	source jobs.Endpoint
-	labels []string
+	spec      jobs.Spec // disk, parent and options
+	source    jobs.Endpoint
+	labels    []string
+	rateLimit jobs.ByteSize
 }
 
 func (j *jobFlags) register(f *pflag.FlagSet) {
@@ -21,10 +22,10 @@ func (j *jobFlags) register(f *pflag.FlagSet) {
 	f.StringVar(&j.source.URI, "source", "", "NBD URI of the disk (nbd://, nbd+unix://, nbds://) or a raw file")
 	f.StringVar(&j.source.Bitmap, "bitmap", "", "dirty bitmap of an incremental backup")
 	f.StringVar(&j.spec.Parent, "parent", "", "backup id the incremental is taken against")
-	f.Int64Var(&j.spec.Options.ChunkSize, "chunk-size", 0, "chunk size in bytes (default: the repository's)")
+	f.Var(&j.spec.Options.ChunkSize, "chunk-size", "chunk size, e.g. 4MiB (default: the repository's)")
 	f.StringVar(&j.spec.Options.Compression, "compression", "", "zstd or none (default: the repository's)")
 	concurrencyFlag(f, &j.spec.Options.Concurrency)
-	f.StringVar(&j.spec.Options.RateLimit, "rate-limit", "", "cap on source reads, e.g. 200MiB (per second)")
+	f.Var(&j.rateLimit, "rate-limit", "cap on source reads, e.g. 200MiB (per second)")
 	f.StringSliceVar(&j.labels, "label", nil, "key=value label recorded with the backup (repeatable)")
 }
 
@@ -33,6 +34,9 @@ func (j *jobFlags) register(f *pflag.FlagSet) {
 func (j *jobFlags) job(kind, id string) (jobs.Spec, error) {
 	s := j.spec
 	s.SpecVersion, s.ID, s.Kind = jobs.SpecVersion, id, kind
+	if j.rateLimit != 0 {
+		s.Options.RateLimit = j.rateLimit.String() // a string in the job, as workers of every version read it
+	}
 	if j.source.URI != "" {
 		src := j.source
 		s.Source = &src

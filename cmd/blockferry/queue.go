@@ -85,7 +85,7 @@ func followJob(ctx context.Context, g *globals, c *worker.Client, id string, out
 			return true
 		}
 		if ev.Type == worker.EventProgress {
-			line := progressLine(ev.Data)
+			line := progressLine(eventProgress(ev.Data))
 			if tty {
 				fmt.Fprintf(errOut, "\r%s", line)
 			} else {
@@ -114,13 +114,22 @@ func followJob(ctx context.Context, g *globals, c *worker.Client, id string, out
 		}
 		return nil
 	case worker.EventFailed:
-		return fmt.Errorf("job %s failed: %s: %s", id, last.Data.Error.Code, last.Data.Error.Message)
+		return fmt.Errorf("job %s failed: %s: %s", id, last.Data.Error.Code, printable(last.Data.Error.Message))
 	default:
 		return fmt.Errorf("job %s %s", id, strings.TrimPrefix(last.Type, "io.blockferry.job."))
 	}
 }
 
-func progressLine(d worker.EventData) string {
+// eventProgress is the progress a worker's event reports.
+func eventProgress(d worker.EventData) jobs.ProgressSnapshot {
+	return jobs.ProgressSnapshot{BytesTotal: d.BytesTotal, BytesDone: d.BytesDone, BytesWritten: d.BytesWritten,
+		BytesDeduplicated: d.BytesDeduplicated, RateBytesPerSec: d.RateBytesPerSec, ETASeconds: d.ETASeconds}
+}
+
+// progressLine is a job's progress as one line: bar, percentage, bytes done of
+// the total, rate and ETA. `submit --wait` draws it from a worker's events, the
+// commands that run a job here from the job's own counters.
+func progressLine(d jobs.ProgressSnapshot) string {
 	pct := 0.0
 	if d.BytesTotal > 0 {
 		pct = 100 * float64(d.BytesDone) / float64(d.BytesTotal)
@@ -137,7 +146,7 @@ func eventLine(ev worker.Event) string {
 		d.JobID, d.Kind, d.Attempt, d.Worker)
 	switch {
 	case ev.Type == worker.EventProgress:
-		s += " " + progressLine(d)
+		s += " " + progressLine(eventProgress(d))
 	case d.Error != nil:
 		s += fmt.Sprintf(": %s: %s", d.Error.Code, d.Error.Message)
 		if d.RetryIn > 0 {
@@ -178,7 +187,7 @@ func newWatchCommand(g *globals) *cobra.Command {
 				if g.json {
 					enc.Encode(ev)
 				} else {
-					fmt.Fprintln(cmd.OutOrStdout(), eventLine(ev))
+					fmt.Fprintln(cmd.OutOrStdout(), printable(eventLine(ev)))
 				}
 				return true
 			})
@@ -213,7 +222,7 @@ func newStatusCommand(g *globals) *cobra.Command {
 			if st.Error != nil {
 				human += fmt.Sprintf(": %s: %s", st.Error.Code, st.Error.Message)
 			}
-			return g.print(cmd.OutOrStdout(), st, human+"\n")
+			return g.print(cmd.OutOrStdout(), st, printable(human)+"\n")
 		},
 	}
 	n.register(cmd.Flags(), clientNATSURL)

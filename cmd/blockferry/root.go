@@ -84,15 +84,7 @@ func newRootCommand() *cobra.Command {
 // never carry keys.
 func (g *globals) key() ([]byte, error) {
 	if g.keyFile != "" {
-		b, err := os.ReadFile(g.keyFile)
-		if err != nil {
-			return nil, fmt.Errorf("key file: %w", err)
-		}
-		k := []byte(strings.TrimRight(string(b), "\r\n"))
-		if len(k) == 0 {
-			return nil, fmt.Errorf("key file %s is empty", g.keyFile)
-		}
-		return k, nil
+		return readKeyFile(g.keyFile)
 	}
 	if k := os.Getenv("BLOCKFERRY_KEY"); k != "" {
 		return []byte(k), nil

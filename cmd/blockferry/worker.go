@@ -38,11 +38,12 @@ func newWorkerCommand(g *globals) *cobra.Command {
 		name        string
 		slots       int
 		concurrency int
-		rateLimit   string
-		memoryLimit string
+		rateLimit   jobs.ByteSize
+		memoryLimit jobs.ByteSize
 		grace       time.Duration
 		logLevel    string
 		httpAddr    string
+		pol         policyFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "worker",
@@ -67,6 +68,7 @@ func newWorkerCommand(g *globals) *cobra.Command {
 				}
 				defer srv.Shutdown()
 				n.conn.URLs = srv.ClientURL()
+				n.tokenFile = embedded.TokenFile(dataDir)
 				log.Info("embedded NATS JetStream", zap.String("url", n.conn.URLs), zap.String("store", filepath.Join(dataDir, "nats")))
 			}
 			nc, js, err := n.connect("blockferry-worker-" + name)
@@ -82,14 +84,11 @@ func newWorkerCommand(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			var limiter = backends.NewLimiter(0)
-			if rateLimit != "" {
-				bps, err := jobs.ParseByteSize(rateLimit)
-				if err != nil {
-					return fmt.Errorf("--rate-limit: %w", err)
-				}
-				limiter = backends.NewLimiter(bps)
+			policy, err := pol.policy(g.configFile, repo, key)
+			if err != nil {
+				return err
 			}
+			limiter := backends.NewLimiter(int64(rateLimit)) // 0: no limit
 			budget, err := memoryBudget(memoryLimit, slots)
 			if err != nil {
 				return err
@@ -97,7 +96,7 @@ func newWorkerCommand(g *globals) *cobra.Command {
 			m := metrics.New()
 			runner := jobs.NewRunner(jobs.WithDefaultRepository(repo), jobs.WithKey(key), jobs.WithConcurrency(concurrency),
 				jobs.WithRateLimiter(limiter), jobs.WithLogger(log), jobs.WithObservers(m.ObserveSource, m.ObserveStore),
-				jobs.WithResume(), jobs.WithMemoryBudget(budget))
+				jobs.WithResume(), jobs.WithMemoryBudget(budget), jobs.WithPolicy(policy))
 			w, err := worker.New(js, runner, worker.WithTopology(n.topo), worker.WithName(name), worker.WithJobs(slots),
 				worker.WithGracePeriod(grace), worker.WithLogger(log), worker.WithMetrics(m))
 			if err != nil {
@@ -149,9 +148,9 @@ func newWorkerCommand(g *globals) *cobra.Command {
 	f.StringVar(&name, "name", "", "worker name in events and logs (default: host name)")
 	f.IntVar(&slots, "jobs", 1, "jobs run at once")
 	f.IntVar(&concurrency, "concurrency", jobs.DefaultConcurrency, "chunks in flight per job")
-	f.StringVar(&rateLimit, "rate-limit", "", "cap on source reads of all jobs together, e.g. 400MiB (per second)")
-	f.StringVar(&memoryLimit, "memory-limit", "", fmt.Sprintf("bound on the chunk buffers of all running jobs together, e.g. 512MiB; "+
-		"jobs wait for buffers rather than exceed it (default: %dMiB per --jobs)", jobs.DefaultMemoryPerJob>>20))
+	f.Var(&rateLimit, "rate-limit", "cap on source reads of all jobs together, e.g. 400MiB (per second)")
+	f.Var(&memoryLimit, "memory-limit", fmt.Sprintf("bound on the chunk buffers of all running jobs together, e.g. 512MiB; "+
+		"jobs wait for buffers rather than exceed it (default: %s per --jobs)", jobs.ByteSize(jobs.DefaultMemoryPerJob)))
 	f.DurationVar(&grace, "grace-period", 5*time.Minute, "on SIGTERM, how long running jobs may finish before they are handed back")
 	f.IntVar(&n.topo.Replicas, "replicas", 1, "replicas of the streams and buckets the worker creates (3 on a cluster)")
 	f.DurationVar(&n.topo.AckWait, "ack-wait", n.topo.AckWait, "redeliver a job whose worker sent no heartbeat for this long")
@@ -161,6 +160,7 @@ func newWorkerCommand(g *globals) *cobra.Command {
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&httpAddr, "http", "", "address for /metrics, /healthz and /readyz, e.g. 0.0.0.0:9090 (off when empty)")
 	settings(f)
+	pol.register(f)
 	return cmd
 }
 
@@ -171,15 +171,11 @@ func newWorkerCommand(g *globals) *cobra.Command {
 // unless GOMEMLIMIT says otherwise. The process adds its code and the C
 // libraries' memory (zstd contexts, libnbd): docs/PERFORMANCE.md states its peak
 // RSS as the budget plus 192 MiB.
-func memoryBudget(flag string, slots int) (*jobs.MemoryBudget, error) {
+func memoryBudget(limit jobs.ByteSize, slots int) (*jobs.MemoryBudget, error) {
 	size := int64(max(slots, 1)) * jobs.DefaultMemoryPerJob
-	if flag != "" {
-		var err error
-		if size, err = jobs.ParseByteSize(flag); err != nil {
-			return nil, fmt.Errorf("--memory-limit: %w", err)
-		}
-		if size < 16<<20 {
-			return nil, fmt.Errorf("--memory-limit: %s is less than 16MiB", flag)
+	if limit != 0 {
+		if size = int64(limit); size < 16<<20 {
+			return nil, fmt.Errorf("--memory-limit: %s is less than 16MiB", limit)
 		}
 	}
 	if os.Getenv("GOMEMLIMIT") == "" {

@@ -38,6 +38,8 @@ install_packages() {
 	local pkgs=(libnbd-dev pkg-config gcc zip unzip ca-certificates dpkg-dev)
 	if [ "$build_only" -eq 0 ]; then
 		pkgs+=(qemu-utils nbdkit libnbd-bin curl python3 time) # the last three for make bench
+		# docs/reader.py, the independent reader of docs/FORMAT.md that jobs tests run
+		pkgs+=(python3-zstandard python3-cryptography b3sum)
 	fi
 	local missing=()
 	for p in "${pkgs[@]}"; do

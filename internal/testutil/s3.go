@@ -29,8 +29,25 @@ const (
 // versitygw is not installed.
 func StartS3(t testing.TB) (endpoint, accessKey, secretKey string) {
 	t.Helper()
-	bin := RequireTool(t, "versitygw")
-	dir := t.TempDir()
+	return StartS3Server(t).Endpoint, S3AccessKey, S3SecretKey
+}
+
+// S3Server is a versitygw that StartS3Server runs, which a test may stop and start
+// again on the same port with the same data, to play an outage.
+type S3Server struct {
+	// Endpoint is http://127.0.0.1:PORT; the keys are S3AccessKey and S3SecretKey.
+	Endpoint  string
+	bin, addr string
+	dir       string
+
+	mu   sync.Mutex
+	stop func() // kills the running process; nil while stopped
+}
+
+// StartS3Server is StartS3, returning the server. It is killed when the test ends.
+func StartS3Server(t testing.TB) *S3Server {
+	t.Helper()
+	s := &S3Server{bin: RequireTool(t, "versitygw"), dir: t.TempDir()}
 	// The port is found by binding :0 and closing, so another process may take it
 	// before versitygw binds; then versitygw exits and we try another.
 	var lastErr error
@@ -39,26 +56,44 @@ func StartS3(t testing.TB) (endpoint, accessKey, secretKey string) {
 		if err != nil {
 			t.Fatalf("finding a free port: %v", err)
 		}
-		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-		if lastErr = startVersity(t, bin, addr, dir); lastErr == nil {
-			return "http://" + addr, S3AccessKey, S3SecretKey
+		s.addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+		if lastErr = s.Start(); lastErr == nil {
+			s.Endpoint = "http://" + s.addr
+			t.Cleanup(s.Stop)
+			return s
 		}
 	}
 	t.Fatalf("starting versitygw: %v", lastErr)
-	return "", "", ""
+	return nil
 }
 
-func startVersity(t testing.TB, bin, addr, dir string) error {
-	t.Helper()
+// Stop kills the server: connections are refused until Start.
+func (s *S3Server) Stop() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stop != nil {
+		s.stop()
+		s.stop = nil
+	}
+}
+
+// Start runs the server (again) on its port and returns once it answers. It may
+// be called from any goroutine.
+func (s *S3Server) Start() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stop != nil {
+		return nil
+	}
 	var out syncBuffer
-	cmd := exec.Command(bin,
+	cmd := exec.Command(s.bin,
 		"--access", S3AccessKey, "--secret", S3SecretKey,
-		"--port", addr,
+		"--port", s.addr,
 		// Without it versitygw closes every connection after one response, which
 		// would hide connection-reuse problems and slow parallel tests down.
 		"--keep-alive",
 		"--quiet", // no per-request log lines
-		"posix", dir)
+		"posix", s.dir)
 	cmd.Stdout = &out
 	cmd.Stderr = &out
 	if err := cmd.Start(); err != nil {
@@ -76,22 +111,22 @@ func startVersity(t testing.TB, bin, addr, dir string) error {
 	for {
 		// Any answer from versitygw (an unauthenticated request gets 403) means it
 		// serves; the Server header tells it from another program that took the port.
-		resp, err := client.Get("http://" + addr + "/")
+		resp, err := client.Get("http://" + s.addr + "/")
 		if err == nil {
 			resp.Body.Close()
 			if resp.Header.Get("Server") == "VERSITYGW" {
-				t.Cleanup(stop)
+				s.stop = stop
 				return nil
 			}
 		}
 		select {
 		case err := <-exited:
-			return fmt.Errorf("versitygw on %s exited (%v): %s", addr, err, bytes.TrimSpace(out.Bytes()))
+			return fmt.Errorf("versitygw on %s exited (%v): %s", s.addr, err, bytes.TrimSpace(out.Bytes()))
 		case <-time.After(50 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
 			stop()
-			t.Fatalf("versitygw on %s did not answer within 30s: %s", addr, bytes.TrimSpace(out.Bytes()))
+			return fmt.Errorf("versitygw on %s did not answer within 30s: %s", s.addr, bytes.TrimSpace(out.Bytes()))
 		}
 	}
 }

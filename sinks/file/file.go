@@ -43,14 +43,14 @@ var _ sinks.Store = (*Store)(nil)
 // creates it. Only a dir that exists but is not a directory is refused.
 func Open(dir string) (*Store, error) {
 	if dir == "" {
-		return nil, errors.New("file store: empty directory path")
+		return nil, fmt.Errorf("file store: %w: empty directory path", sinks.ErrInvalidLocation)
 	}
 	abs, err := filepath.Abs(dir)
 	if err != nil {
 		return nil, fmt.Errorf("file store %q: %w", dir, err)
 	}
 	if st, err := os.Stat(abs); err == nil && !st.IsDir() {
-		return nil, fmt.Errorf("file://%s: not a directory", abs)
+		return nil, fmt.Errorf("file://%s: %w: not a directory", abs, sinks.ErrInvalidLocation)
 	}
 	return &Store{dir: abs}, nil
 }
@@ -60,19 +60,19 @@ func Open(dir string) (*Store, error) {
 // sit in one scheme table; it does no I/O that could block.
 func OpenURL(_ context.Context, u *url.URL) (*Store, error) {
 	if u.Scheme != "file" {
-		return nil, fmt.Errorf("file store: scheme %q is not file", u.Scheme)
+		return nil, fmt.Errorf("file store: %w: scheme %q is not file", sinks.ErrInvalidLocation, u.Scheme)
 	}
 	if u.Host != "" && u.Host != "localhost" {
-		return nil, fmt.Errorf("file store %s: remote host %q is not supported", u.Redacted(), u.Host)
+		return nil, fmt.Errorf("file store %s: %w: remote host %q is not supported", u.Redacted(), sinks.ErrInvalidLocation, u.Host)
 	}
 	if u.RawQuery != "" || u.Fragment != "" {
-		return nil, fmt.Errorf("file store %s: query and fragment are not supported", u.Redacted())
+		return nil, fmt.Errorf("file store %s: %w: query and fragment are not supported", u.Redacted(), sinks.ErrInvalidLocation)
 	}
 	p := u.Path
 	if u.Opaque != "" { // file:relative/dir
 		var err error
 		if p, err = url.PathUnescape(u.Opaque); err != nil {
-			return nil, fmt.Errorf("file store %s: %w", u.Redacted(), err)
+			return nil, fmt.Errorf("file store %s: %w: %w", u.Redacted(), sinks.ErrInvalidLocation, err)
 		}
 	}
 	return Open(p)

@@ -67,27 +67,26 @@ func (r *Repository) LoadCheckpoint(ctx context.Context, jobID string) (*Checkpo
 	if err != nil {
 		return nil, fmt.Errorf("checkpoint of job %s: %w", jobID, err)
 	}
-	data, err := r.codec.Open(obj, checkpointAAD(jobID), nil)
+	cp, err := r.codec.decodeCheckpoint(obj, checkpointAAD(jobID))
 	if err != nil {
 		return nil, fmt.Errorf("checkpoint of job %s: %w", jobID, err)
-	}
-	var cp Checkpoint
-	if err := json.Unmarshal(data, &cp); err != nil {
-		return nil, fmt.Errorf("checkpoint of job %s: %w: %v", jobID, ErrCorrupt, err)
 	}
 	if err := cp.validate(); err != nil {
 		return nil, fmt.Errorf("checkpoint of job %s: %w: %v", jobID, ErrCorrupt, err)
 	}
-	if err := r.gc.reusableCheckpoint(ctx, &cp); err != nil {
+	if err := r.gc.reusableCheckpoint(ctx, cp); err != nil {
 		return nil, fmt.Errorf("checkpoint of job %s: %w", jobID, err)
 	}
-	return &cp, nil
+	return cp, nil
 }
 
 // validate checks what a resumed backup would copy into its manifest.
 func (cp *Checkpoint) validate() error {
 	if !ValidChunkSize(cp.ChunkSize) || cp.Size < 0 {
 		return fmt.Errorf("bad size %d or chunk size %d", cp.Size, cp.ChunkSize)
+	}
+	if err := CheckDiskSize(cp.Size, cp.ChunkSize); err != nil {
+		return err
 	}
 	count := ChunkCount(cp.Size, cp.ChunkSize)
 	for i, id := range cp.Done {

@@ -1,13 +1,15 @@
 package repository
 
 import (
+	"bytes"
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"strings"
+	"io"
+	"sync"
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/zeebo/blake3"
@@ -58,27 +60,25 @@ type codec struct {
 	idKey []byte      // nil: unkeyed BLAKE3
 	aead  cipher.AEAD // nil: no encryption
 	enc   zstdEncoder
-	// Two decoders, because the most a decoded object may grow to differs: a chunk
-	// is at most MaxChunkSize, so a crafted one cannot inflate to gigabytes, while a
-	// manifest of a large disk at a small chunk size runs to gigabytes of JSON.
+	// chunkDec decodes whole chunks: a chunk is at most MaxChunkSize, so a crafted
+	// one cannot inflate past that. Manifests and checkpoints, which run to
+	// gigabytes for a large disk at a small chunk size, are decoded as streams
+	// instead (metaDecs), under the budget of decodeIndex.
 	chunkDec *zstd.Decoder
-	metaDec  *zstd.Decoder
+	metaDecs sync.Pool // *zstd.Decoder, streaming
 }
 
-// MaxMetadataSize bounds a decoded manifest or checkpoint: about 120 million chunk
-// positions (480 TiB of disk at 4 MiB chunks, 7 TiB at 64 KiB).
-const MaxMetadataSize = 8 << 30
+// maxMetadataWindow bounds the zstd window of a manifest or checkpoint, which is
+// what a streaming decoder allocates: 8 MiB, the most RFC 8878 asks decoders to
+// support. Writers use 512 KiB (level 1).
+const maxMetadataWindow = 8 << 20
 
 func newCodec(keys *dataKeys) (*codec, error) {
 	chunkDec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(0), zstd.WithDecoderMaxMemory(MaxChunkSize+1))
 	if err != nil {
 		return nil, err
 	}
-	metaDec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(MaxMetadataSize))
-	if err != nil {
-		return nil, err
-	}
-	c := &codec{chunkDec: chunkDec, metaDec: metaDec}
+	c := &codec{chunkDec: chunkDec}
 	if keys != nil {
 		block, err := aes.NewCipher(keys.Encryption[:])
 		if err != nil {
@@ -148,50 +148,87 @@ func (c *codec) Seal(dst, plaintext []byte, aad string, compress bool) []byte {
 	return c.aead.Seal(dst[:header], nonce, dst[header:], []byte(aad))
 }
 
-// Open decodes a stored object into its plaintext, decompressing into dst's
+// Open decodes a stored chunk into its plaintext, decompressing into dst's
 // capacity when it is enough (a restore reuses its buffers: fresh 4 MiB ones cost
 // more in page faults than decompression does). It decrypts obj in place.
 func (c *codec) Open(obj []byte, aad string, dst []byte) ([]byte, error) {
-	dec := c.metaDec
-	if strings.HasPrefix(aad, "chunk:") {
-		dec = c.chunkDec
+	compression, payload, err := c.unseal(obj, aad)
+	if err != nil {
+		return nil, err
 	}
+	if compression == compressionNone {
+		return payload, nil
+	}
+	out, err := c.chunkDec.DecodeAll(payload, dst[:0])
+	if err != nil {
+		return nil, fmt.Errorf("%w: zstd: %v", ErrCorrupt, err)
+	}
+	return out, nil
+}
+
+// openStream returns a reader of a stored manifest's or checkpoint's plaintext,
+// which decompresses only as far as it is read; release hands its decoder back.
+// It decrypts obj in place.
+func (c *codec) openStream(obj []byte, aad string) (plaintext io.Reader, release func(), err error) {
+	compression, payload, err := c.unseal(obj, aad)
+	if err != nil {
+		return nil, nil, err
+	}
+	if compression == compressionNone {
+		return bytes.NewReader(payload), func() {}, nil
+	}
+	dec, _ := c.metaDecs.Get().(*zstd.Decoder)
+	if dec == nil {
+		// One goroutine per decoder, no read-ahead beyond a block, and never the
+		// whole object at once (WithDecodeBuffersBelow(0)): the caller's budget
+		// decides how far it inflates.
+		dec, err = zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(maxMetadataWindow),
+			zstd.WithDecodeBuffersBelow(0))
+		if err != nil {
+			return nil, nil, err
+		}
+	}
+	if err := dec.Reset(bytes.NewReader(payload)); err != nil {
+		return nil, nil, fmt.Errorf("%w: zstd: %v", ErrCorrupt, err)
+	}
+	return dec, func() {
+		_ = dec.Reset(nil) // drops payload; a nil reader is accepted
+		c.metaDecs.Put(dec)
+	}, nil
+}
+
+// unseal checks and opens an object's envelope, decrypting obj in place, and
+// returns the payload with its compression.
+func (c *codec) unseal(obj []byte, aad string) (compression byte, payload []byte, err error) {
 	if len(obj) < 2 {
-		return nil, fmt.Errorf("%w: %d bytes", ErrCorrupt, len(obj))
+		return 0, nil, fmt.Errorf("%w: %d bytes", ErrCorrupt, len(obj))
 	}
 	var inner []byte
 	switch obj[0] {
 	case envelopePlain:
 		if c.aead != nil {
-			return nil, fmt.Errorf("%w: unencrypted object in an encrypted repository", ErrCorrupt)
+			return 0, nil, fmt.Errorf("%w: unencrypted object in an encrypted repository", ErrCorrupt)
 		}
 		inner = obj[1:]
 	case envelopeEncrypted:
 		if c.aead == nil {
-			return nil, ErrKeyRequired
+			return 0, nil, ErrKeyRequired
 		}
 		ns := c.aead.NonceSize()
 		if len(obj) < 1+ns+c.aead.Overhead()+1 {
-			return nil, fmt.Errorf("%w: short encrypted object", ErrCorrupt)
+			return 0, nil, fmt.Errorf("%w: short encrypted object", ErrCorrupt)
 		}
-		var err error
 		inner, err = c.aead.Open(obj[1+ns:1+ns], obj[1:1+ns], obj[1+ns:], []byte(aad))
 		if err != nil {
-			return nil, fmt.Errorf("%w: authentication failed", ErrCorrupt)
+			return 0, nil, fmt.Errorf("%w: authentication failed", ErrCorrupt)
 		}
 	default:
-		return nil, fmt.Errorf("%w: unknown envelope %d", ErrCorrupt, obj[0])
+		return 0, nil, fmt.Errorf("%w: unknown envelope %d", ErrCorrupt, obj[0])
 	}
 	switch inner[0] {
-	case compressionNone:
-		return inner[1:], nil
-	case compressionZstd:
-		out, err := dec.DecodeAll(inner[1:], dst[:0])
-		if err != nil {
-			return nil, fmt.Errorf("%w: zstd: %v", ErrCorrupt, err)
-		}
-		return out, nil
+	case compressionNone, compressionZstd:
+		return inner[0], inner[1:], nil
 	default:
-		return nil, fmt.Errorf("%w: unknown compression %d", ErrCorrupt, inner[0])
+		return 0, nil, fmt.Errorf("%w: unknown compression %d", ErrCorrupt, inner[0])
 	}
 }

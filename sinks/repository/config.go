@@ -2,6 +2,7 @@ package repository
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 )
@@ -48,10 +49,17 @@ func ValidChunkSize(n int64) bool {
 	return n >= MinChunkSize && n <= MaxChunkSize && n&(n-1) == 0
 }
 
+// ErrUnsupportedFormat: the repository's config names a format or parameters this
+// blockferry does not read (a newer format version, another hash).
+var ErrUnsupportedFormat = errors.New("unsupported repository format")
+
 func parseConfig(data []byte) (*Config, error) {
 	var c Config
 	if err := json.Unmarshal(data, &c); err != nil {
 		return nil, fmt.Errorf("%w: config: %v", ErrCorrupt, err)
 	}
-	return &c, c.validate()
+	if err := c.validate(); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrUnsupportedFormat, err)
+	}
+	return &c, nil
 }

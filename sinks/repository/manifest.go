@@ -166,6 +166,11 @@ func (m *Manifest) validate() error {
 		return fmt.Errorf("manifest %s: unsupported version %d", m.ID, m.Version)
 	case m.ChunkSize <= 0 || m.Size < 0:
 		return fmt.Errorf("manifest %s: bad size %d or chunk size %d", m.ID, m.Size, m.ChunkSize)
+	}
+	if err := CheckDiskSize(m.Size, m.ChunkSize); err != nil {
+		return fmt.Errorf("manifest %s: %w", m.ID, err)
+	}
+	switch {
 	case len(m.Chunks) != ChunkCount(m.Size, m.ChunkSize):
 		return fmt.Errorf("manifest %s: %d chunks for %d bytes", m.ID, len(m.Chunks), m.Size)
 	}
@@ -191,8 +196,8 @@ func (m *Manifest) validate() error {
 // validPatches checks that ps are sorted, do not overlap and stay within a chunk
 // position of n bytes.
 func validPatches(ps []Patch, n int64) error {
-	if len(ps) == 0 {
-		return fmt.Errorf("empty patch list")
+	if len(ps) == 0 || len(ps) > MaxPatchesPerPosition {
+		return fmt.Errorf("%d patches: want 1 to %d", len(ps), MaxPatchesPerPosition)
 	}
 	end := int64(0)
 	for _, p := range ps {
@@ -215,6 +220,21 @@ func validPatches(ps []Patch, n int64) error {
 }
 
 func (m *Manifest) marshal() ([]byte, error) { return json.Marshal(m) }
+
+// checkHeaderSize refuses a manifest whose fields other than the per-position
+// ones take more than a reader grants them (labels are what could).
+func (m *Manifest) checkHeaderSize() error {
+	header := *m
+	header.Chunks, header.Patches = nil, nil
+	data, err := json.Marshal(&header)
+	if err != nil {
+		return err
+	}
+	if len(data) > headerBudget {
+		return fmt.Errorf("manifest %s: %d bytes of JSON besides its chunks and patches, more than the %d a reader accepts", m.ID, len(data), headerBudget)
+	}
+	return nil
+}
 
 // ChunkNeed is what a backup needs of a chunk's length: exactly Length for a base
 // chunk, at least Length for one that only patches refer to.

@@ -4,20 +4,11 @@ import (
 	"bytes"
 	"context"
 	"testing"
-
-	"github.com/blockferry/blockferry/sinks/file"
 )
 
 func TestPatchChunkCache(t *testing.T) {
 	ctx := context.Background()
-	store, err := file.Open(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	repo, err := Init(ctx, store, InitOptions{ChunkSize: 4 << 20, Compression: "zstd"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	repo, store := newFileRepository(t)
 	var ids []ChunkID
 	for k := range 3 {
 		res, err := repo.PutChunk(ctx, bytes.Repeat([]byte{byte(k + 1)}, 1000), true)

@@ -269,8 +269,8 @@ func (r *Repository) PutManifest(ctx context.Context, m *Manifest) error {
 	if err != nil {
 		return err
 	}
-	if len(data) > MaxMetadataSize {
-		return fmt.Errorf("manifest %s: %d bytes is more than a reader accepts (%d): use a larger chunk size", m.ID, len(data), MaxMetadataSize)
+	if err := m.checkHeaderSize(); err != nil {
+		return err
 	}
 	obj := r.codec.Seal(nil, data, manifestAAD(m.ID), true)
 	if err := r.gc.beforeCommit(ctx); err != nil {
@@ -303,13 +303,9 @@ func (r *Repository) Manifest(ctx context.Context, id string) (*Manifest, error)
 	if err != nil {
 		return nil, fmt.Errorf("backup %s: %w", id, err)
 	}
-	data, err := r.codec.Open(obj, manifestAAD(id), nil)
+	m, err := r.codec.decodeManifest(obj, manifestAAD(id))
 	if err != nil {
 		return nil, fmt.Errorf("backup %s: manifest: %w", id, err)
-	}
-	var m Manifest
-	if err := json.Unmarshal(data, &m); err != nil {
-		return nil, fmt.Errorf("backup %s: manifest: %w: %v", id, ErrCorrupt, err)
 	}
 	if m.ID != id {
 		return nil, fmt.Errorf("backup %s: %w: manifest names %q", id, ErrCorrupt, m.ID)
@@ -317,13 +313,5 @@ func (r *Repository) Manifest(ctx context.Context, id string) (*Manifest, error)
 	if err := m.validate(); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrCorrupt, err)
 	}
-	return &m, nil
-}
-
-// Backups lists the backups of a disk, or of all disks when disk is empty, oldest
-// first. Objects under backups/ that are not readable manifests are skipped;
-// ListBackups names them.
-func (r *Repository) Backups(ctx context.Context, disk string) ([]*Manifest, error) {
-	list, _, err := r.ListBackups(ctx, disk)
-	return list, err
+	return m, nil
 }

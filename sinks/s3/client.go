@@ -3,6 +3,7 @@ package s3
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"time"
@@ -13,15 +14,52 @@ import (
 	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
+
+	"github.com/blockferry/blockferry/sinks"
 )
 
-// maxAttempts bounds the SDK's retries of throttling (503 SlowDown), 5xx and
-// connection errors; with its exponential backoff capped at maxBackoff this rides
-// out roughly a minute of server trouble before an operation fails.
+// Retries of one S3 request. The SDK retries throttling (503 SlowDown), 5xx and
+// connection errors (refused, reset); answers such as access denied or a missing
+// key fail at once. Its own backoff since 2026 starts at 50 ms with full jitter,
+// so its retries were spent within 3 to 6 s of an outage. Here the waits double
+// from retryBaseDelay up to maxBackoff, and each is half its step plus a random
+// part of the other half, so that parallel uploads do not retry in step: the
+// retries of a request wait at least minRetryWait (65.5 s) and at most twice that
+// before it fails, which rides out a minute of outage or a server restart.
 const (
-	maxAttempts = 8
-	maxBackoff  = 20 * time.Second
+	maxAttempts    = 11
+	retryBaseDelay = time.Second
+	maxBackoff     = 20 * time.Second
 )
+
+// backoffStep is the step of the wait after the attempt-th attempt (from 1)
+// failed: retryBaseDelay doubled per attempt, at most maxBackoff.
+func backoffStep(attempt int) time.Duration {
+	d := retryBaseDelay
+	for i := 1; i < attempt && d < maxBackoff; i++ {
+		d *= 2
+	}
+	return min(d, maxBackoff)
+}
+
+// minRetryWait is the least the retries of one request wait in all before it
+// fails: how long an outage must last to fail an operation.
+func minRetryWait() time.Duration {
+	var total time.Duration
+	for attempt := 1; attempt < maxAttempts; attempt++ {
+		total += backoffStep(attempt) / 2
+	}
+	return total
+}
+
+// equalJitter is the retryer's retry.BackoffDelayer: half the step, plus a
+// random part of the other half.
+type equalJitter struct{}
+
+func (equalJitter) BackoffDelay(attempt int, _ error) (time.Duration, error) {
+	step := backoffStep(attempt)
+	return step/2 + rand.N(step/2+1), nil
+}
 
 // newClient is the S3 client for the URI's bucket: credentials and, unless the URI
 // names one, the region from the standard AWS chain; the HTTP client and retryer
@@ -34,13 +72,16 @@ func newClient(ctx context.Context, c uriConfig) (*s3.Client, error) {
 	if c.region != "" {
 		opts = append(opts, config.WithRegion(c.region))
 	}
+	if c.profile != "" {
+		opts = append(opts, config.WithSharedConfigProfile(c.profile))
+	}
 	cfg, err := config.LoadDefaultConfig(ctx, opts...)
 	if err != nil {
-		return nil, fmt.Errorf("%s: loading AWS configuration: %w", c.name, err)
+		return nil, &storeError{msg: fmt.Sprintf("%s: loading AWS configuration: %v", c.name, err), kind: sinks.ErrInvalidLocation, err: err}
 	}
 	if cfg.Region == "" {
 		if c.endpoint == "" {
-			return nil, fmt.Errorf("%s: no region; add region= to the URI or set AWS_REGION", c.name)
+			return nil, invalid("%s: no region; add region= to the URI or set AWS_REGION", c.name)
 		}
 		// Most S3-compatible servers accept (or ignore) us-east-1.
 		cfg.Region = "us-east-1"
@@ -83,6 +124,7 @@ func newRetryer() aws.Retryer {
 	return retry.NewStandard(func(o *retry.StandardOptions) {
 		o.MaxAttempts = maxAttempts
 		o.MaxBackoff = maxBackoff
+		o.Backoff = equalJitter{}
 		// The default client-side retry quota (a token bucket shared by all calls)
 		// gives up on every retry after ~35 failures, which a backup with 64
 		// uploads in flight reaches within one brief server hiccup. Backoff alone

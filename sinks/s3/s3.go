@@ -52,6 +52,8 @@ var _ sinks.Store = (*Store)(nil)
 //	region      signing region (default: from the AWS config; us-east-1 with endpoint)
 //	path_style  true for http://host/bucket/key addressing (default: true with
 //	            endpoint, false for AWS)
+//	profile     the AWS shared-config profile whose credentials to use (default:
+//	            the standard chain), so that each repository has its own
 //
 // Open does no network I/O (LoadDefaultConfig only reads the environment and
 // config files); call Check to find a missing bucket or bad credentials early.

@@ -5,6 +5,8 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+
+	"github.com/blockferry/blockferry/sinks"
 )
 
 // uriConfig is what an s3:// URI says, read without the SDK or the environment.
@@ -16,6 +18,7 @@ type uriConfig struct {
 	endpoint  string // "" for AWS
 	region    string // "" to take it from the AWS configuration
 	pathStyle bool
+	profile   string // AWS shared-config profile; "" for the default chain
 }
 
 // parseURI reads an s3:// URI: the host is the bucket, the path a key prefix, and
@@ -23,14 +26,14 @@ type uriConfig struct {
 // counts with its last value.
 func parseURI(u *url.URL) (uriConfig, error) {
 	if u.Scheme != "s3" {
-		return uriConfig{}, fmt.Errorf("s3 store: scheme %q is not s3", u.Scheme)
+		return uriConfig{}, invalid("s3 store: scheme %q is not s3", u.Scheme)
 	}
 	if u.User != nil {
-		return uriConfig{}, fmt.Errorf("s3 store %s: credentials do not belong in the URI; use AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or an AWS profile", u.Redacted())
+		return uriConfig{}, invalid("s3 store %s: credentials do not belong in the URI; use AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or an AWS profile", u.Redacted())
 	}
 	c := uriConfig{bucket: u.Host, prefix: strings.Trim(u.Path, "/")}
 	if c.bucket == "" {
-		return uriConfig{}, fmt.Errorf("s3 store %s: no bucket (want s3://bucket/prefix)", u.Redacted())
+		return uriConfig{}, invalid("s3 store %s: no bucket (want s3://bucket/prefix)", u.Redacted())
 	}
 	c.name = "s3://" + c.bucket
 	if c.prefix != "" {
@@ -56,21 +59,23 @@ func (c *uriConfig) parseQuery(q url.Values) error {
 		case "endpoint":
 			e, err := url.Parse(v)
 			if err != nil || (e.Scheme != "http" && e.Scheme != "https") || e.Host == "" {
-				return fmt.Errorf("%s: endpoint %q is not an http(s) URL", c.name, v)
+				return invalid("%s: endpoint %q is not an http(s) URL", c.name, v)
 			}
 			c.endpoint = v
 		case "region":
 			c.region = v
+		case "profile":
+			c.profile = v
 		case "path_style":
 			b, err := strconv.ParseBool(v)
 			if err != nil {
-				return fmt.Errorf("%s: path_style=%q is not a boolean", c.name, v)
+				return invalid("%s: path_style=%q is not a boolean", c.name, v)
 			}
 			c.pathStyle, pathStyleSet = b, true
 		default:
 			// Refuse rather than ignore: a mistyped "endpiont" would otherwise send
 			// backups to AWS.
-			return fmt.Errorf("%s: unknown parameter %q (want endpoint, region, path_style)", c.name, k)
+			return invalid("%s: unknown parameter %q (want endpoint, region, path_style, profile)", c.name, k)
 		}
 	}
 	if !pathStyleSet {
@@ -78,4 +83,10 @@ func (c *uriConfig) parseQuery(q url.Values) error {
 		c.pathStyle = c.endpoint != ""
 	}
 	return nil
+}
+
+// invalid is an error of the URI: the message as given, matching
+// sinks.ErrInvalidLocation, which no retry changes.
+func invalid(format string, args ...any) error {
+	return &storeError{msg: fmt.Sprintf(format, args...), kind: sinks.ErrInvalidLocation}
 }

@@ -1,9 +1,12 @@
 package s3
 
 import (
+	"errors"
 	"net/url"
 	"strings"
 	"testing"
+
+	"github.com/blockferry/blockferry/sinks"
 )
 
 // TestParseURI: what an s3:// URI says, without the SDK or the AWS environment.
@@ -23,6 +26,7 @@ func TestParseURI(t *testing.T) {
 		{uri: "s3://bkt?endpoint=https://s3.example.com&path_style=false", want: uriConfig{bucket: "bkt", name: "s3://bkt",
 			location: "s3://bkt?endpoint=https://s3.example.com&path_style=false", endpoint: "https://s3.example.com"}},
 		{uri: "s3://bkt?path_style=1", want: uriConfig{bucket: "bkt", name: "s3://bkt", location: "s3://bkt?path_style=1", pathStyle: true}},
+		{uri: "s3://bkt?region=eu-west-1&profile=tenant-b", want: uriConfig{bucket: "bkt", name: "s3://bkt", location: "s3://bkt?region=eu-west-1&profile=tenant-b", region: "eu-west-1", profile: "tenant-b"}},
 		// A repeated parameter counts with its last value.
 		{uri: "s3://bkt?region=a&region=b", want: uriConfig{bucket: "bkt", name: "s3://bkt", location: "s3://bkt?region=a&region=b", region: "b"}},
 
@@ -44,6 +48,8 @@ func TestParseURI(t *testing.T) {
 			t.Errorf("parseURI(%s) = %+v, want an error saying %q", tc.uri, got, tc.err)
 		case tc.err != "" && !strings.Contains(err.Error(), tc.err):
 			t.Errorf("parseURI(%s): %v, want it to say %q", tc.uri, err, tc.err)
+		case tc.err != "" && !errors.Is(err, sinks.ErrInvalidLocation):
+			t.Errorf("parseURI(%s): %v does not match sinks.ErrInvalidLocation", tc.uri, err)
 		case tc.err != "" && strings.Contains(err.Error(), "secret"):
 			t.Errorf("parseURI(%s): message shows the secret: %v", tc.uri, err)
 		case tc.err == "" && err != nil:

@@ -17,8 +17,13 @@ import (
 const DefaultListen = "127.0.0.1:4222"
 
 // Start runs a single-node JetStream server in this process, with its store under
-// dataDir/nats, listening on listen (host:port).
+// dataDir/nats, listening on listen (host:port). Clients must present the token of
+// dataDir/nats.token (see Token), which the first start generates.
 func Start(dataDir, listen string) (*server.Server, error) {
+	token, err := Token(dataDir)
+	if err != nil {
+		return nil, err
+	}
 	host, portText, err := net.SplitHostPort(listen)
 	if err != nil {
 		return nil, fmt.Errorf("embedded NATS listen address %q: %w", listen, err)
@@ -35,6 +40,9 @@ func Start(dataDir, listen string) (*server.Server, error) {
 		StoreDir:   filepath.Join(dataDir, "nats"),
 		NoSigs:     true,
 		MaxPayload: 1 << 20,
+		// Anyone who may publish a job may have the worker read and write what
+		// its policy allows: an anonymous local user must not be able to.
+		Authorization: token,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("embedded NATS: %w", err)

@@ -1,0 +1,182 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"sort"
+	"strings"
+
+	"github.com/spf13/pflag"
+	"go.yaml.in/yaml/v3"
+
+	"github.com/blockferry/blockferry/jobs"
+)
+
+// configSections are keys of the configuration file that are not flags: the
+// worker reads them itself.
+var configSections = map[string]bool{"repositories": true}
+
+// policyFlags are the worker's policy settings: what the jobs of its queue may
+// touch. The repository table is a section of the configuration file:
+//
+//	repositories:
+//	  default: {uri: "s3://backups/prod?endpoint=…", key_file: /etc/blockferry/prod.key}
+//	  tenant-b: {uri: "s3://tenant-b/bf?endpoint=…", credentials_profile: tenant-b, key_file: /etc/blockferry/b.key}
+//
+// or, without keys of their own, --named-repository name=uri.
+type policyFlags struct {
+	named       []string
+	defaultName string
+	jobURIs     bool
+	sources     []string
+	targets     []string
+}
+
+func (p *policyFlags) register(f *pflag.FlagSet) {
+	f.StringSliceVar(&p.named, "named-repository", nil, "a repository jobs may name, as name=uri (repeatable; its key is --key-file's; the config file's repositories: section gives each its own key_file and credentials_profile)")
+	f.StringVar(&p.defaultName, "default-repository", "default", "name of the repository of jobs that name none (--repository, or the data directory's, is \"default\")")
+	f.BoolVar(&p.jobURIs, "allow-job-repository-uris", false, "let jobs name a repository by URI, not only by name: only where whoever may publish jobs is the operator")
+	f.StringSliceVar(&p.sources, "allow-source", nil, "URI patterns of the sources jobs may read, e.g. 'nbd+unix:///*?socket=/run/blockferry/*.sock', 'nbd://*.hv.example.net:10809/*', 'file:///srv/images/**' (default: NBD on Unix sockets only)")
+	f.StringSliceVar(&p.targets, "allow-target", nil, "URI patterns of the targets restore jobs may write, e.g. 'file:///var/lib/blockferry/restore/*' (default: NBD on Unix sockets only)")
+	settings(f, "named-repository", "default-repository", "allow-job-repository-uris", "allow-source", "allow-target")
+}
+
+// repositoryEntry is one repository of the configuration file's table.
+type repositoryEntry struct {
+	URI                string `yaml:"uri"`
+	KeyFile            string `yaml:"key_file"`
+	CredentialsProfile string `yaml:"credentials_profile"`
+}
+
+// policy builds the worker's policy from its settings. defaultURI and key are the
+// repository of --repository (or the data directory) and --key-file's key: they
+// are the table's "default" unless the table has one.
+func (p *policyFlags) policy(configFile, defaultURI string, key []byte) (*jobs.Policy, error) {
+	table, err := readRepositoryTable(configFile)
+	if err != nil {
+		return nil, err
+	}
+	for _, nv := range p.named {
+		name, uri, ok := strings.Cut(nv, "=")
+		if !ok || uri == "" {
+			return nil, fmt.Errorf("--named-repository %q: want name=uri", nv)
+		}
+		if _, dup := table[name]; dup {
+			return nil, fmt.Errorf("repository %q is named twice", name)
+		}
+		table[name] = jobs.NamedRepository{URI: uri, Key: key}
+	}
+	if _, ok := table["default"]; !ok {
+		table["default"] = jobs.NamedRepository{URI: defaultURI, Key: key}
+	}
+	return jobs.NewPolicy(jobs.PolicyConfig{
+		Repositories: table, DefaultRepository: p.defaultName,
+		RepositoryURIs: p.jobURIs, URIKey: key,
+		Sources: p.sources, Targets: p.targets,
+	})
+}
+
+// readRepositoryTable reads the repositories: section of the configuration file,
+// with each repository's key.
+func readRepositoryTable(file string) (map[string]jobs.NamedRepository, error) {
+	table := map[string]jobs.NamedRepository{}
+	if file == "" {
+		return table, nil
+	}
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("config file: %w", err)
+	}
+	var doc struct {
+		Repositories yaml.Node `yaml:"repositories"`
+	}
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		return nil, fmt.Errorf("config file %s: %w", file, err)
+	}
+	if doc.Repositories.IsZero() {
+		return table, nil
+	}
+	var entries map[string]map[string]string
+	if err := doc.Repositories.Decode(&entries); err != nil {
+		return nil, fmt.Errorf("config file %s: repositories: %w", file, err)
+	}
+	names := make([]string, 0, len(entries))
+	for name := range entries {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		r, err := repositoryFromYAML(entries[name])
+		if err != nil {
+			return nil, fmt.Errorf("config file %s: repositories: %s: %w", file, name, err)
+		}
+		table[name] = r
+	}
+	return table, nil
+}
+
+func repositoryFromYAML(fields map[string]string) (jobs.NamedRepository, error) {
+	var e repositoryEntry
+	for k, v := range fields {
+		switch k {
+		case "uri":
+			e.URI = v
+		case "key_file":
+			e.KeyFile = v
+		case "credentials_profile":
+			e.CredentialsProfile = v
+		default:
+			return jobs.NamedRepository{}, fmt.Errorf("unknown setting %q (want uri, key_file, credentials_profile)", k)
+		}
+	}
+	if e.URI == "" {
+		return jobs.NamedRepository{}, fmt.Errorf("no uri")
+	}
+	r := jobs.NamedRepository{URI: e.URI}
+	if e.CredentialsProfile != "" {
+		u, err := url.Parse(e.URI)
+		if err != nil || u.Scheme != "s3" {
+			return r, fmt.Errorf("credentials_profile applies to s3:// repositories")
+		}
+		q := u.Query()
+		q.Set("profile", e.CredentialsProfile)
+		u.RawQuery = q.Encode()
+		r.URI = u.String()
+	}
+	if e.KeyFile != "" {
+		k, err := readKeyFile(e.KeyFile)
+		if err != nil {
+			return r, err
+		}
+		r.Key = k
+	}
+	return r, nil
+}
+
+// readKeyFile reads an encryption key from a file that only its owner may read:
+// a key readable by group or others is refused, not used.
+func readKeyFile(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("key file: %w", err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("key file: %w", err)
+	}
+	if perm := st.Mode().Perm(); perm&0o077 != 0 {
+		return nil, fmt.Errorf("key file %s is open to group or others (mode %04o): chmod 600 it", path, perm)
+	}
+	b, err := io.ReadAll(io.LimitReader(f, 64<<10))
+	if err != nil {
+		return nil, fmt.Errorf("key file: %w", err)
+	}
+	k := []byte(strings.TrimRight(string(b), "\r\n"))
+	if len(k) == 0 {
+		return nil, fmt.Errorf("key file %s is empty", path)
+	}
+	return k, nil
+}
