@@ -21,14 +21,15 @@ import (
 )
 
 type serveFlags struct {
-	backup, listen, name, cache, logLevel, overlay string
-	tlsCert, tlsKey                                string
-	concurrency, maxClients, readAhead             int
-	writable                                       bool
+	backup, listen, name, logLevel, overlay string
+	tlsCert, tlsKey                         string
+	cache                                   jobs.ByteSize
+	concurrency, maxClients, readAhead      int
+	writable                                bool
 }
 
 func newServeCommand(g *globals) *cobra.Command {
-	var f serveFlags
+	f := serveFlags{cache: jobs.DefaultDeviceCache}
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Serve a backup over NBD until interrupted, read-only or writable into a local overlay (mount it, copy files out, boot from it)",
@@ -60,7 +61,7 @@ With --tls-cert and --tls-key, clients must start TLS before anything else
 	fl.StringVar(&f.tlsCert, "tls-cert", "", "PEM certificate (chain) of the server: clients must then use TLS (nbds://)")
 	fl.StringVar(&f.tlsKey, "tls-key", "", "PEM private key of --tls-cert")
 	fl.StringVar(&f.name, "export-name", "", "export name (clients asking for the default export get it too)")
-	fl.StringVar(&f.cache, "cache", "64MiB", "decoded chunks kept in memory between reads (more helps random readers, such as a booted VM, over S3)")
+	fl.Var(&f.cache, "cache", "decoded chunks kept in memory between reads (more helps random readers, such as a booted VM, over S3)")
 	fl.IntVar(&f.concurrency, "concurrency", 8, "chunks fetched at once")
 	fl.IntVar(&f.readAhead, "read-ahead", 8, "chunks fetched ahead of a sequential reader (at most half the cache; 0: none)")
 	fl.IntVar(&f.maxClients, "max-clients", 16, "connections served at once")
@@ -72,10 +73,7 @@ With --tls-cert and --tls-key, clients must start TLS before anything else
 
 func runServe(cmd *cobra.Command, g *globals, f serveFlags) error {
 	ctx := cmd.Context()
-	cacheBytes, err := jobs.ParseByteSize(f.cache)
-	if err != nil {
-		return fmt.Errorf("--cache: %w", err)
-	}
+	cacheBytes := int64(f.cache)
 	log, err := newLogger(f.logLevel)
 	if err != nil {
 		return err
