@@ -257,3 +257,19 @@ func TestHostileClientInput(t *testing.T) {
 		t.Errorf("connection still open after an oversized option: read %d bytes, %v", n, err)
 	}
 }
+
+func TestExportNamesAndList(t *testing.T) {
+	nbdinfo := testutil.RequireTool(t, "nbdinfo")
+	uri := serveDevice(t, &memDevice{data: testDisk(), blockSize: 1 << 20}, WithExportName("vm1"))
+	sock := strings.TrimPrefix(uri, "nbd+unix:///?socket=")
+	out, err := exec.Command(nbdinfo, "--list", "--json", uri).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), `"export-name": "vm1"`) {
+		t.Errorf("nbdinfo --list: %v\n%s", err, out)
+	}
+	for name, ok := range map[string]bool{"vm1": true, "": true, "vm2": false} {
+		out, err := exec.Command(nbdinfo, "--size", "nbd+unix:///"+name+"?socket="+sock).CombinedOutput()
+		if got := err == nil && strings.TrimSpace(string(out)) == "25165824"; got != ok {
+			t.Errorf("export %q: served %t, want %t (%v %s)", name, got, ok, err, out)
+		}
+	}
+}
