@@ -85,6 +85,11 @@ func Open(path, backup string, base nbdserver.Device) (*Overlay, error) {
 	if o.data, err = os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600); err != nil {
 		return nil, fmt.Errorf("overlay: %w", err)
 	}
+	// Two servers writing one overlay would each keep their own map.
+	if err := unix.Flock(int(o.data.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		o.data.Close()
+		return nil, fmt.Errorf("overlay %s is in use by another process: %w", path, err)
+	}
 	if err := o.data.Truncate(hdr.Size); err != nil {
 		o.data.Close()
 		return nil, fmt.Errorf("overlay: %w", err)

@@ -93,6 +93,9 @@ func TestOverlayMatchesAModel(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer o.Close()
+	if _, err := Open(path, "b1", base); err == nil || !strings.Contains(err.Error(), "in use") {
+		t.Errorf("an overlay opened twice: %v", err)
+	}
 	if !bytes.Equal(mustRead(t, o), want) {
 		t.Fatal("the reopened overlay reads differently")
 	}
