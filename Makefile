@@ -41,9 +41,11 @@ test-short: setup-build
 
 bench: setup build
 	bash deploy/scripts/bench.sh
+	bash deploy/scripts/bench-serve.sh
 
 bench-quick: setup build
 	BENCH_QUICK=1 bash deploy/scripts/bench.sh
+	BENCH_QUICK=1 bash deploy/scripts/bench-serve.sh
 
 demo: setup build
 	bash deploy/scripts/demo.sh

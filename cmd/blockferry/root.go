@@ -75,6 +75,7 @@ func newRootCommand() *cobra.Command {
 		newWorkerCommand(g), newSubmitCommand(g), newWatchCommand(g), newStatusCommand(g), newCancelCommand(g),
 		newHealthcheckCommand(), newForgetCommand(g), newPruneCommand(g), newCheckCommand(g), newStatsCommand(g),
 	)
+	root.AddCommand(newServeCommand(g))
 	annotateEnv(root)
 	return root
 }

@@ -1,0 +1,221 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/spf13/cobra"
+	"go.uber.org/zap"
+
+	"github.com/blockferry/blockferry/internal/nbdserver"
+	"github.com/blockferry/blockferry/internal/overlay"
+	"github.com/blockferry/blockferry/jobs"
+	"github.com/blockferry/blockferry/sinks/repository"
+)
+
+type serveFlags struct {
+	backup, listen, name, logLevel, overlay string
+	tlsCert, tlsKey                         string
+	cache                                   jobs.ByteSize
+	concurrency, maxClients, readAhead      int
+	writable                                bool
+}
+
+func newServeCommand(g *globals) *cobra.Command {
+	f := serveFlags{cache: jobs.DefaultDeviceCache}
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Serve a backup over NBD until interrupted, read-only or writable into a local overlay (mount it, copy files out, boot from it)",
+		Long: `Serve a backup as an NBD export until interrupted. Reads fetch only
+the chunks they touch, each checked against its id; a corrupt chunk is an I/O
+error for the reads that touch it. Block status (base:allocation) reports the
+backup's zero chunks as holes. Read-only exports advertise multi-conn.
+
+With --writable, writes go to a local overlay (--overlay FILE: a sparse raw
+image FILE and its block map FILE.map, kept across runs; without it a temporary
+one removed at exit), never to the repository. Or put a qcow2 overlay on a
+read-only export; writes land in the qcow2 file:
+
+  qemu-img create -f qcow2 -b 'nbd+unix:///?socket=/run/bf/vm1.sock' -F raw vm1.qcow2
+
+With --tls-cert and --tls-key, clients must start TLS before anything else
+(nbds:// URIs); serve plain NBD only on a Unix socket or loopback.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := required(cmd, "backup", "listen"); err != nil {
+				return err
+			}
+			return runServe(cmd, g, f)
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&f.backup, "backup", "", "backup id to serve")
+	fl.StringVar(&f.listen, "listen", "", "unix:///path/to.sock, or tcp://127.0.0.1:10809")
+	fl.StringVar(&f.tlsCert, "tls-cert", "", "PEM certificate (chain) of the server: clients must then use TLS (nbds://)")
+	fl.StringVar(&f.tlsKey, "tls-key", "", "PEM private key of --tls-cert")
+	fl.StringVar(&f.name, "export-name", "", "export name (clients asking for the default export get it too)")
+	fl.Var(&f.cache, "cache", "decoded chunks kept in memory between reads (more helps random readers, such as a booted VM, over S3)")
+	fl.IntVar(&f.concurrency, "concurrency", 8, "chunks fetched at once")
+	fl.IntVar(&f.readAhead, "read-ahead", 8, "chunks fetched ahead of a sequential reader (at most half the cache; 0: none)")
+	fl.IntVar(&f.maxClients, "max-clients", 16, "connections served at once")
+	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+	fl.BoolVar(&f.writable, "writable", false, "accept writes, into a local overlay (never into the repository)")
+	fl.StringVar(&f.overlay, "overlay", "", "overlay file for --writable (kept, with FILE.map; reopened if it exists)")
+	return cmd
+}
+
+func runServe(cmd *cobra.Command, g *globals, f serveFlags) error {
+	ctx := cmd.Context()
+	cacheBytes := int64(f.cache)
+	log, err := newLogger(f.logLevel)
+	if err != nil {
+		return err
+	}
+	store, key, err := g.store(ctx)
+	if err != nil {
+		return err
+	}
+	repo, err := repository.Open(ctx, store, key)
+	if err != nil {
+		return err
+	}
+	m, err := repo.Manifest(ctx, f.backup)
+	if err != nil {
+		return err
+	}
+	if f.overlay != "" && !f.writable {
+		return fmt.Errorf("--overlay needs --writable")
+	}
+	var dev nbdserver.Device = exportDevice{jobs.NewBackupDevice(repo, m, jobs.WithDeviceCache(cacheBytes), jobs.WithDeviceConcurrency(f.concurrency),
+		jobs.WithDeviceReadAhead(f.readAhead))}
+	if f.writable {
+		ov, err := openOverlay(f.overlay, m.ID, dev)
+		if err != nil {
+			return err
+		}
+		defer func() {
+			if cerr := ov.Close(); cerr != nil {
+				log.Error("closing the overlay", zap.Error(cerr))
+			}
+		}()
+		dev = ov
+	}
+	opts := []nbdserver.Option{nbdserver.WithExportName(f.name), nbdserver.WithMaxConnections(f.maxClients),
+		nbdserver.WithPreferredBlockSize(uint32(min(m.ChunkSize, nbdserver.MaxRequest))),
+		nbdserver.WithLogger(log.With(zap.String("backup", m.ID)))}
+	if f.tlsCert != "" || f.tlsKey != "" {
+		cert, err := tls.LoadX509KeyPair(f.tlsCert, f.tlsKey)
+		if err != nil {
+			return fmt.Errorf("--tls-cert/--tls-key: %w", err)
+		}
+		opts = append(opts, nbdserver.WithTLS(&tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}))
+	}
+	network, address, uri, err := listenAddress(f.listen, f.name, f.tlsCert != "")
+	if err != nil {
+		return err
+	}
+	l, err := (&net.ListenConfig{}).Listen(ctx, network, address)
+	if err != nil {
+		return err
+	}
+	if network == "tcp" { // the port chosen for :0
+		uri = strings.Replace(uri, address, l.Addr().String(), 1)
+	}
+	srv := nbdserver.New(dev, opts...)
+	log.Info("serving backup", zap.String("backup", m.ID), zap.String("disk", m.Disk), zap.String("uri", uri),
+		zap.Int64("size", m.Size), zap.Int64("cache_bytes", cacheBytes))
+	if err := g.print(cmd.OutOrStdout(), map[string]any{"backup": m.ID, "disk": m.Disk, "size": m.Size, "uri": uri, "writable": f.writable},
+		fmt.Sprintf("serving backup %s of %s (%s) at %s\n", m.ID, m.Disk, bytesText(m.Size), uri)); err != nil {
+		l.Close()
+		return err
+	}
+	return srv.Serve(ctx, l)
+}
+
+// listenAddress parses --listen and returns what to listen on and the NBD URI
+// clients connect to (nbds:// with TLS).
+func listenAddress(listen, name string, useTLS bool) (network, address, uri string, err error) {
+	u, err := url.Parse(listen)
+	if err != nil {
+		return "", "", "", fmt.Errorf("--listen: %w", err)
+	}
+	exportPath, scheme := "/"+url.PathEscape(name), "nbd"
+	if useTLS {
+		scheme = "nbds"
+	}
+	switch {
+	case u.Scheme == "unix" && u.Host == "" && u.Path != "":
+		socket := strings.ReplaceAll(url.QueryEscape(u.Path), "%2F", "/")
+		return "unix", u.Path, scheme + "+unix://" + exportPath + "?socket=" + socket, nil
+	case u.Scheme == "tcp" && u.Host != "" && strings.Trim(u.Path, "/") == "":
+		return "tcp", u.Host, scheme + "://" + u.Host + exportPath, nil
+	}
+	return "", "", "", fmt.Errorf("--listen %q: want unix:///path/to.sock or tcp://host:port", listen)
+}
+
+// exportDevice serves a backup device over NBD: its extents become
+// base:allocation block status, zero positions as holes that read as zeroes.
+type exportDevice struct{ dev *jobs.BackupDevice }
+
+func (e exportDevice) Size() int64 { return e.dev.Size() }
+
+func (e exportDevice) ReadAt(ctx context.Context, p []byte, off int64) error {
+	return e.dev.ReadAt(ctx, p, off)
+}
+
+func (e exportDevice) Lend(ctx context.Context, off, n int64) ([][]byte, func(), error) {
+	return e.dev.Lend(ctx, off, n)
+}
+
+func (e exportDevice) Extents(ctx context.Context, off, length int64) ([]nbdserver.Extent, error) {
+	extents, err := e.dev.Extents(ctx, off, length)
+	out := make([]nbdserver.Extent, len(extents))
+	for i, x := range extents {
+		out[i].Length = x.Length
+		if x.Zero {
+			out[i].Flags = nbdserver.StateHole | nbdserver.StateZero
+		}
+	}
+	return out, err
+}
+
+// overlayCloser is an overlay and how to dispose of it at exit.
+type overlayCloser struct {
+	*overlay.Overlay
+	remove string // a temporary overlay's directory
+}
+
+func (o overlayCloser) Close() error {
+	err := o.Overlay.Close()
+	if o.remove != "" {
+		err = errors.Join(err, os.RemoveAll(o.remove))
+	}
+	return err
+}
+
+// openOverlay opens the overlay at path, or a temporary one when path is empty.
+func openOverlay(path, backup string, base nbdserver.Device) (overlayCloser, error) {
+	var tmp string
+	if path == "" {
+		var err error
+		if tmp, err = os.MkdirTemp("", "blockferry-overlay-"); err != nil {
+			return overlayCloser{}, err
+		}
+		path = filepath.Join(tmp, backup+".overlay")
+	}
+	ov, err := overlay.Open(path, backup, base)
+	if err != nil {
+		if tmp != "" {
+			os.RemoveAll(tmp)
+		}
+		return overlayCloser{}, err
+	}
+	return overlayCloser{Overlay: ov, remove: tmp}, nil
+}
