@@ -134,9 +134,20 @@ func (s *Spec) Validate() error {
 	if err := validID(s.ID); err != nil {
 		return err
 	}
-	bad := func(format string, a ...any) error {
-		return fmt.Errorf("%w: job %s: %s", ErrInvalid, s.ID, fmt.Sprintf(format, a...))
+	if err := s.validateFields(); err != nil {
+		return err
 	}
+	return s.validateKind()
+}
+
+// invalid is an ErrInvalid about this job.
+func (s *Spec) invalid(format string, a ...any) error {
+	return fmt.Errorf("%w: job %s: %s", ErrInvalid, s.ID, fmt.Sprintf(format, a...))
+}
+
+// validateFields checks each field on its own: names, lengths, labels, options.
+func (s *Spec) validateFields() error {
+	bad := s.invalid
 	if s.Disk != "" && (len(s.Disk) > maxDiskLength || !diskPattern.MatchString(s.Disk) || strings.Contains(s.Disk, "..")) {
 		return bad("disk %q: want letters, digits and . _ : / @ -, at most %d characters", s.Disk, maxDiskLength)
 	}
@@ -172,6 +183,12 @@ func (s *Spec) Validate() error {
 	if err := s.Options.validate(); err != nil {
 		return bad("%v", err)
 	}
+	return nil
+}
+
+// validateKind checks which fields the job's kind requires and which it refuses.
+func (s *Spec) validateKind() error {
+	bad := s.invalid
 	switch s.Kind {
 	case KindBackup:
 		switch {

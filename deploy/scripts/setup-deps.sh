@@ -39,7 +39,7 @@ install_packages() {
 	if [ "$build_only" -eq 0 ]; then
 		pkgs+=(qemu-utils nbdkit libnbd-bin curl python3 time) # the last three for make bench
 		# docs/reader.py, the independent reader of docs/FORMAT.md that jobs tests run
-		pkgs+=(python3-zstandard python3-cryptography b3sum)
+		pkgs+=(python3-zstandard python3-cryptography b3sum e2fsprogs) # FORMAT.md reader test; serve mount test
 	fi
 	local missing=()
 	for p in "${pkgs[@]}"; do
