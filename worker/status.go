@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -29,17 +30,36 @@ func TerminalState(s string) bool {
 // JobStatus is a job's latest state, kept under its id in the status bucket so it
 // can be queried after the fact.
 type JobStatus struct {
-	JobID    string                 `json:"job_id"`
-	Kind     string                 `json:"kind,omitempty"`
-	Disk     string                 `json:"disk,omitempty"`
-	State    string                 `json:"state"`
-	Attempt  int                    `json:"attempt,omitempty"`
+	JobID   string `json:"job_id"`
+	Kind    string `json:"kind,omitempty"`
+	Disk    string `json:"disk,omitempty"`
+	State   string `json:"state"`
+	Attempt int    `json:"attempt,omitempty"`
+	// Seq is the stream sequence of the job message the status is of: a job id
+	// reused by another message is told apart by it.
+	Seq      uint64                 `json:"stream_seq,omitempty"`
 	Worker   string                 `json:"worker,omitempty"`
 	Updated  time.Time              `json:"updated"`
 	Backup   string                 `json:"backup,omitempty"`
 	Error    *jobs.Failure          `json:"error,omitempty"`
 	Progress *jobs.ProgressSnapshot `json:"progress,omitempty"`
 	Stats    any                    `json:"stats,omitempty"`
+}
+
+// describe names the job message a status is of and its outcome, for the
+// failed event of a job message that reuses its id.
+func (st JobStatus) describe() string {
+	s := fmt.Sprintf("job message %d is %s", st.Seq, st.State)
+	switch {
+	case st.Error != nil:
+		s += fmt.Sprintf(" (%s: %s)", st.Error.Code, st.Error.Message)
+	case st.Backup != "":
+		s += " (backup " + st.Backup + ")"
+	}
+	if !st.Updated.IsZero() {
+		s += " since " + st.Updated.Format(time.RFC3339)
+	}
+	return s
 }
 
 // statusStore reads and writes job states.
@@ -69,8 +89,12 @@ func (s statusStore) put(ctx context.Context, st JobStatus) error {
 	return err
 }
 
-// transition writes st if the job has not ended yet, with compare-and-set so that
-// two writers cannot both end it. It reports whether st was written.
+// errStatusContended: other writers kept changing the entry under this one.
+var errStatusContended = errors.New("status: too many concurrent updates")
+
+// transition writes st if the job has not ended yet and no later attempt of the
+// same job message wrote it, with compare-and-set so that two writers cannot
+// both end it. It reports whether st was written.
 func (s statusStore) transition(ctx context.Context, st JobStatus) (bool, error) {
 	st.Updated = time.Now().UTC()
 	body, err := json.Marshal(st)
@@ -83,6 +107,11 @@ func (s statusStore) transition(ctx context.Context, st JobStatus) (bool, error)
 			return false, err
 		}
 		if ok && TerminalState(cur.State) {
+			// A retry after a write that landed but whose answer was lost
+			// finds its own write.
+			return cur.Seq == st.Seq && cur.Attempt == st.Attempt && cur.State == st.State && cur.Worker == st.Worker, nil
+		}
+		if ok && cur.Seq == st.Seq && cur.Attempt > st.Attempt {
 			return false, nil
 		}
 		if ok {
@@ -93,14 +122,10 @@ func (s statusStore) transition(ctx context.Context, st JobStatus) (bool, error)
 		if err == nil {
 			return true, nil
 		}
-		if !errors.Is(err, jetstream.ErrKeyExists) && !isWrongLastSequence(err) {
+		// Both the R1 (10071) and the replicated (10164) answer to a lost race.
+		if !errors.Is(err, jetstream.ErrKeyExists) && !errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
 			return false, err
 		}
 	}
-	return false, errors.New("status: too many concurrent updates")
-}
-
-func isWrongLastSequence(err error) bool {
-	var apiErr *jetstream.APIError
-	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence
+	return false, errStatusContended
 }

@@ -17,10 +17,17 @@ import (
 var (
 	errCancelled = jobs.ErrCancelled
 	errShutdown  = errors.New("worker shutting down")
-	// errLostDelivery: heartbeats failed for longer than the ack wait, so JetStream
-	// has handed the job to another worker; this attempt stops without a word.
-	errLostDelivery = errors.New("delivery lost: heartbeats failed for longer than the ack wait")
+	// errLostDelivery: JetStream has handed the job to another attempt (no
+	// heartbeat for longer than the ack wait, or the job's status names a newer
+	// attempt or message); this attempt stops without a word.
+	errLostDelivery = errors.New("delivery lost to another attempt")
+	// errJobPanicked: the job's run panicked; it fails for good (code internal).
+	errJobPanicked = errors.New("job panicked")
 )
+
+// CodeDuplicateJob is the error code of the failed event that answers a job
+// message whose id an earlier job message already used.
+const CodeDuplicateJob = "duplicate_job"
 
 // progressInterval is how often a running job publishes a progress event.
 const progressInterval = time.Second
