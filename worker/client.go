@@ -27,8 +27,11 @@ func NewClient(js jetstream.JetStream, t Topology) *Client { return &Client{js: 
 // ErrUnknownJob: the status bucket has no such job.
 var ErrUnknownJob = errors.New("unknown job")
 
-// Submit validates a job and publishes it with its id as Nats-Msg-Id, so that a
-// re-submission is dropped. It reports whether the job was new.
+// Submit validates a job and publishes it with its id as Nats-Msg-Id. It reports
+// whether the job was new. JetStream drops a job whose id was used within its
+// duplicate window without a word; Submit answers such a re-submission with one
+// failed event (code duplicate_job) that names the earlier job's state, as a
+// worker does for an id reused after the window.
 func (c *Client) Submit(ctx context.Context, s jobs.Spec) (bool, error) {
 	if err := s.Validate(); err != nil {
 		return false, err
@@ -43,12 +46,26 @@ func (c *Client) Submit(ctx context.Context, s jobs.Spec) (bool, error) {
 	if err != nil {
 		return false, fmt.Errorf("submit job %s: %w", s.ID, err)
 	}
+	kv, kvErr := c.js.KeyValue(ctx, c.topo.StatusBucket)
 	if !ack.Duplicate {
-		if kv, err := c.js.KeyValue(ctx, c.topo.StatusBucket); err == nil {
-			_ = statusStore{kv: kv}.put(ctx, JobStatus{JobID: s.ID, Kind: s.Kind, Disk: s.Disk, State: StateQueued})
+		if kvErr == nil { // the status is a convenience until a worker writes it
+			_ = statusStore{kv: kv}.put(ctx, JobStatus{JobID: s.ID, Kind: s.Kind, Disk: s.Disk, State: StateQueued, Seq: ack.Sequence})
+		}
+		return true, nil
+	}
+	earlier := JobStatus{Seq: ack.Sequence, State: "of unknown state"}
+	if kvErr == nil {
+		if st, _, known, err := (statusStore{kv: kv}).get(ctx, s.ID); err == nil && known {
+			earlier = st
 		}
 	}
-	return !ack.Duplicate, nil
+	d := EventData{JobID: s.ID, Kind: s.Kind, Disk: s.Disk, Labels: s.Labels,
+		Error: &jobs.Failure{Code: CodeDuplicateJob, Message: "job id already used: " + earlier.describe()}}
+	p := publisher{js: c.js, topo: c.topo, source: "blockferry/submit"}
+	if err := p.publish(ctx, EventFailed, fmt.Sprintf("%s.duplicate.%d", s.ID, ack.Sequence), d); err != nil {
+		return false, err
+	}
+	return false, nil
 }
 
 // Status returns a job's latest state.

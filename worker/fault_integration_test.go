@@ -2,12 +2,15 @@ package worker_test
 
 import (
 	"context"
+	"fmt"
 	"net/url"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/blockferry/blockferry/backends"
+	"github.com/blockferry/blockferry/jobs"
 	"github.com/blockferry/blockferry/worker"
 )
 
@@ -46,5 +49,127 @@ func TestPanickingJob(t *testing.T) {
 		t.Error("worker not ready after a job panicked")
 	}
 	e.restoreAndCheck("beside-1-restore", done.Data.Backup, want)
+	e.waitDrained()
+}
+
+// TestForgedAdvisory: anyone may publish on JetStream's advisory subjects. A
+// forged max-deliveries advisory for a running job (on its only attempt) and for
+// a queued one fails neither: both complete, once.
+func TestForgedAdvisory(t *testing.T) {
+	e := newEmbeddedEnv(t)
+	tp := testTopology()
+	tp.MaxDeliver = 1 // the running attempt is the last one
+	e.startWorker("wf", worker.WithTopology(tp))
+	e.waitProvisioned()
+	uri, want := randomDisk(t, filepath.Join(e.dir, "disk.raw"), 12*mib, 12)
+
+	seqs := map[string]uint64{}
+	for _, id := range []string{"forged-running", "forged-queued"} {
+		ack, err := e.publish("backup", id, []byte(backupJob(id, "vm-12/"+id, uri, slowJob)))
+		if err != nil || ack.Duplicate {
+			t.Fatalf("publish %s: %+v %v", id, ack, err)
+		}
+		seqs[id] = ack.Sequence
+	}
+	e.waitProgress("forged-running", 30*time.Second)
+	for id, seq := range seqs {
+		body := fmt.Sprintf(`{"type":"io.nats.jetstream.advisory.v1.max_deliver","stream":%q,"consumer":%q,"stream_seq":%d,"deliveries":5}`,
+			jobsStream, consumerName, seq)
+		if err := e.nc.Publish("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES."+jobsStream+"."+consumerName, []byte(body)); err != nil {
+			t.Fatalf("forging the advisory for %s: %v", id, err)
+		}
+	}
+	if err := e.nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	for id := range seqs {
+		done := terminalOnly(t, e.waitEnd(id, 90*time.Second), typeCompleted)
+		if st := e.status(id); st.State != worker.StateCompleted || st.Backup != done.Data.Backup {
+			t.Errorf("status of %s: %+v, want completed with %s", id, st, done.Data.Backup)
+		}
+		e.restoreAndCheck(id+"-restore", done.Data.Backup, want)
+	}
+	e.waitDrained()
+}
+
+// TestReadyFollowsFetching: a worker that cannot fetch jobs (its consumer is
+// gone) says it is not ready, and ready again once fetching works.
+func TestReadyFollowsFetching(t *testing.T) {
+	e := newEmbeddedEnv(t)
+	w := e.startWorker("wr")
+	e.waitProvisioned()
+	ctx, cancel := ctxTimeout(30 * time.Second)
+	defer cancel()
+	if err := e.js.DeleteConsumer(ctx, jobsStream, consumerName); err != nil {
+		t.Fatal(err)
+	}
+	waitReady := func(want bool) {
+		t.Helper()
+		deadline := time.Now().Add(15 * time.Second)
+		for w.w.Ready() != want {
+			if time.Now().After(deadline) {
+				t.Fatalf("worker Ready() stayed %v for 15s", !want)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	waitReady(false)
+	if err := worker.Provision(ctx, e.js, testTopology()); err != nil {
+		t.Fatal(err)
+	}
+	waitReady(true)
+	uri, _ := randomDisk(t, filepath.Join(e.dir, "disk.raw"), 2*mib, 13)
+	e.submit("backup", "after-refetch", backupJob("after-refetch", "vm-13/vda", uri, ""))
+	terminalOnly(t, e.waitEnd("after-refetch", 30*time.Second), typeCompleted)
+}
+
+// TestReusedJobID: a job id used again is answered with one failed event
+// (duplicate_job, naming the earlier outcome) per reuse: by the worker for a
+// message JetStream let through (the duplicate window had passed: here, another
+// Nats-Msg-Id), by Client.Submit for one JetStream dropped. The job's status
+// and its backup stay the earlier job's, and nothing reads the disk again.
+func TestReusedJobID(t *testing.T) {
+	e := newEmbeddedEnv(t)
+	e.startWorker("wd")
+	e.waitProvisioned()
+	uri, _ := randomDisk(t, filepath.Join(e.dir, "disk.raw"), 2*mib, 14)
+	const id = "reused-1"
+	body := backupJob(id, "vm-14/vda", uri, "")
+	e.submit("backup", id, body)
+	done := terminalOnly(t, e.waitEnd(id, 30*time.Second), typeCompleted)
+
+	if _, err := e.publish("backup", id+"-after-the-window", []byte(body)); err != nil {
+		t.Fatal(err)
+	}
+	hasDuplicates := func(n int) func([]cloudEvent) bool {
+		return func(evs []cloudEvent) bool { return len(ofType(evs, typeFailed)) >= n }
+	}
+	e.waitEvents(id, 30*time.Second, hasDuplicates(1))
+	spec := jobs.Spec{SpecVersion: 1, ID: id, Kind: "backup", Disk: "vm-14/vda", Source: &jobs.Endpoint{URI: uri}}
+	ctx, cancel := ctxTimeout(10 * time.Second)
+	defer cancel()
+	if isNew, err := e.client().Submit(ctx, spec); err != nil || isNew {
+		t.Fatalf("Submit of a used id: new %v, error %v", isNew, err)
+	}
+	evs := e.waitEvents(id, 30*time.Second, hasDuplicates(2))
+	if n := len(ofType(evs, typeCompleted, typeStarted)); n != 2 {
+		t.Errorf("want the one started and completed of the first job, got %v", evs)
+	}
+	failed := ofType(evs, typeFailed)
+	if len(failed) != 2 {
+		t.Fatalf("want one duplicate_job event per reuse, got %v", evs)
+	}
+	for _, ev := range failed {
+		if ev.Data.Error == nil || ev.Data.Error.Code != "duplicate_job" || ev.Data.Error.Retryable ||
+			!strings.Contains(ev.Data.Error.Message, "completed") || !strings.Contains(ev.Data.Error.Message, done.Data.Backup) {
+			t.Errorf("duplicate event %v: want duplicate_job naming completed backup %s", ev, done.Data.Backup)
+		}
+	}
+	if st := e.status(id); st.State != worker.StateCompleted || st.Backup != done.Data.Backup {
+		t.Errorf("status %+v, want the first job's outcome", st)
+	}
+	if ms := e.backups(); len(ms) != 1 {
+		t.Errorf("repository holds %d backups, want 1", len(ms))
+	}
 	e.waitDrained()
 }

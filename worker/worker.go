@@ -44,8 +44,9 @@ type Worker struct {
 	mu sync.Mutex
 	// running holds the delivery of each job this worker runs; a job delivered
 	// twice (heartbeats lost) is replaced by its later delivery.
-	running map[string]*delivery
-	ready   bool
+	running  map[string]*delivery
+	ready    bool
+	fetchErr error // of the last fetch; nil when it worked
 }
 
 // New makes a worker; Run starts it. It fails when an option is given a value
@@ -64,11 +65,19 @@ func New(js jetstream.JetStream, runner *jobs.Runner, opts ...Option) (*Worker, 
 	}, nil
 }
 
-// Ready reports whether the worker is taking jobs.
+// Ready reports whether the worker is taking jobs: it runs, and its last fetch
+// of a job worked (a fetch that found none works).
 func (w *Worker) Ready() bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return w.ready
+	return w.ready && w.fetchErr == nil
+}
+
+// setFetchErr records how the last fetch of a job went.
+func (w *Worker) setFetchErr(err error) {
+	w.mu.Lock()
+	w.fetchErr = err
+	w.mu.Unlock()
 }
 
 func (w *Worker) setReady(v bool) {
