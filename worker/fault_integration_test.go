@@ -6,6 +6,7 @@ import (
 	"net/url"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -171,5 +172,51 @@ func TestReusedJobID(t *testing.T) {
 	if ms := e.backups(); len(ms) != 1 {
 		t.Errorf("repository holds %d backups, want 1", len(ms))
 	}
+	e.waitDrained()
+}
+
+// TestPausedWorker: a worker process paused (SIGSTOP) past the ack wait loses its
+// job to another worker; when it goes on (SIGCONT) its attempt stops within a
+// heartbeat interval, so that only the new attempt reads the source after the
+// pause, and the job completes once.
+func TestPausedWorker(t *testing.T) {
+	e := newProcessEnv(t)
+	uri, want := randomDisk(t, filepath.Join(e.dir, "disk.raw"), 32*mib, 15)
+	a := e.startWorkerProc("wa", "--ack-wait", "2s")
+	const id = "paused-1"
+	e.submit("backup", id, backupJob(id, "vm-15/vda", uri, slowJob))
+	e.waitProgress(id, 30*time.Second)
+	e.startWorkerProc("wb", "--ack-wait", "2s")
+
+	a.signal(syscall.SIGSTOP)
+	e.waitEvents(id, 30*time.Second, func(evs []cloudEvent) bool {
+		return len(ofType(evs, typeStarted)) == 2 && evs[len(evs)-1].Type == typeProgress
+	})
+	resumed := time.Now()
+	a.signal(syscall.SIGCONT)
+
+	evs := e.waitEnd(id, 60*time.Second)
+	done := terminalOnly(t, evs, typeCompleted)
+	if done.Data.Attempt != 2 || done.Data.Worker != "wb" {
+		t.Errorf("completed %v, want attempt 2 on wb", done)
+	}
+	// The paused attempt may publish the progress it was about to as it wakes; a
+	// heartbeat interval (ack wait / 4) later it has stopped.
+	for _, ev := range ofType(evs, typeProgress) {
+		if ev.Data.Worker == "wa" && ev.Time.After(resumed.Add(time.Second)) {
+			t.Errorf("paused attempt still ran %s after SIGCONT: %v", ev.Time.Sub(resumed), ev)
+		}
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for !a.logged("stopping a job whose delivery was lost") {
+		if time.Now().After(deadline) {
+			t.Fatal("worker wa did not stop its attempt after the pause")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if st := e.status(id); st.State != worker.StateCompleted || st.Attempt != 2 || st.Worker != "wb" {
+		t.Errorf("status %+v, want completed by attempt 2 on wb", st)
+	}
+	e.restoreAndCheck(id+"-restore", done.Data.Backup, want)
 	e.waitDrained()
 }
