@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime/debug"
+	"strconv"
 	"sync"
 	"time"
 
@@ -134,7 +135,7 @@ func (w *Worker) runGuarded(ctx context.Context, j *jobRun, p *jobs.Progress) (r
 			res, err = jobs.Result{}, fmt.Errorf("%w: %v", errJobPanicked, r)
 		}
 	}()
-	return w.runner.Run(ctx, j.spec, p)
+	return w.runner.Run(ctx, j.spec, p, jobs.FromMessage(strconv.FormatUint(j.seq, 10)))
 }
 
 // heartbeats keeps the delivery alive until the returned function is called.
