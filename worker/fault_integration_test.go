@@ -58,7 +58,7 @@ func TestPanickingJob(t *testing.T) {
 // a queued one fails neither: both complete, once.
 func TestForgedAdvisory(t *testing.T) {
 	e := newEmbeddedEnv(t)
-	tp := testTopology()
+	tp := e.topology()
 	tp.MaxDeliver = 1 // the running attempt is the last one
 	e.startWorker("wf", worker.WithTopology(tp))
 	e.waitProvisioned()
@@ -115,7 +115,7 @@ func TestReadyFollowsFetching(t *testing.T) {
 		}
 	}
 	waitReady(false)
-	if err := worker.Provision(ctx, e.js, testTopology()); err != nil {
+	if err := worker.Provision(ctx, e.js, e.topology()); err != nil {
 		t.Fatal(err)
 	}
 	waitReady(true)

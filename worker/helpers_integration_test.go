@@ -122,7 +122,10 @@ type env struct {
 	t    *testing.T
 	dir  string
 	url  string
-	nats *testutil.NATSServer // nil when the server is embedded
+	nats *testutil.NATSServer // nil when the server is embedded or a cluster
+	// cluster is the 3-node cluster the env runs on, with R3 streams and
+	// buckets; nil on one server.
+	cluster *testutil.NATSCluster
 	nc   *nats.Conn
 	js   jetstream.JetStream
 	repo string
@@ -141,6 +144,31 @@ func newProcessEnv(t *testing.T) *env {
 	})
 	e.init()
 	return e
+}
+
+// newClusterEnv runs a 3-node nats-server cluster; workers create R3 streams and
+// buckets, and every client is given all three servers.
+func newClusterEnv(t *testing.T) *env {
+	t.Helper()
+	integration(t)
+	c := testutil.StartNATSCluster(t)
+	e := &env{t: t, dir: t.TempDir(), url: c.URLs, cluster: c}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("nats-server cluster output:\n%s", c.Output())
+		}
+	})
+	e.init()
+	return e
+}
+
+// topology is testTopology with the env's replicas.
+func (e *env) topology() worker.Topology {
+	tp := testTopology()
+	if e.cluster != nil {
+		tp.Replicas = 3
+	}
+	return tp
 }
 
 // newEmbeddedEnv runs the embedded server a worker runs without --nats-url.
@@ -556,7 +584,7 @@ func (e *env) startWorker(name string, opts ...worker.Option) *inproc {
 	}
 	log := zaptest.NewLogger(e.t, zaptest.Level(zap.InfoLevel)).With(zap.String("test_worker", name))
 	runner := jobs.NewRunner(jobs.WithDefaultRepository(e.repo), jobs.WithConcurrency(2), jobs.WithLogger(log), jobs.WithResume())
-	all := append([]worker.Option{worker.WithTopology(testTopology()), worker.WithName(name),
+	all := append([]worker.Option{worker.WithTopology(e.topology()), worker.WithName(name),
 		worker.WithGracePeriod(10 * time.Second), worker.WithLogger(log)}, opts...)
 	w, err := worker.New(js, runner, all...)
 	if err != nil {
@@ -631,6 +659,9 @@ func (e *env) startWorkerProc(name string, args ...string) *proc {
 	}
 	all := append([]string{"worker", "--nats-url", e.url, "--data-dir", filepath.Join(e.dir, "data-"+name),
 		"--repository", e.repo, "--name", name, "--concurrency", "2", "--log-level", "info"}, args...)
+	if e.cluster != nil {
+		all = append(all, "--replicas", "3")
+	}
 	p.cmd = exec.Command(bin, all...)
 	p.cmd.Env = cleanEnv()
 	p.cmd.Stdout, p.cmd.Stderr = logFile, logFile
