@@ -126,9 +126,9 @@ type env struct {
 	// cluster is the 3-node cluster the env runs on, with R3 streams and
 	// buckets; nil on one server.
 	cluster *testutil.NATSCluster
-	nc   *nats.Conn
-	js   jetstream.JetStream
-	repo string
+	nc      *nats.Conn
+	js      jetstream.JetStream
+	repo    string
 }
 
 // newProcessEnv runs a nats-server process.
