@@ -98,52 +98,126 @@ func (c *Client) Cancel(ctx context.Context, id string) error {
 	return nil
 }
 
+// watchPoll is how long Watch waits before it looks for a job's next event
+// again; watchGiveUp is how long it keeps trying while the stream cannot be read.
+const (
+	watchPoll   = 250 * time.Millisecond
+	watchGiveUp = time.Minute
+)
+
 // Watch calls fn with every event of job id (all jobs when id is empty), from the
 // first one stored when replay is set, else from now on. It returns when fn
 // returns false, ctx ends, or, for one job, after its terminal event.
+//
+// It reads the events stream message by message (a direct get of the next
+// message on the job's subject), which needs no consumer on the server: nothing
+// is left behind, and nothing has to be re-created when the server it talks to
+// fails. The connection fails over, and the next read goes on from the last
+// event seen.
 func (c *Client) Watch(ctx context.Context, id string, replay bool, fn func(Event) bool) error {
 	subject := c.topo.Prefix + ".events.>"
 	if id != "" {
 		subject = c.topo.EventSubject(id)
 	}
-	policy := jetstream.DeliverNewPolicy
-	if replay {
-		policy = jetstream.DeliverAllPolicy
-	}
-	cons, err := c.js.OrderedConsumer(ctx, c.topo.EventsStream, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{subject}, DeliverPolicy: policy,
-	})
-	if err != nil {
+	r := eventReader{js: c.js, stream: c.topo.EventsStream, subject: subject}
+	if err := r.start(ctx, replay); err != nil {
 		return fmt.Errorf("watch events: %w", err)
 	}
-	it, err := cons.Messages()
-	if err != nil {
-		return fmt.Errorf("watch events: %w", err)
-	}
-	defer it.Stop()
-	done := make(chan struct{})
-	defer close(done)
-	go func() {
-		select {
-		case <-ctx.Done():
-			it.Stop()
-		case <-done:
-		}
-	}()
 	for {
-		msg, err := it.Next()
+		ev, err := r.next(ctx)
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
 			return fmt.Errorf("watch events: %w", err)
 		}
-		var ev Event
-		if err := json.Unmarshal(msg.Data(), &ev); err != nil {
-			continue
-		}
 		if !fn(ev) || (id != "" && Terminal(ev.Type)) {
 			return nil
 		}
 	}
+}
+
+// eventReader reads the events on subject from the stream, in order.
+type eventReader struct {
+	js      jetstream.JetStream
+	stream  string
+	subject string
+	seq     uint64 // the next stream sequence to look from
+	handle  jetstream.Stream
+}
+
+// start finds the stream, and the sequence to read from: the first, or the one
+// after the last stored.
+func (r *eventReader) start(ctx context.Context, replay bool) error {
+	return r.retry(ctx, func() error {
+		s, err := r.js.Stream(ctx, r.stream)
+		if err != nil {
+			return err
+		}
+		r.handle, r.seq = s, 1
+		if !replay {
+			info, err := s.Info(ctx)
+			if err != nil {
+				return err
+			}
+			r.seq = info.State.LastSeq + 1
+		}
+		return nil
+	})
+}
+
+// next returns the next event, waiting for it.
+func (r *eventReader) next(ctx context.Context) (Event, error) {
+	for {
+		var msg *jetstream.RawStreamMsg
+		err := r.retry(ctx, func() error {
+			var err error
+			msg, err = r.handle.GetMsg(ctx, r.seq, jetstream.WithGetMsgSubject(r.subject))
+			if errors.Is(err, jetstream.ErrMsgNotFound) {
+				msg, err = nil, nil // none yet
+			}
+			return err
+		})
+		if err != nil {
+			return Event{}, err
+		}
+		if msg == nil {
+			if err := sleepCtx(ctx, watchPoll); err != nil {
+				return Event{}, err
+			}
+			continue
+		}
+		r.seq = msg.Sequence + 1
+		var ev Event
+		if json.Unmarshal(msg.Data, &ev) == nil {
+			return ev, nil
+		}
+	}
+}
+
+// retry calls read until it works, ctx ends, or it failed for watchGiveUp (a
+// server failing over answers errors or nothing for a few seconds).
+func (r *eventReader) retry(ctx context.Context, read func() error) error {
+	var failingSince time.Time
+	for {
+		err := read()
+		switch {
+		case err == nil:
+			return nil
+		case ctx.Err() != nil:
+			return ctx.Err()
+		case failingSince.IsZero():
+			failingSince = time.Now()
+		case time.Since(failingSince) > watchGiveUp:
+			return err
+		}
+		if err := sleepCtx(ctx, watchPoll); err != nil {
+			return err
+		}
+	}
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	sleep(ctx, d)
+	return ctx.Err()
 }

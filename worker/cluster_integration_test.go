@@ -1,8 +1,11 @@
 package worker_test
 
 import (
+	"bytes"
 	"fmt"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -61,4 +64,64 @@ func (e *env) streamLeader(name string) string {
 		e.t.Fatalf("stream %s: no leader (%v)", name, err)
 	}
 	return info.Cluster.Leader
+}
+
+// TestFollowersSurviveNodeLoss: `blockferry submit --wait` and `blockferry watch`
+// connected to one node of the cluster go on when that node is killed, and print
+// the job's terminal event within 10 s of it being stored.
+func TestFollowersSurviveNodeLoss(t *testing.T) {
+	e := newClusterEnv(t)
+	e.startWorkerProc("wa")
+	e.waitProvisioned()
+	uri, _ := randomDisk(t, filepath.Join(e.dir, "disk.raw"), 24*mib, 21)
+	node := e.cluster.Servers[2]
+	const id = "follow-1"
+	submit := startCLI(t, "submit", "backup", "--id", id, "--disk", "vm-21/vda", "--source", uri, "--rate-limit", "4MiB",
+		"--chunk-size", "1048576", "--wait", "--nats-url", node.URL)
+	watch := startCLI(t, "watch", id, "--nats-url", node.URL)
+	e.waitProgress(id, 30*time.Second)
+	node.Kill()
+	t.Logf("killed %s, the node the followers are connected to", node.Name)
+
+	done := terminalOnly(t, e.waitEnd(id, 90*time.Second), typeCompleted)
+	for _, c := range []*cli{submit, watch} {
+		select {
+		case <-c.exited:
+		case <-time.After(time.Until(done.Time.Add(10 * time.Second))):
+			t.Fatalf("%s still running 10s after the job completed:\n%s", c.name, c.out.String())
+		}
+		if code := c.cmd.ProcessState.ExitCode(); code != 0 || !strings.Contains(c.out.String(), "completed") {
+			t.Errorf("%s exited %d:\n%s", c.name, code, c.out.String())
+		}
+	}
+}
+
+// cli is a blockferry command run by a test.
+type cli struct {
+	name   string
+	cmd    *exec.Cmd
+	out    *bytes.Buffer
+	exited chan struct{}
+}
+
+// startCLI runs the blockferry binary with args; it is killed if still running
+// when the test ends.
+func startCLI(t *testing.T, args ...string) *cli {
+	t.Helper()
+	c := &cli{name: "blockferry " + args[0], cmd: exec.Command(workerBinary(t), args...), out: &bytes.Buffer{}, exited: make(chan struct{})}
+	c.cmd.Env = cleanEnv()
+	c.cmd.Stdout, c.cmd.Stderr = c.out, c.out
+	if err := c.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = c.cmd.Wait(); close(c.exited) }()
+	t.Cleanup(func() {
+		select {
+		case <-c.exited:
+		default:
+			_ = c.cmd.Process.Kill()
+			<-c.exited
+		}
+	})
+	return c
 }
