@@ -165,8 +165,8 @@ func (w *Worker) answer(ctx context.Context, j *jobRun, v verdict, err error) {
 	if j.msg == nil || v.reply == replyNone {
 		return
 	}
-	if j.deliveryLost() {
-		j.log.Warn("delivery lost before the job's outcome was answered; its new attempt answers it")
+	if j.deliveryLost() || errors.Is(err, errLostDelivery) {
+		j.log.Warn("delivery lost before the job's outcome was answered; its new attempt answers it", zap.Error(err))
 		return
 	}
 	if err != nil {
@@ -202,8 +202,8 @@ func (w *Worker) persist(ctx context.Context, j *jobRun, what string, write func
 		switch {
 		case err == nil:
 			return nil
-		case j.deliveryLost():
-			return fmt.Errorf("%s: %w", what, errLostDelivery)
+		case j.deliveryLost() || errors.Is(err, errSuperseded):
+			return fmt.Errorf("%s: %w (%w)", what, errLostDelivery, err)
 		case time.Now().Add(pause).After(deadline):
 			return fmt.Errorf("%s: %w", what, err)
 		}

@@ -82,15 +82,21 @@ func (s statusStore) get(ctx context.Context, id string) (JobStatus, uint64, boo
 	return st, e.Revision(), true, nil
 }
 
-// put records a non-terminal state, unless the job already ended: a late progress
-// update must not bring a finished job back to life.
+// put records a non-terminal state, unless the job already ended or a later
+// attempt has it: a late progress update must not bring a finished job back to
+// life, nor an attempt that lost its delivery overwrite the one that has it.
 func (s statusStore) put(ctx context.Context, st JobStatus) error {
 	_, err := s.transition(ctx, st)
 	return err
 }
 
-// errStatusContended: other writers kept changing the entry under this one.
-var errStatusContended = errors.New("status: too many concurrent updates")
+var (
+	// errStatusContended: other writers kept changing the entry under this one.
+	errStatusContended = errors.New("status: too many concurrent updates")
+	// errSuperseded: a later attempt of the same job message wrote the status;
+	// the delivery is that attempt's.
+	errSuperseded = errors.New("status: a later attempt of the job has it")
+)
 
 // transition writes st if the job has not ended yet and no later attempt of the
 // same job message wrote it, with compare-and-set so that two writers cannot
@@ -112,7 +118,7 @@ func (s statusStore) transition(ctx context.Context, st JobStatus) (bool, error)
 			return cur.Seq == st.Seq && cur.Attempt == st.Attempt && cur.State == st.State && cur.Worker == st.Worker, nil
 		}
 		if ok && cur.Seq == st.Seq && cur.Attempt > st.Attempt {
-			return false, nil
+			return false, errSuperseded
 		}
 		if ok {
 			_, err = s.kv.Update(ctx, st.JobID, body, rev)
