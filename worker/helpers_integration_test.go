@@ -241,12 +241,21 @@ func (e *env) submit(kind, id, body string) {
 	if !json.Valid([]byte(body)) {
 		e.t.Fatalf("test bug: job %s is not JSON: %s", id, body)
 	}
-	ack, err := e.publish(kind, id, []byte(body))
-	if err != nil {
-		e.t.Fatalf("publish job %s: %v", id, err)
-	}
-	if ack.Duplicate || ack.Stream != jobsStream {
-		e.t.Fatalf("publish job %s: ack %+v", id, ack)
+	// A publish is retried through a failover (a cluster electing a stream
+	// leader); a retry may find the first try stored after all.
+	deadline := time.Now().Add(30 * time.Second)
+	for retried := false; ; retried = true {
+		ack, err := e.publish(kind, id, []byte(body))
+		if err == nil {
+			if (ack.Duplicate && !retried) || ack.Stream != jobsStream {
+				e.t.Fatalf("publish job %s: ack %+v", id, ack)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			e.t.Fatalf("publish job %s: %v", id, err)
+		}
+		time.Sleep(250 * time.Millisecond)
 	}
 }
 
