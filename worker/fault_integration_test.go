@@ -32,10 +32,10 @@ func TestPanickingJob(t *testing.T) {
 	e := newEmbeddedEnv(t)
 	w := e.startWorker("wp", worker.WithJobs(2))
 	e.waitProvisioned()
-	uri, want := randomDisk(t, filepath.Join(e.dir, "disk.raw"), 8*mib, 11)
+	uri, want := randomDisk(t, filepath.Join(e.dir, "disk.raw"), 24*mib, 11)
 
 	e.submit("backup", "beside-1", backupJob("beside-1", "vm-11/vda", uri, slowJob))
-	e.waitProgress("beside-1", 30*time.Second)
+	e.waitEvents("beside-1", 30*time.Second, func(evs []cloudEvent) bool { return len(evs) > 0 })
 	e.submit("backup", "panic-1", backupJob("panic-1", "vm-11/vdb", panicScheme+"://disk", ""))
 
 	failed := terminalOnly(t, e.waitEnd("panic-1", 30*time.Second), typeFailed)
@@ -46,6 +46,9 @@ func TestPanickingJob(t *testing.T) {
 		t.Errorf("status of the panicked job: %+v", st)
 	}
 	done := terminalOnly(t, e.waitEnd("beside-1", 60*time.Second), typeCompleted)
+	if !done.Time.After(failed.Time) {
+		t.Errorf("the job beside ended (%s) before the panicking one (%s): they did not run side by side", done.Time, failed.Time)
+	}
 	if !w.w.Ready() {
 		t.Error("worker not ready after a job panicked")
 	}
@@ -62,7 +65,7 @@ func TestForgedAdvisory(t *testing.T) {
 	tp.MaxDeliver = 1 // the running attempt is the last one
 	e.startWorker("wf", worker.WithTopology(tp))
 	e.waitProvisioned()
-	uri, want := randomDisk(t, filepath.Join(e.dir, "disk.raw"), 12*mib, 12)
+	uri, want := randomDisk(t, filepath.Join(e.dir, "disk.raw"), 24*mib, 12)
 
 	seqs := map[string]uint64{}
 	for _, id := range []string{"forged-running", "forged-queued"} {
@@ -72,7 +75,7 @@ func TestForgedAdvisory(t *testing.T) {
 		}
 		seqs[id] = ack.Sequence
 	}
-	e.waitProgress("forged-running", 30*time.Second)
+	e.waitEvents("forged-running", 30*time.Second, func(evs []cloudEvent) bool { return len(evs) > 0 })
 	for id, seq := range seqs {
 		body := fmt.Sprintf(`{"type":"io.nats.jetstream.advisory.v1.max_deliver","stream":%q,"consumer":%q,"stream_seq":%d,"deliveries":5}`,
 			jobsStream, consumerName, seq)
