@@ -22,8 +22,11 @@ type BackupParams struct {
 	Resume bool
 	// Source is the device URI, recorded in the checkpoint.
 	Source string
-	Disk   string
-	Bitmap string // dirty bitmap the source was opened with; empty for a full backup
+	// Message is the job message's identity (Spec.Message), recorded in the
+	// checkpoint: only the same message resumes it.
+	Message string
+	Disk    string
+	Bitmap  string // dirty bitmap the source was opened with; empty for a full backup
 	// Parent is the backup an incremental is taken against; nil for a full backup.
 	Parent *repository.Manifest
 	Labels map[string]string

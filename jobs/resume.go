@@ -54,7 +54,7 @@ func resume(ctx context.Context, repo *repository.Repository, m *repository.Mani
 	}
 	switch {
 	case cp == nil:
-	case cp.Source == p.Source && cp.Disk == m.Disk && cp.Size == m.Size && cp.ChunkSize == m.ChunkSize &&
+	case cp.Message == p.Message && cp.Source == p.Source && cp.Disk == m.Disk && cp.Size == m.Size && cp.ChunkSize == m.ChunkSize &&
 		cp.Parent == m.Parent && cp.Bitmap == m.Bitmap:
 		done, err := repo.Manifest(ctx, cp.BackupID)
 		if err == nil {
@@ -72,7 +72,7 @@ func resume(ctx context.Context, repo *repository.Repository, m *repository.Mani
 		rs.log.Info("checkpoint of another backup ignored: the backup starts over", zap.String("checkpoint_backup", cp.BackupID))
 	}
 	rs.cp = &repository.Checkpoint{
-		JobID: m.JobID, BackupID: m.ID, Source: p.Source, Disk: m.Disk, Size: m.Size, ChunkSize: m.ChunkSize,
+		JobID: m.JobID, BackupID: m.ID, Message: p.Message, Source: p.Source, Disk: m.Disk, Size: m.Size, ChunkSize: m.ChunkSize,
 		Parent: m.Parent, Bitmap: m.Bitmap, Started: m.Started, Done: map[int]string{}, Patches: map[int][]repository.Patch{},
 	}
 	if rs.prev != nil {

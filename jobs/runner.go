@@ -97,8 +97,22 @@ func NewRunner(opts ...RunnerOption) *Runner {
 	return &Runner{cfg: c}
 }
 
+// RunOption qualifies one run of a job.
+type RunOption func(*runOptions)
+
+type runOptions struct{ message string }
+
+// FromMessage names the job message a run is of (a worker passes its stream
+// sequence): a backup resumes only a checkpoint the same message wrote, never one
+// of an earlier job that used the same id.
+func FromMessage(id string) RunOption { return func(o *runOptions) { o.message = id } }
+
 // Run runs one job, which must be valid (Spec.Validate). progress may be nil.
-func (r *Runner) Run(ctx context.Context, s Spec, progress *Progress) (Result, error) {
+func (r *Runner) Run(ctx context.Context, s Spec, progress *Progress, opts ...RunOption) (Result, error) {
+	var o runOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
 	if progress == nil {
 		progress = NewProgress()
 	}
@@ -114,7 +128,7 @@ func (r *Runner) Run(ctx context.Context, s Spec, progress *Progress) (Result, e
 	lim := Limits{Concurrency: cmp.Or(s.Options.Concurrency, r.cfg.concurrency), Memory: r.cfg.memory}
 	switch s.Kind {
 	case KindBackup:
-		return r.backup(ctx, store, s, lim, progress)
+		return r.backup(ctx, store, s, lim, o, progress)
 	case KindRestore, KindVerify:
 		repo, err := repository.Open(ctx, store, r.cfg.key)
 		if err != nil {
@@ -156,7 +170,7 @@ func (r *Runner) Run(ctx context.Context, s Spec, progress *Progress) (Result, e
 	return Result{}, fmt.Errorf("%w: unknown kind %q", ErrInvalid, s.Kind)
 }
 
-func (r *Runner) backup(ctx context.Context, store sinks.Store, s Spec, lim Limits, progress *Progress) (Result, error) {
+func (r *Runner) backup(ctx context.Context, store sinks.Store, s Spec, lim Limits, o runOptions, progress *Progress) (Result, error) {
 	repo, err := repository.OpenOrInit(ctx, store, repository.InitOptions{Key: r.cfg.key,
 		ChunkSize: int64(cmp.Or(s.Options.ChunkSize, DefaultChunkSize)), Compression: cmp.Or(s.Options.Compression, DefaultCompression)})
 	if err != nil {
@@ -181,7 +195,7 @@ func (r *Runner) backup(ctx context.Context, store sinks.Store, s Spec, lim Limi
 		src = backends.RateLimited(src, backends.NewLimiter(bps))
 	}
 	m, err := Backup(ctx, repo, src, BackupParams{
-		JobID: s.ID, Resume: r.cfg.resume, Source: s.Source.URI, Disk: s.Disk, Bitmap: s.Source.Bitmap, Parent: parent, Labels: s.Labels,
+		JobID: s.ID, Message: o.message, Resume: r.cfg.resume, Source: s.Source.URI, Disk: s.Disk, Bitmap: s.Source.Bitmap, Parent: parent, Labels: s.Labels,
 		Checkpoint: s.Checkpoint, FallbackReason: chain.fallback,
 		ChunkSize: cmp.Or(int64(s.Options.ChunkSize), chain.chunkSize), Limits: lim, Log: r.cfg.log,
 		Compress: s.Options.Compression != "none" && (s.Options.Compression == "zstd" || repo.Config().Compression == "zstd"),

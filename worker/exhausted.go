@@ -24,7 +24,8 @@ type maxDeliveriesAdvisory struct {
 // failed event. A failure the worker saw is already reported on the last attempt;
 // this covers the attempts that ended with no word at all (the worker was killed
 // each time). JetStream announces such a job with an advisory; every worker hears
-// it, and the status bucket lets only one of them report it.
+// it, checks it against what it can see for itself (exhausted), and the status
+// bucket lets only one of them report it.
 func (w *Worker) watchExhausted(ctx context.Context, nc *nats.Conn) (func(), error) {
 	t := w.cfg.topo
 	subject := "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES." + t.JobsStream + "." + t.Consumer
@@ -41,6 +42,10 @@ func (w *Worker) watchExhausted(ctx context.Context, nc *nats.Conn) (func(), err
 	return func() { _ = sub.Unsubscribe() }, nil
 }
 
+// stillFor is how long the status of a job said to be exhausted must stay
+// unchanged: a running attempt rewrites it every progressInterval.
+const stillFor = 3 * progressInterval
+
 func (w *Worker) failExhausted(ctx context.Context, seq uint64) {
 	t := w.cfg.topo
 	stream, err := w.js.Stream(ctx, t.JobsStream)
@@ -53,12 +58,53 @@ func (w *Worker) failExhausted(ctx context.Context, seq uint64) {
 		return // another worker already dealt with it
 	}
 	spec, _ := jobs.DecodeSpec(raw.Data)
-	if spec.ID != "" {
-		j := &jobRun{spec: spec, attempt: t.MaxDeliver, log: w.cfg.log.With(zap.String("job_id", spec.ID), zap.String("disk", spec.Disk))}
-		w.settle(ctx, j, decide(end{attempt: t.MaxDeliver, exhausted: true}, t), nil)
+	if spec.ID == "" {
+		return // terminated at its first delivery, never exhausted
 	}
+	log := w.cfg.log.With(zap.String("job_id", spec.ID), zap.String("disk", spec.Disk), zap.Uint64("stream_seq", seq))
+	maxDeliver, err := w.exhausted(ctx, spec.ID, seq)
+	if err != nil {
+		log.Warn("ignoring a max deliveries advisory the job's state does not bear out", zap.Error(err))
+		return
+	}
+	j := &jobRun{spec: spec, attempt: maxDeliver, seq: seq, log: log}
+	w.settle(ctx, j, decide(end{attempt: maxDeliver, exhausted: true}, t), nil)
 	// The message would otherwise stay in the work queue for good.
 	if err := stream.DeleteMsg(ctx, seq); err != nil && !errors.Is(err, context.Canceled) {
-		w.cfg.log.Debug("deleting exhausted job", zap.Uint64("seq", seq), zap.Error(err))
+		log.Debug("deleting exhausted job", zap.Error(err))
 	}
+}
+
+// exhausted checks what an advisory claims against facts: the consumer's max
+// deliver, the attempt of the job message seq that its status records (every
+// attempt writes it as it starts), and that no attempt is alive (it would
+// rewrite the status within stillFor). It returns the consumer's max deliver,
+// or why the job is not exhausted.
+func (w *Worker) exhausted(ctx context.Context, id string, seq uint64) (int, error) {
+	t := w.cfg.topo
+	cons, err := w.js.Consumer(ctx, t.JobsStream, t.Consumer)
+	if err != nil {
+		return 0, err
+	}
+	info, err := cons.Info(ctx)
+	if err != nil {
+		return 0, err
+	}
+	maxDeliver := info.Config.MaxDeliver
+	st, rev, known, err := w.status.get(ctx, id)
+	switch {
+	case err != nil:
+		return 0, err
+	case maxDeliver < 1:
+		return 0, errors.New("the consumer delivers without limit")
+	case !known || TerminalState(st.State) || (st.Seq != 0 && st.Seq != seq):
+		return 0, fmt.Errorf("its status is %q of job message %d", st.State, st.Seq)
+	case st.Attempt < maxDeliver:
+		return 0, fmt.Errorf("its status is of attempt %d of %d", st.Attempt, maxDeliver)
+	}
+	sleep(ctx, stillFor)
+	if _, now, _, err := w.status.get(ctx, id); err != nil || now != rev {
+		return 0, fmt.Errorf("its status changed (a live attempt): %v", err)
+	}
+	return maxDeliver, nil
 }

@@ -122,10 +122,13 @@ type env struct {
 	t    *testing.T
 	dir  string
 	url  string
-	nats *testutil.NATSServer // nil when the server is embedded
-	nc   *nats.Conn
-	js   jetstream.JetStream
-	repo string
+	nats *testutil.NATSServer // nil when the server is embedded or a cluster
+	// cluster is the 3-node cluster the env runs on, with R3 streams and
+	// buckets; nil on one server.
+	cluster *testutil.NATSCluster
+	nc      *nats.Conn
+	js      jetstream.JetStream
+	repo    string
 	// runnerOpts are added to the runner of in-process workers (a policy).
 	runnerOpts []jobs.RunnerOption
 }
@@ -143,6 +146,31 @@ func newProcessEnv(t *testing.T) *env {
 	})
 	e.init()
 	return e
+}
+
+// newClusterEnv runs a 3-node nats-server cluster; workers create R3 streams and
+// buckets, and every client is given all three servers.
+func newClusterEnv(t *testing.T) *env {
+	t.Helper()
+	integration(t)
+	c := testutil.StartNATSCluster(t)
+	e := &env{t: t, dir: t.TempDir(), url: c.URLs, cluster: c}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("nats-server cluster output:\n%s", c.Output())
+		}
+	})
+	e.init()
+	return e
+}
+
+// topology is testTopology with the env's replicas.
+func (e *env) topology() worker.Topology {
+	tp := testTopology()
+	if e.cluster != nil {
+		tp.Replicas = 3
+	}
+	return tp
 }
 
 // newEmbeddedEnv runs the embedded server a worker runs without --nats-url.
@@ -221,12 +249,21 @@ func (e *env) submit(kind, id, body string) {
 	if !json.Valid([]byte(body)) {
 		e.t.Fatalf("test bug: job %s is not JSON: %s", id, body)
 	}
-	ack, err := e.publish(kind, id, []byte(body))
-	if err != nil {
-		e.t.Fatalf("publish job %s: %v", id, err)
-	}
-	if ack.Duplicate || ack.Stream != jobsStream {
-		e.t.Fatalf("publish job %s: ack %+v", id, ack)
+	// A publish is retried through a failover (a cluster electing a stream
+	// leader); a retry may find the first try stored after all.
+	deadline := time.Now().Add(30 * time.Second)
+	for retried := false; ; retried = true {
+		ack, err := e.publish(kind, id, []byte(body))
+		if err == nil {
+			if (ack.Duplicate && !retried) || ack.Stream != jobsStream {
+				e.t.Fatalf("publish job %s: ack %+v", id, ack)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			e.t.Fatalf("publish job %s: %v", id, err)
+		}
+		time.Sleep(250 * time.Millisecond)
 	}
 }
 
@@ -564,7 +601,7 @@ func (e *env) startWorker(name string, opts ...worker.Option) *inproc {
 	}
 	log := zaptest.NewLogger(e.t, zaptest.Level(zap.InfoLevel)).With(zap.String("test_worker", name))
 	runner := jobs.NewRunner(append([]jobs.RunnerOption{jobs.WithDefaultRepository(e.repo), jobs.WithConcurrency(2), jobs.WithLogger(log), jobs.WithResume()}, e.runnerOpts...)...)
-	all := append([]worker.Option{worker.WithTopology(testTopology()), worker.WithName(name),
+	all := append([]worker.Option{worker.WithTopology(e.topology()), worker.WithName(name),
 		worker.WithGracePeriod(10 * time.Second), worker.WithLogger(log)}, opts...)
 	w, err := worker.New(js, runner, all...)
 	if err != nil {
@@ -641,6 +678,9 @@ func (e *env) startWorkerProc(name string, args ...string) *proc {
 		"--repository", e.repo, "--name", name, "--concurrency", "2", "--log-level", "info",
 		"--allow-source", "file://" + e.dir + "/**", "--allow-source", "nbd+unix:///*?socket=" + filepath.Dir(e.dir) + "/**", // the test's temporary directories
 		"--allow-target", "file://" + e.dir + "/**"}, args...)
+	if e.cluster != nil {
+		all = append(all, "--replicas", "3")
+	}
 	p.cmd = exec.Command(bin, all...)
 	p.cmd.Env = cleanEnv()
 	p.cmd.Stdout, p.cmd.Stderr = logFile, logFile

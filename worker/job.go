@@ -2,7 +2,10 @@ package worker
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"runtime/debug"
+	"strconv"
 	"sync"
 	"time"
 
@@ -17,7 +20,12 @@ type jobRun struct {
 	msg     jetstream.Msg // nil for a job settled from an advisory
 	spec    jobs.Spec
 	attempt int
+	seq     uint64 // the job message's stream sequence
 	log     *zap.Logger
+	// lease ends with cause errLostDelivery when the delivery is no longer this
+	// attempt's; nil for a job that does not run.
+	lease   context.Context
+	earlier *JobStatus // the status of a job that had ended before this delivery
 	started time.Time
 
 	mu      sync.Mutex
@@ -29,7 +37,12 @@ func (j *jobRun) data(worker string) EventData {
 }
 
 func (j *jobRun) status(state, worker string) JobStatus {
-	return JobStatus{JobID: j.spec.ID, Kind: j.spec.Kind, Disk: j.spec.Disk, State: state, Attempt: j.attempt, Worker: worker}
+	return JobStatus{JobID: j.spec.ID, Kind: j.spec.Kind, Disk: j.spec.Disk, State: state, Attempt: j.attempt, Worker: worker, Seq: j.seq}
+}
+
+// deliveryLost reports whether the job's delivery went to another attempt.
+func (j *jobRun) deliveryLost() bool {
+	return j.lease != nil && errors.Is(context.Cause(j.lease), errLostDelivery)
 }
 
 // handle runs one delivery of a job to its end, which decide and settle make
@@ -38,7 +51,7 @@ func (j *jobRun) status(state, worker string) JobStatus {
 func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 	j := &jobRun{msg: msg, attempt: 1, log: w.cfg.log}
 	if meta, err := msg.Metadata(); err == nil {
-		j.attempt = int(meta.NumDelivered)
+		j.attempt, j.seq = int(meta.NumDelivered), meta.Sequence.Stream
 	}
 	if e, stop := w.admit(ctx, j); stop {
 		w.settle(ctx, j, decide(e, w.cfg.topo), nil)
@@ -66,7 +79,11 @@ func (w *Worker) admit(ctx context.Context, j *jobRun) (end, bool) {
 		return e, true
 	}
 	if st, _, known, err := w.status.get(ctx, spec.ID); err == nil && known && TerminalState(st.State) {
-		e.ended = st.State
+		if st.Seq != 0 && j.seq != 0 && st.Seq != j.seq {
+			e.reused = st.describe()
+		} else {
+			e.ended, j.earlier = st.State, &st
+		}
 		return e, true
 	}
 	if w.cancelRequested(ctx, spec.ID) {
@@ -78,6 +95,9 @@ func (w *Worker) admit(ctx context.Context, j *jobRun) (end, bool) {
 
 // run runs an admitted job under its own context, which a cancellation, a lost
 // delivery or the end of the grace period ends, and settles how it ended.
+// Heartbeats go on until the delivery is answered: publishing the outcome may
+// take a while (a stream leader election), and the job must not be handed to
+// another worker meanwhile.
 func (w *Worker) run(ctx context.Context, j *jobRun) {
 	jobCtx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
@@ -85,6 +105,7 @@ func (w *Worker) run(ctx context.Context, j *jobRun) {
 	if w.cancelRequested(ctx, j.spec.ID) { // requested between the check and tracking
 		cancel(errCancelled)
 	}
+	j.lease = jobCtx
 
 	progress := jobs.NewProgress()
 	j.started = time.Now()
@@ -94,22 +115,42 @@ func (w *Worker) run(ctx context.Context, j *jobRun) {
 		j.log.Warn("publishing started event", zap.Error(err))
 	}
 	j.log.Info("job started", zap.String("kind", j.spec.Kind))
-	stopBeats := w.heartbeats(jobCtx, j, progress, cancel)
-	res, err := w.runner.Run(jobCtx, j.spec, progress)
-	stopBeats()
+	stopBeats := w.heartbeats(jobCtx, j, cancel)
+	stopProgress := w.progressReports(jobCtx, j, progress)
+	res, err := w.runGuarded(jobCtx, j, progress)
+	stopProgress()
 
 	v := decide(end{attempt: j.attempt, err: err, cause: context.Cause(jobCtx)}, w.cfg.topo)
 	w.settle(ctx, j, v, &res)
+	stopBeats()
 	w.cfg.metrics.JobFinished(j.spec.Kind, v.outcome, v.code(), time.Since(j.started))
 }
 
-// heartbeats keeps the delivery alive with InProgress and publishes progress; the
-// returned function stops both. They run apart so that a slow publish never holds
-// up a heartbeat.
-func (w *Worker) heartbeats(ctx context.Context, j *jobRun, p *jobs.Progress, cancel context.CancelCauseFunc) func() {
-	ctx, stop := context.WithCancel(ctx)
+// runGuarded runs the job; a panic in it fails this job (errJobPanicked, logged
+// with its stack) and never the worker and the jobs running beside it.
+func (w *Worker) runGuarded(ctx context.Context, j *jobRun, p *jobs.Progress) (res jobs.Result, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			j.log.Error("job panicked", zap.Any("panic", r), zap.ByteString("stack", debug.Stack()))
+			res, err = jobs.Result{}, fmt.Errorf("%w: %v", errJobPanicked, r)
+		}
+	}()
+	return w.runner.Run(ctx, j.spec, p, jobs.FromMessage(strconv.FormatUint(j.seq, 10)))
+}
+
+// heartbeats keeps the delivery alive until the returned function is called.
+func (w *Worker) heartbeats(ctx context.Context, j *jobRun, cancel context.CancelCauseFunc) func() {
+	ctx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	var wg sync.WaitGroup
 	wg.Go(func() { w.keepAlive(ctx, j, cancel) })
+	return func() { stop(); wg.Wait() }
+}
+
+// progressReports publishes progress until the returned function is called. It
+// runs apart from the heartbeats so that a slow publish never holds one up.
+func (w *Worker) progressReports(ctx context.Context, j *jobRun, p *jobs.Progress) func() {
+	ctx, stop := context.WithCancel(ctx)
+	var wg sync.WaitGroup
 	wg.Go(func() { w.reportProgress(ctx, j, p) })
 	return func() {
 		stop()
@@ -119,8 +160,9 @@ func (w *Worker) heartbeats(ctx context.Context, j *jobRun, p *jobs.Progress, ca
 }
 
 // keepAlive tells JetStream the job is in progress every heartbeat interval until
-// ctx ends. When heartbeats fail for longer than the ack wait it cancels the job
-// with errLostDelivery.
+// ctx ends, and checks each time that the delivery is still this attempt's. When
+// it is not, it cancels the job with errLostDelivery: two attempts at once would
+// race on the job's checkpoint and outcome.
 func (w *Worker) keepAlive(ctx context.Context, j *jobRun, cancel context.CancelCauseFunc) {
 	beat := time.NewTicker(w.cfg.heartbeat)
 	defer beat.Stop()
@@ -130,21 +172,45 @@ func (w *Worker) keepAlive(ctx context.Context, j *jobRun, cancel context.Cancel
 		case <-ctx.Done():
 			return
 		case <-beat.C:
-			err := j.msg.InProgress()
-			w.cfg.metrics.Heartbeat(err)
-			if err == nil {
-				lastOK = time.Now()
-				continue
-			}
-			j.log.Warn("heartbeat", zap.Error(err))
-			if time.Since(lastOK) > w.cfg.topo.AckWait {
-				// Another worker has the job by now: two attempts at once
-				// would race on its checkpoint and outcome.
-				cancel(errLostDelivery)
-				return
-			}
 		}
+		// A pause (SIGSTOP, a long GC, a stalled host) longer than the ack wait
+		// means JetStream has redelivered the job: no heartbeat can win it back.
+		if since := time.Since(lastOK); since > w.cfg.topo.AckWait {
+			j.log.Error("no heartbeat for longer than the ack wait", zap.Duration("since", since))
+			cancel(errLostDelivery)
+			return
+		}
+		if lost := w.superseded(ctx, j); lost != "" {
+			j.log.Error("delivery lost", zap.String("reason", lost))
+			cancel(errLostDelivery)
+			return
+		}
+		err := j.msg.InProgress()
+		w.cfg.metrics.Heartbeat(err)
+		if err != nil {
+			j.log.Warn("heartbeat", zap.Error(err))
+			continue
+		}
+		lastOK = time.Now()
 	}
+}
+
+// superseded says why the job's status shows that another attempt or message
+// owns the job now, or "" when it does not (or cannot be read: then the ack
+// wait decides).
+func (w *Worker) superseded(ctx context.Context, j *jobRun) string {
+	ctx, cancel := context.WithTimeout(ctx, w.cfg.heartbeat)
+	defer cancel()
+	st, _, known, err := w.status.get(ctx, j.spec.ID)
+	switch {
+	case err != nil || !known:
+		return ""
+	case st.Seq != 0 && j.seq != 0 && st.Seq != j.seq:
+		return fmt.Sprintf("job message %d took the job id", st.Seq)
+	case st.Attempt > j.attempt:
+		return fmt.Sprintf("attempt %d runs on %s", st.Attempt, st.Worker)
+	}
+	return ""
 }
 
 // reportProgress publishes a progress event and status every progressInterval

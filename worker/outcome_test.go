@@ -58,7 +58,11 @@ func TestDecide(t *testing.T) {
 		{"cancelled while running", end{attempt: 2, err: context.Canceled, cause: errCancelled},
 			seen{state: StateCancelled, event: EventCancelled, reply: replyTerm, outcome: StateCancelled}},
 		{"delivery lost", end{attempt: 1, err: context.Canceled, cause: errLostDelivery},
-			seen{reply: replyNak, outcome: outcomeRequeued, note: "stopping a job whose delivery was lost", level: zapcore.ErrorLevel}},
+			seen{reply: replyNone, outcome: outcomeRequeued, note: "stopping a job whose delivery was lost", level: zapcore.ErrorLevel}},
+		{"job id reused", end{attempt: 1, reused: "job message 3 is completed"},
+			seen{event: EventFailed, code: CodeDuplicateJob, reply: replyTerm, note: "job id reused", level: zapcore.WarnLevel}},
+		{"panicked", end{attempt: 1, err: fmt.Errorf("%w: index out of range", errJobPanicked)},
+			seen{state: StateFailed, event: EventFailed, code: jobs.CodeInternal, reply: replyTerm, outcome: StateFailed}},
 		{"grace period over", end{attempt: 1, err: context.Canceled, cause: errShutdown},
 			seen{state: StateQueued, reply: replyNak, outcome: outcomeRequeued, note: "handing job back to the queue", level: zapcore.InfoLevel}},
 		{"permanent failure", end{attempt: 1, err: invalid},
@@ -76,6 +80,14 @@ func TestDecide(t *testing.T) {
 			v := decide(c.end, topo)
 			if got := v.seen(); got != c.want {
 				t.Errorf("decide(%+v)\n got %+v\nwant %+v", c.end, got, c.want)
+			}
+			if v.aside {
+				// An event about another message with the job's id: the job's
+				// own status and terminal event stay as they are.
+				if v.state != "" || v.failure == nil {
+					t.Errorf("aside verdict with state %q, failure %v", v.state, v.failure)
+				}
+				return
 			}
 			if (v.state == StateFailed || v.state == StateRetrying) != (v.failure != nil) {
 				t.Errorf("state %q with failure %v: a failure or retry must say why, nothing else may", v.state, v.failure)

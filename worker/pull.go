@@ -41,11 +41,13 @@ func (w *Worker) take(ctx context.Context, cons jetstream.Consumer) jetstream.Ms
 	msg, err := fetchOne(ctx, cons)
 	if err != nil {
 		if ctx.Err() == nil {
+			w.setFetchErr(err)
 			w.cfg.log.Warn("fetching a job", zap.Error(err))
 			sleep(ctx, time.Second)
 		}
 		return nil
 	}
+	w.setFetchErr(nil)
 	if msg != nil && ctx.Err() != nil {
 		// Taken as the worker was told to stop: hand it straight back.
 		_ = msg.Nak()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -29,17 +30,36 @@ func TerminalState(s string) bool {
 // JobStatus is a job's latest state, kept under its id in the status bucket so it
 // can be queried after the fact.
 type JobStatus struct {
-	JobID    string                 `json:"job_id"`
-	Kind     string                 `json:"kind,omitempty"`
-	Disk     string                 `json:"disk,omitempty"`
-	State    string                 `json:"state"`
-	Attempt  int                    `json:"attempt,omitempty"`
+	JobID   string `json:"job_id"`
+	Kind    string `json:"kind,omitempty"`
+	Disk    string `json:"disk,omitempty"`
+	State   string `json:"state"`
+	Attempt int    `json:"attempt,omitempty"`
+	// Seq is the stream sequence of the job message the status is of: a job id
+	// reused by another message is told apart by it.
+	Seq      uint64                 `json:"stream_seq,omitempty"`
 	Worker   string                 `json:"worker,omitempty"`
 	Updated  time.Time              `json:"updated"`
 	Backup   string                 `json:"backup,omitempty"`
 	Error    *jobs.Failure          `json:"error,omitempty"`
 	Progress *jobs.ProgressSnapshot `json:"progress,omitempty"`
 	Stats    any                    `json:"stats,omitempty"`
+}
+
+// describe names the job message a status is of and its outcome, for the
+// failed event of a job message that reuses its id.
+func (st JobStatus) describe() string {
+	s := fmt.Sprintf("job message %d is %s", st.Seq, st.State)
+	switch {
+	case st.Error != nil:
+		s += fmt.Sprintf(" (%s: %s)", st.Error.Code, st.Error.Message)
+	case st.Backup != "":
+		s += " (backup " + st.Backup + ")"
+	}
+	if !st.Updated.IsZero() {
+		s += " since " + st.Updated.Format(time.RFC3339)
+	}
+	return s
 }
 
 // statusStore reads and writes job states.
@@ -62,15 +82,25 @@ func (s statusStore) get(ctx context.Context, id string) (JobStatus, uint64, boo
 	return st, e.Revision(), true, nil
 }
 
-// put records a non-terminal state, unless the job already ended: a late progress
-// update must not bring a finished job back to life.
+// put records a non-terminal state, unless the job already ended or a later
+// attempt has it: a late progress update must not bring a finished job back to
+// life, nor an attempt that lost its delivery overwrite the one that has it.
 func (s statusStore) put(ctx context.Context, st JobStatus) error {
 	_, err := s.transition(ctx, st)
 	return err
 }
 
-// transition writes st if the job has not ended yet, with compare-and-set so that
-// two writers cannot both end it. It reports whether st was written.
+var (
+	// errStatusContended: other writers kept changing the entry under this one.
+	errStatusContended = errors.New("status: too many concurrent updates")
+	// errSuperseded: a later attempt of the same job message wrote the status;
+	// the delivery is that attempt's.
+	errSuperseded = errors.New("status: a later attempt of the job has it")
+)
+
+// transition writes st if the job has not ended yet and no later attempt of the
+// same job message wrote it, with compare-and-set so that two writers cannot
+// both end it. It reports whether st was written.
 func (s statusStore) transition(ctx context.Context, st JobStatus) (bool, error) {
 	st.Updated = time.Now().UTC()
 	body, err := json.Marshal(st)
@@ -83,7 +113,12 @@ func (s statusStore) transition(ctx context.Context, st JobStatus) (bool, error)
 			return false, err
 		}
 		if ok && TerminalState(cur.State) {
-			return false, nil
+			// A retry after a write that landed but whose answer was lost
+			// finds its own write.
+			return cur.Seq == st.Seq && cur.Attempt == st.Attempt && cur.State == st.State && cur.Worker == st.Worker, nil
+		}
+		if ok && cur.Seq == st.Seq && cur.Attempt > st.Attempt {
+			return false, errSuperseded
 		}
 		if ok {
 			_, err = s.kv.Update(ctx, st.JobID, body, rev)
@@ -93,14 +128,10 @@ func (s statusStore) transition(ctx context.Context, st JobStatus) (bool, error)
 		if err == nil {
 			return true, nil
 		}
-		if !errors.Is(err, jetstream.ErrKeyExists) && !isWrongLastSequence(err) {
+		// Both the R1 (10071) and the replicated (10164) answer to a lost race.
+		if !errors.Is(err, jetstream.ErrKeyExists) && !errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
 			return false, err
 		}
 	}
-	return false, errors.New("status: too many concurrent updates")
-}
-
-func isWrongLastSequence(err error) bool {
-	var apiErr *jetstream.APIError
-	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence
+	return false, errStatusContended
 }

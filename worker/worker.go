@@ -17,10 +17,17 @@ import (
 var (
 	errCancelled = jobs.ErrCancelled
 	errShutdown  = errors.New("worker shutting down")
-	// errLostDelivery: heartbeats failed for longer than the ack wait, so JetStream
-	// has handed the job to another worker; this attempt stops without a word.
-	errLostDelivery = errors.New("delivery lost: heartbeats failed for longer than the ack wait")
+	// errLostDelivery: JetStream has handed the job to another attempt (no
+	// heartbeat for longer than the ack wait, or the job's status names a newer
+	// attempt or message); this attempt stops without a word.
+	errLostDelivery = errors.New("delivery lost to another attempt")
+	// errJobPanicked: the job's run panicked; it fails for good (code internal).
+	errJobPanicked = errors.New("job panicked")
 )
+
+// CodeDuplicateJob is the error code of the failed event that answers a job
+// message whose id an earlier job message already used.
+const CodeDuplicateJob = "duplicate_job"
 
 // progressInterval is how often a running job publishes a progress event.
 const progressInterval = time.Second
@@ -37,8 +44,9 @@ type Worker struct {
 	mu sync.Mutex
 	// running holds the delivery of each job this worker runs; a job delivered
 	// twice (heartbeats lost) is replaced by its later delivery.
-	running map[string]*delivery
-	ready   bool
+	running  map[string]*delivery
+	ready    bool
+	fetchErr error // of the last fetch; nil when it worked
 }
 
 // New makes a worker; Run starts it. It fails when an option is given a value
@@ -57,11 +65,19 @@ func New(js jetstream.JetStream, runner *jobs.Runner, opts ...Option) (*Worker, 
 	}, nil
 }
 
-// Ready reports whether the worker is taking jobs.
+// Ready reports whether the worker is taking jobs: it runs, and its last fetch
+// of a job worked (a fetch that found none works).
 func (w *Worker) Ready() bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return w.ready
+	return w.ready && w.fetchErr == nil
+}
+
+// setFetchErr records how the last fetch of a job went.
+func (w *Worker) setFetchErr(err error) {
+	w.mu.Lock()
+	w.fetchErr = err
+	w.mu.Unlock()
 }
 
 func (w *Worker) setReady(v bool) {

@@ -66,17 +66,22 @@ func checkLifecycle(t *testing.T, evs []cloudEvent, minProgress int) cloudEvent 
 }
 
 // TestBackupAndRestoreJobs publishes a backup and a restore job by hand, through
-// the embedded server with an in-process worker and through a nats-server
-// process with a worker process, and follows their events as a monitor would.
+// the embedded server with an in-process worker, through a nats-server process
+// and through a 3-node cluster (R3 streams and buckets) with a worker process, and
+// follows their events as a monitor would.
 func TestBackupAndRestoreJobs(t *testing.T) {
-	for _, mode := range []string{"embedded", "nats-server"} {
+	for _, mode := range []string{"embedded", "nats-server", "cluster"} {
 		t.Run(mode, func(t *testing.T) {
 			var e *env
 			workerName := "w-" + mode
-			if mode == "embedded" {
+			switch mode {
+			case "embedded":
 				e = newEmbeddedEnv(t)
 				e.startWorker(workerName)
-			} else {
+			case "cluster":
+				e = newClusterEnv(t)
+				e.startWorkerProc(workerName)
+			default:
 				e = newProcessEnv(t)
 				e.startWorkerProc(workerName)
 			}

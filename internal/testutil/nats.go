@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -35,6 +36,10 @@ type NATSServer struct {
 	Port     int
 	StoreDir string
 	URL      string
+	// Name is the server's name; args are its flags beyond the listen address
+	// and JetStream store (a cluster member's cluster and routes).
+	Name string
+	args []string
 
 	mu     sync.Mutex
 	cmd    *exec.Cmd
@@ -47,7 +52,7 @@ type NATSServer struct {
 // CI) when nats-server is not installed.
 func StartNATS(t testing.TB) *NATSServer {
 	t.Helper()
-	s := &NATSServer{t: t, bin: RequireTool(t, "nats-server"), StoreDir: t.TempDir()}
+	s := &NATSServer{t: t, bin: RequireTool(t, "nats-server"), StoreDir: t.TempDir(), Name: "blockferry-test"}
 	t.Cleanup(s.Stop)
 	var lastErr error
 	for range 3 { // the free port may be taken before nats-server binds it
@@ -70,37 +75,64 @@ func (s *NATSServer) Start() {
 }
 
 func (s *NATSServer) start() error {
+	if err := s.launch(); err != nil {
+		return err
+	}
+	return s.waitReady()
+}
+
+// launch starts the process without waiting for it to serve.
+func (s *NATSServer) launch() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.cmd != nil {
 		return fmt.Errorf("nats-server is already running")
 	}
 	out := &syncBuffer{}
-	cmd := exec.Command(s.bin, "--addr", "127.0.0.1", "--port", strconv.Itoa(s.Port),
-		"--jetstream", "--store_dir", filepath.Join(s.StoreDir, "js"), "--server_name", "blockferry-test")
+	args := append([]string{"--addr", "127.0.0.1", "--port", strconv.Itoa(s.Port),
+		"--jetstream", "--store_dir", filepath.Join(s.StoreDir, "js"), "--server_name", s.Name}, s.args...)
+	cmd := exec.Command(s.bin, args...)
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		return err
 	}
 	exited := make(chan struct{})
 	go func() { _ = cmd.Wait(); close(exited) }()
+	s.cmd, s.exited, s.out = cmd, exited, out
+	return nil
+}
 
+// waitReady waits until JetStream answers through the server (in a cluster: a
+// meta leader was elected), or kills it after 30 s.
+func (s *NATSServer) waitReady() error {
+	s.mu.Lock()
+	cmd, exited, out := s.cmd, s.exited, s.out
+	s.mu.Unlock()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		if err := jetStreamReady(s.URL); err == nil {
-			s.cmd, s.exited, s.out = cmd, exited, out
+		err := jetStreamReady(s.URL)
+		if err == nil {
 			return nil
-		} else if time.Now().After(deadline) {
+		}
+		if time.Now().After(deadline) {
 			_ = cmd.Process.Kill()
 			<-exited
+			s.forget()
 			return fmt.Errorf("JetStream on %s not ready in 30s (%v): %s", s.URL, err, out.Bytes())
 		}
 		select {
 		case <-exited:
+			s.forget()
 			return fmt.Errorf("nats-server on port %d exited: %s", s.Port, out.Bytes())
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
+}
+
+func (s *NATSServer) forget() {
+	s.mu.Lock()
+	s.cmd, s.exited = nil, nil
+	s.mu.Unlock()
 }
 
 // jetStreamReady reports whether a server at url accepts connections and answers
@@ -147,4 +179,71 @@ func (s *NATSServer) Output() string {
 		return ""
 	}
 	return string(s.out.Bytes())
+}
+
+// Kill stops the server at once (SIGKILL), as a crashed node, and waits until it
+// exited.
+func (s *NATSServer) Kill() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd == nil {
+		return
+	}
+	_ = s.cmd.Process.Kill()
+	<-s.exited
+	s.cmd, s.exited = nil, nil
+}
+
+// NATSCluster is a JetStream cluster of nats-server processes on loopback, for
+// replicated (R3) streams and buckets.
+type NATSCluster struct {
+	Servers []*NATSServer
+	// URLs lists every server's client URL, comma-separated, for a client that
+	// fails over between them.
+	URLs string
+}
+
+// StartNATSCluster runs a 3-node JetStream cluster and waits until every node
+// answers JetStream requests. The servers are stopped when the test ends.
+func StartNATSCluster(t testing.TB) *NATSCluster {
+	t.Helper()
+	bin := RequireTool(t, "nats-server")
+	const n = 3
+	c := &NATSCluster{}
+	clusterPorts := make([]int, n)
+	var routes []string
+	for i := range n {
+		clusterPorts[i] = FreePort(t)
+		routes = append(routes, fmt.Sprintf("nats://127.0.0.1:%d", clusterPorts[i]))
+	}
+	var urls []string
+	for i := range n {
+		s := &NATSServer{t: t, bin: bin, StoreDir: t.TempDir(), Port: FreePort(t), Name: fmt.Sprintf("blockferry-test-%d", i+1)}
+		s.URL = "nats://127.0.0.1:" + strconv.Itoa(s.Port)
+		s.args = []string{"--cluster_name", "blockferry-test", "--cluster", routes[i], "--routes", strings.Join(routes, ",")}
+		t.Cleanup(s.Stop)
+		c.Servers = append(c.Servers, s)
+		urls = append(urls, s.URL)
+	}
+	c.URLs = strings.Join(urls, ",")
+	for _, s := range c.Servers {
+		if err := s.launch(); err != nil {
+			t.Fatalf("starting %s: %v", s.Name, err)
+		}
+	}
+	for _, s := range c.Servers {
+		if err := s.waitReady(); err != nil {
+			t.Fatalf("cluster node %s: %v", s.Name, err)
+		}
+	}
+	return c
+}
+
+// Output is what every node logged, each under its name.
+func (c *NATSCluster) Output() string {
+	var b strings.Builder
+	for _, s := range c.Servers {
+		fmt.Fprintf(&b, "--- %s\n%s", s.Name, s.Output())
+	}
+	return b.String()
 }

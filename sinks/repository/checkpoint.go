@@ -21,7 +21,11 @@ type Checkpoint struct {
 	JobID    string `json:"job_id"`
 	BackupID string `json:"backup_id"`
 	// Source is the device URI read: a retry must read the same snapshot.
-	Source    string    `json:"source,omitempty"`
+	Source string `json:"source,omitempty"`
+	// Message is the job message that wrote the checkpoint (its stream
+	// sequence, for a job from the queue): another message with the same job id
+	// does not resume it.
+	Message   string    `json:"message,omitempty"`
 	Disk      string    `json:"disk"`
 	Size      int64     `json:"size"`
 	ChunkSize int64     `json:"chunk_size"`
