@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/blockferry/blockferry/internal/safe"
+
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
 
@@ -156,12 +158,12 @@ func (r *backupRun) run(ctx context.Context) error {
 	stopSaving := r.resume.saveEvery(ctx, checkpointInterval)
 	g, gctx := errgroup.WithContext(ctx)
 	tasks := make(chan chunkTask, 2*r.limits.concurrency())
-	g.Go(func() error {
+	safe.Go(g, func() error {
 		defer close(tasks)
 		return planChunks(gctx, r.src, r.m, r.parent, tasks)
 	})
 	for range r.limits.concurrency() {
-		g.Go(func() error {
+		safe.Go(g, func() error {
 			for t := range tasks {
 				if err := r.chunk(gctx, t); err != nil {
 					return err

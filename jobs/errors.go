@@ -10,6 +10,7 @@ import (
 	"syscall"
 
 	"github.com/blockferry/blockferry/backends"
+	"github.com/blockferry/blockferry/internal/safe"
 	"github.com/blockferry/blockferry/sinks"
 	"github.com/blockferry/blockferry/sinks/repository"
 )
@@ -86,6 +87,8 @@ var classes = []class{
 	{is(ErrInvalid), CodeInvalidJob, false},
 	{is(ErrForbidden), CodeForbidden, false},
 	{is(ErrDeliveriesExhausted), CodeExhausted, false},
+	// A panic is a bug that the same input meets again on every retry.
+	{is(safe.ErrPanic), CodeInternal, false},
 	{is(backends.ErrUnsupportedScheme), CodeInvalidJob, false},
 	{is(backends.ErrInvalidSource), CodeSourceInvalid, false},
 	{is(backends.ErrInvalidTarget), CodeTargetInvalid, false},

@@ -16,6 +16,7 @@ import (
 
 	"github.com/blockferry/blockferry/backends"
 	_ "github.com/blockferry/blockferry/backends/file"
+	"github.com/blockferry/blockferry/internal/safe"
 	"github.com/blockferry/blockferry/sinks"
 	"github.com/blockferry/blockferry/sinks/repository"
 	_ "github.com/blockferry/blockferry/sinks/s3"
@@ -68,6 +69,7 @@ func TestClassify(t *testing.T) {
 	}{
 		{"invalid job", open(fmt.Errorf("%w: job j1 names no repository and the worker has no default", ErrInvalid)), CodeInvalidJob, false},
 		{"forbidden by the worker's policy", open(fmt.Errorf("%w: source %q is not in the worker's allow-list", ErrForbidden, "file:///etc/shadow")), CodeForbidden, false},
+		{"a panic in one of the job's goroutines", open(safe.Call(func() error { panic("boom") })), CodeInternal, false},
 		{"deliveries exhausted", open(fmt.Errorf("job j1: %w", ErrDeliveriesExhausted)), CodeExhausted, false},
 		{"unsupported source scheme", source("ftp://host/disk"), CodeInvalidJob, false},
 		{"a directory as file:// source", source("file://" + dir), CodeSourceInvalid, false},

@@ -6,6 +6,8 @@ import (
 	"slices"
 	"sync"
 
+	"github.com/blockferry/blockferry/internal/safe"
+
 	"golang.org/x/sync/errgroup"
 
 	"github.com/blockferry/blockferry/backends"
@@ -197,7 +199,7 @@ func (r *backupRun) readExtents(ctx context.Context, reads []extentRead, buf []b
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(16)
 	for _, rd := range reads {
-		g.Go(func() error {
+		safe.Go(g, func() error {
 			if err := gctx.Err(); err != nil {
 				return err
 			}

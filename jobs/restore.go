@@ -6,6 +6,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/blockferry/blockferry/internal/safe"
+
 	"golang.org/x/sync/errgroup"
 
 	"github.com/blockferry/blockferry/backends"
@@ -69,7 +71,7 @@ func (r *restoreRun) run(ctx context.Context) error {
 	g.SetLimit(r.limits.concurrency())
 	for i := 0; i < len(m.Chunks) && gctx.Err() == nil; i++ {
 		if !m.ReadsAsZero(i) {
-			g.Go(func() error { return r.position(gctx, i) })
+			safe.Go(g, func() error { return r.position(gctx, i) })
 			continue
 		}
 		j := i
@@ -79,7 +81,7 @@ func (r *restoreRun) run(ctx context.Context) error {
 		off := int64(i) * m.ChunkSize
 		n := int64(j)*m.ChunkSize + m.ChunkLen(j) - off
 		i = j
-		g.Go(func() error { return r.zero(gctx, off, n) })
+		safe.Go(g, func() error { return r.zero(gctx, off, n) })
 	}
 	if err := g.Wait(); err != nil {
 		return err

@@ -10,6 +10,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/blockferry/blockferry/internal/safe"
+
 	"golang.org/x/sync/errgroup"
 
 	"github.com/blockferry/blockferry/backends"
@@ -109,7 +111,7 @@ func (r *verifyRun) checkChunks(ctx context.Context, needs map[string]repository
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(r.limits.concurrency())
 	for c, need := range needs {
-		g.Go(func() error { return r.checkChunk(gctx, c, need) })
+		safe.Go(g, func() error { return r.checkChunk(gctx, c, need) })
 	}
 	return g.Wait()
 }
@@ -159,7 +161,7 @@ func (r *verifyRun) compare(ctx context.Context, src backends.Source) ([]int64, 
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(r.limits.concurrency())
 	for i := range m.Chunks {
-		g.Go(func() error {
+		safe.Go(g, func() error {
 			same, err := r.samePosition(gctx, src, i)
 			if err != nil || same {
 				return err

@@ -7,6 +7,8 @@ import (
 	"math"
 	"sync"
 
+	"github.com/blockferry/blockferry/internal/safe"
+
 	"golang.org/x/sync/errgroup"
 )
 
@@ -84,7 +86,7 @@ func (r *Repository) readSample(ctx context.Context, named, stored *idSet, fract
 		if binary.BigEndian.Uint64(id[:8]) > limit || !stored.has(id) {
 			continue
 		}
-		g.Go(func() error {
+		safe.Go(g, func() error {
 			_, err := r.GetChunk(gctx, id, nil)
 			mu.Lock()
 			defer mu.Unlock()

@@ -9,6 +9,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/blockferry/blockferry/internal/safe"
+
 	"golang.org/x/sync/errgroup"
 
 	"github.com/blockferry/blockferry/sinks"
@@ -252,7 +254,7 @@ func (r *Repository) missingChunks(ctx context.Context, ids []ChunkID) ([]ChunkI
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(16)
 	for _, id := range ids {
-		g.Go(func() error {
+		safe.Go(g, func() error {
 			ok, err := r.store.Exists(gctx, chunkName(id))
 			if err == nil && !ok {
 				mu.Lock()

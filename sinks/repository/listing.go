@@ -9,6 +9,8 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/blockferry/blockferry/internal/safe"
+
 	"golang.org/x/sync/errgroup"
 
 	"github.com/blockferry/blockferry/sinks"
@@ -60,7 +62,7 @@ func (r *Repository) eachManifest(ctx context.Context, fn func(*Manifest), bad f
 			mu.Unlock()
 			return nil
 		}
-		g.Go(func() error {
+		safe.Go(g, func() error {
 			m, err := r.Manifest(gctx, id)
 			mu.Lock()
 			defer mu.Unlock()

@@ -8,6 +8,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/blockferry/blockferry/internal/safe"
+
 	"golang.org/x/sync/errgroup"
 
 	"github.com/blockferry/blockferry/sinks"
@@ -300,7 +302,7 @@ func (r *Repository) referenced(ctx context.Context) (*idSet, error) {
 			if !ValidID(id) {
 				return nil
 			}
-			g.Go(func() error {
+			safe.Go(g, func() error {
 				m, err := r.Manifest(gctx, id)
 				if err != nil {
 					return fmt.Errorf("prune: %w (forget it or fix it first)", err)
@@ -310,7 +312,7 @@ func (r *Repository) referenced(ctx context.Context) (*idSet, error) {
 			})
 		case strings.HasPrefix(name, checkpointsPrefix):
 			id := strings.TrimPrefix(name, checkpointsPrefix)
-			g.Go(func() error {
+			safe.Go(g, func() error {
 				if cp, err := r.LoadCheckpoint(gctx, id); err == nil && cp != nil {
 					add(nil, cp.Patches)
 					add(mapValues(cp.Done), nil)
@@ -318,7 +320,7 @@ func (r *Repository) referenced(ctx context.Context) (*idSet, error) {
 				return nil
 			})
 		case strings.HasPrefix(name, pinsPrefix):
-			g.Go(func() error {
+			safe.Go(g, func() error {
 				pin, err := r.loadIDs(gctx, name)
 				if errors.Is(err, sinks.ErrNotFound) {
 					return nil
