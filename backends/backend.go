@@ -66,6 +66,8 @@ type SourceOptions struct {
 	// MaxInFlight bounds the bytes of outstanding read requests per connection;
 	// zero leaves the bound to the implementation.
 	MaxInFlight int64
+	// TLS authenticates a source reached over TLS (nbds://, nbds+unix://).
+	TLS TLS
 }
 
 // SourceOption sets a SourceOptions field.
@@ -80,6 +82,30 @@ func WithConnections(n int) SourceOption { return func(o *SourceOptions) { o.Con
 // WithMaxInFlight bounds the bytes of outstanding reads per connection.
 func WithMaxInFlight(n int64) SourceOption { return func(o *SourceOptions) { o.MaxInFlight = n } }
 
+// WithTLS sets how a source reached over TLS is authenticated.
+func WithTLS(t TLS) SourceOption { return func(o *SourceOptions) { o.TLS = t } }
+
+// TLS is how a client authenticates itself to a device reached over TLS (NBD's
+// nbds:// and nbds+unix://) and checks the device. The zero value is libnbd's
+// default: the system's trusted CAs, no client certificate, the server's
+// certificate verified.
+type TLS struct {
+	// Certificates is a directory holding ca-cert.pem (the CA the server's
+	// certificate must chain to) and, for servers that ask for one, the client's
+	// client-cert.pem and client-key.pem: the layout libnbd and qemu use.
+	Certificates string
+	// PSKFile authenticates with a pre-shared key instead of certificates: lines
+	// of username:hex-key, as psktool writes them (and qemu-nbd's
+	// tls-creds-psk reads).
+	PSKFile string
+	// Username picks the PSK file's line; empty is libnbd's default, the login
+	// name of the process.
+	Username string
+	// SkipVerifyPeer accepts a server certificate that does not chain to the CA
+	// (a test set-up): the connection is then encrypted, not authenticated.
+	SkipVerifyPeer bool
+}
+
 // TargetOptions are the settings OpenTarget passes to an implementation.
 type TargetOptions struct {
 	// Size is the size the target must have; a file target is created or grown to
@@ -88,6 +114,8 @@ type TargetOptions struct {
 	// Connections is the most connections to open when the server allows several;
 	// zero opens one.
 	Connections int
+	// TLS authenticates a target reached over TLS (nbds://, nbds+unix://).
+	TLS TLS
 }
 
 // TargetOption sets a TargetOptions field.
@@ -101,6 +129,9 @@ func WithTargetConnections(n int) TargetOption {
 	return func(o *TargetOptions) { o.Connections = n }
 }
 
+// WithTargetTLS sets how a target reached over TLS is authenticated.
+func WithTargetTLS(t TLS) TargetOption { return func(o *TargetOptions) { o.TLS = t } }
+
 // Errors an implementation wraps so that callers can classify failures.
 var (
 	// ErrUnsupportedScheme: no implementation is registered for the URI scheme.
@@ -109,6 +140,9 @@ var (
 	ErrNoBitmap = errors.New("dirty bitmap not available")
 	// ErrUnreachable: the device could not be reached (no socket, refused, DNS).
 	ErrUnreachable = errors.New("device unreachable")
+	// ErrTLS: the device and the client did not agree on TLS: a certificate or
+	// key that does not match, no TLS where the other side requires it.
+	ErrTLS = errors.New("TLS with the device failed")
 	// ErrTooSmall: a target is smaller than the image to restore.
 	ErrTooSmall = errors.New("target too small")
 	// ErrInvalidSource: what the source URI names is no disk image to back up (a

@@ -102,6 +102,9 @@ var classes = []class{
 	{is(repository.ErrUnsupportedFormat), CodeRepositoryInvalid, false},
 	{is(sinks.ErrNoRepository), CodeRepositoryMissing, false},
 	{is(sinks.ErrAccessDenied), CodeAccessDenied, false},
+	// A device that refused the worker's TLS credentials (or wants TLS the URI
+	// does not ask for) refuses them again: the settings or the URI are to fix.
+	{is(backends.ErrTLS), CodeAccessDenied, false},
 	{is(repository.ErrWrongKey), CodeKey, false},
 	{is(repository.ErrKeyRequired), CodeKey, false},
 	{is(ErrVerifyFailed), CodeVerifyFailed, false},

@@ -89,6 +89,7 @@ func TestClassify(t *testing.T) {
 		{"a repository format not read", open(fmt.Errorf("file:///r: %w: repository format version 2 is not supported", repository.ErrUnsupportedFormat)), CodeRepositoryInvalid, false},
 		{"no repository", open(fmt.Errorf("file:///r: %w (no config object)", sinks.ErrNoRepository)), CodeRepositoryMissing, false},
 		{"access denied by the store", open(fmt.Errorf("s3://bkt: put: %w", sinks.ErrAccessDenied)), CodeAccessDenied, false},
+		{"TLS refused by an NBD export", open(fmt.Errorf("nbd nbds+unix:///?socket=/s: %w (no certificate directory or PSK file is set): gnutls", backends.ErrTLS)), CodeAccessDenied, false},
 		{"wrong key", open(fmt.Errorf("file:///r: %w", repository.ErrWrongKey)), CodeKey, false},
 		{"key required", open(fmt.Errorf("backup b1: manifest: %w", repository.ErrKeyRequired)), CodeKey, false},
 		{"verify failed on a corrupt chunk", open(fmt.Errorf("%w: %w", ErrVerifyFailed, repository.ErrCorrupt)), CodeVerifyFailed, false},

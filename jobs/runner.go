@@ -46,7 +46,12 @@ type runnerConfig struct {
 	resume      bool
 	policy      *Policy
 	onFallback  func(reason string)
+	tls         backends.TLS
 }
+
+// WithDeviceTLS authenticates the sources and targets reached over TLS
+// (nbds://, nbds+unix://): jobs name devices, the worker holds the credentials.
+func WithDeviceTLS(t backends.TLS) RunnerOption { return func(c *runnerConfig) { c.tls = t } }
 
 // WithResume makes backups keep a checkpoint under their job id, so that a retry
 // of the job resumes. Queue workers want it; a one-off command line backup, whose
@@ -154,7 +159,8 @@ func (r *Runner) Run(ctx context.Context, s Spec, progress *Progress, opts ...Ru
 			rep, err := Verify(ctx, repo, m, src, lim, progress)
 			return Result{Verify: &rep}, err
 		}
-		tgt, err := backends.OpenTarget(ctx, s.Target.URI, backends.WithSize(m.Size), backends.WithTargetConnections(DefaultConnections))
+		tgt, err := backends.OpenTarget(ctx, s.Target.URI, backends.WithSize(m.Size), backends.WithTargetConnections(DefaultConnections),
+			backends.WithTargetTLS(r.cfg.tls))
 		if err != nil {
 			return Result{}, err
 		}
@@ -213,7 +219,7 @@ func (r *Runner) backup(ctx context.Context, store sinks.Store, s Spec, lim Limi
 // to the runner's observer.
 func (r *Runner) openSource(ctx context.Context, e *Endpoint) (backends.Source, error) {
 	src, err := backends.OpenSource(ctx, e.URI, backends.WithBitmap(e.Bitmap),
-		backends.WithConnections(DefaultConnections), backends.WithMaxInFlight(DefaultMaxInFlight))
+		backends.WithConnections(DefaultConnections), backends.WithMaxInFlight(DefaultMaxInFlight), backends.WithTLS(r.cfg.tls))
 	if err != nil {
 		return nil, err
 	}

@@ -84,7 +84,11 @@ func checkDiskPath(path string, kind error) error {
 	if err != nil {
 		return err
 	}
-	m := st.Mode()
+	return checkDiskMode(path, st.Mode(), kind)
+}
+
+// checkDiskMode refuses a file of mode m that is no disk image, wrapping kind.
+func checkDiskMode(path string, m os.FileMode, kind error) error {
 	if m.IsRegular() || (m&os.ModeDevice != 0 && m&os.ModeCharDevice == 0) {
 		return nil
 	}
@@ -111,12 +115,17 @@ func openTarget(_ context.Context, u *url.URL, o backends.TargetOptions) (backen
 }
 
 // OpenTarget opens or creates a raw image file for writing and sets its size: a new
-// file is sparse, so a restore leaves zero chunks as holes.
+// file is sparse, so a restore leaves zero chunks as holes. A symlink is not
+// followed: the worker's policy checked the path with its symlinks resolved, and
+// one put in the file's place since must not send the writes elsewhere.
 func OpenTarget(path string, size int64) (*Image, error) {
 	if err := checkDiskPath(path, backends.ErrInvalidTarget); err != nil {
 		return nil, err
 	}
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|unix.O_NOFOLLOW, 0o600)
+	if errors.Is(err, unix.ELOOP) {
+		return nil, fmt.Errorf("%s: %w: a symlink, which a restore does not follow (name the file it points to)", path, backends.ErrInvalidTarget)
+	}
 	if errors.Is(err, os.ErrNotExist) { // its directory does not exist
 		return nil, fmt.Errorf("%w: %w", backends.ErrInvalidTarget, err)
 	}
@@ -124,11 +133,16 @@ func OpenTarget(path string, size int64) (*Image, error) {
 		return nil, err
 	}
 	st, err := f.Stat()
+	if err == nil {
+		// What was opened, not what was checked before: it may have been replaced.
+		err = checkDiskMode(path, st.Mode(), backends.ErrInvalidTarget)
+	}
 	if err != nil {
 		f.Close()
 		return nil, err
 	}
-	// A block device has a fixed size; a regular file is sized to the image.
+	// A regular file is sized to the image. A block device is never truncated
+	// (nor grown): its size is fixed, and one smaller than the image is refused.
 	if st.Mode().IsRegular() {
 		if err := f.Truncate(size); err != nil {
 			f.Close()

@@ -7,6 +7,9 @@
 //	nbd+unix:///?socket=/run/vm.sock
 //	nbd://backup-host:10809/export
 //
+// The nbds schemes require TLS, authenticated as backends.TLS says (a
+// certificate directory or a PSK file); a TLS query on a plain scheme is refused.
+//
 // Every connection is driven by one goroutine running an event loop over libnbd's
 // asynchronous API (see conn.go), so that many goroutines can read or write at once
 // without queueing on libnbd's per-handle lock.
@@ -102,6 +105,8 @@ type endpoint struct {
 	uri      string
 	shown    string   // the URI redacted, for messages
 	contexts []string // the meta contexts to ask for
+	// tls authenticates the connection, for the TLS schemes; nil for the others.
+	tls *backends.TLS
 }
 
 // dial opens one connection, asking for the endpoint's meta contexts, and waits at
@@ -122,6 +127,10 @@ func (ep endpoint) dial(ctx context.Context, timeout time.Duration) (*libnbd.Lib
 		h.Close()
 		return nil, fmt.Errorf("nbd %s: %w", shown, err)
 	}
+	if err := ep.applyTLS(h); err != nil {
+		h.Close()
+		return nil, fmt.Errorf("nbd %s: %w", shown, err)
+	}
 	for _, name := range ep.contexts {
 		if err := h.AddMetaContext(name); err != nil {
 			h.Close()
@@ -130,6 +139,9 @@ func (ep endpoint) dial(ctx context.Context, timeout time.Duration) (*libnbd.Lib
 	}
 	if err := handshake(ctx, h, ep.uri, timeout); err != nil {
 		h.Close()
+		if tlsFailed(err) {
+			return nil, fmt.Errorf("nbd %s: %w (%s): %w", shown, backends.ErrTLS, ep.tlsHint(), err)
+		}
 		if unreachable(err) {
 			return nil, fmt.Errorf("nbd %s: %w: %w", shown, backends.ErrUnreachable, err)
 		}

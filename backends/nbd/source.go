@@ -22,7 +22,11 @@ type source struct {
 }
 
 func openSource(ctx context.Context, u *url.URL, o backends.SourceOptions) (backends.Source, error) {
-	ep := endpoint{uri: u.String(), shown: u.Redacted(), contexts: []string{contextAllocation}}
+	ep, err := newEndpoint(u, o.TLS, backends.ErrInvalidSource)
+	if err != nil {
+		return nil, err
+	}
+	ep.contexts = []string{contextAllocation}
 	bitmap := ""
 	if o.Bitmap != "" {
 		bitmap = bitmapContextPrefix + o.Bitmap

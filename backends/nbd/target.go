@@ -28,7 +28,10 @@ type target struct {
 }
 
 func openTarget(ctx context.Context, u *url.URL, o backends.TargetOptions) (backends.Target, error) {
-	ep := endpoint{uri: u.String(), shown: u.Redacted()}
+	ep, err := newEndpoint(u, o.TLS, backends.ErrInvalidTarget)
+	if err != nil {
+		return nil, err
+	}
 	h, err := ep.dial(ctx, firstHandshakeTimeout)
 	if errors.Is(err, errNotNBD) {
 		return nil, fmt.Errorf("%w: %w", backends.ErrInvalidTarget, err)

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"sort"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -114,7 +115,7 @@ func applyConfig(cmd *cobra.Command, file string) error {
 			return fmt.Errorf("config file %s: %w", file, err)
 		}
 	}
-	var errs []string
+	errs := flattenSections(file, values)
 	cmd.Flags().VisitAll(func(f *pflag.Flag) {
 		if f.Changed || !takesEnv(f) {
 			return
@@ -143,6 +144,49 @@ func applyConfig(cmd *cobra.Command, file string) error {
 	return nil
 }
 
+// settingSections are the configuration file's sections that group settings:
+// each of their keys stands for a flag.
+//
+//	nbd_tls: {certificates: /etc/pki/blockferry, verify_peer: true}
+//	allow: {sources: ["nbd+unix:///*?socket=/run/blockferry/*.sock"], targets: […]}
+var settingSections = map[string]map[string]string{
+	"nbd_tls": {"certificates": "nbd-tls-certificates", "psk_file": "nbd-tls-psk-file",
+		"username": "nbd-tls-username", "verify_peer": "nbd-tls-verify-peer"},
+	"allow": {"sources": "allow-source", "targets": "allow-target"},
+}
+
+// flattenSections replaces the sections of values by the flags their keys stand
+// for, and returns what is wrong: a section that is no mapping, an unknown key,
+// a setting given both in a section and as a flag name.
+func flattenSections(file string, values map[string]any) []string {
+	var errs []string
+	for section, keys := range settingSections {
+		v, ok := values[section]
+		if !ok {
+			continue
+		}
+		delete(values, section)
+		fields, ok := v.(map[string]any)
+		if !ok {
+			errs = append(errs, fmt.Sprintf("%s: %s: want a mapping", file, section))
+			continue
+		}
+		for k, fv := range fields {
+			flag, ok := keys[k]
+			switch {
+			case !ok:
+				errs = append(errs, fmt.Sprintf("%s: %s: unknown setting %q", file, section, k))
+			case has(values, flag):
+				errs = append(errs, fmt.Sprintf("%s: %s.%s and %s set the same thing", file, section, k, flag))
+			default:
+				values[flag] = fv
+			}
+		}
+	}
+	sort.Strings(errs)
+	return errs
+}
+
 // setFlag sets f as if given on the command line; a slice flag from the
 // environment takes a comma-separated list.
 func setFlag(f *pflag.Flag, vals []string, fromEnv bool) error {
@@ -167,4 +211,9 @@ func yamlStrings(v any) []string {
 		return out
 	}
 	return []string{fmt.Sprint(v)}
+}
+
+func has(m map[string]any, key string) bool {
+	_, ok := m[key]
+	return ok
 }

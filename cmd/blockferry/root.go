@@ -23,6 +23,7 @@ type globals struct {
 	configFile string
 	cpuProfile string
 	profile    *os.File
+	nbdTLS     nbdTLSFlags
 }
 
 // startProfile starts CPU profiling when --cpu-profile is given: figures in
@@ -70,6 +71,7 @@ func newRootCommand() *cobra.Command {
 	root.PersistentPostRunE = func(*cobra.Command, []string) error { return g.stopProfile() }
 	pf.StringVar(&g.keyFile, "key-file", "", "file holding the repository encryption key (or the key itself in BLOCKFERRY_KEY)")
 	settings(pf, "repository", "key-file")
+	g.nbdTLS.register(pf)
 	root.AddCommand(
 		newInitCommand(g), newBackupCommand(g), newRestoreCommand(g), newVerifyCommand(g), newLsCommand(g),
 		newWorkerCommand(g), newSubmitCommand(g), newWatchCommand(g), newStatusCommand(g), newCancelCommand(g),
@@ -111,7 +113,11 @@ func (g *globals) runner(extra ...jobs.RunnerOption) (*jobs.Runner, error) {
 	if err != nil {
 		return nil, err
 	}
-	opts := append([]jobs.RunnerOption{jobs.WithDefaultRepository(g.repository), jobs.WithKey(key)}, extra...)
+	tls, err := g.nbdTLS.tls()
+	if err != nil {
+		return nil, err
+	}
+	opts := append([]jobs.RunnerOption{jobs.WithDefaultRepository(g.repository), jobs.WithKey(key), jobs.WithDeviceTLS(tls)}, extra...)
 	return jobs.NewRunner(opts...), nil
 }
 

@@ -99,7 +99,8 @@ func TestPrintable(t *testing.T) {
 }
 
 // TestShippedWorkerConfig: deploy/systemd/worker.yaml, which the unit uses, is a
-// configuration the worker accepts, with its repository table and allow-lists.
+// configuration the worker accepts, with its repository table and allow-lists
+// (in the allow: section).
 func TestShippedWorkerConfig(t *testing.T) {
 	file := filepath.Join(testutil.RepoRoot(), "deploy", "systemd", "worker.yaml")
 	root := newRootCommand()
@@ -112,8 +113,16 @@ func TestShippedWorkerConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	get := func(name string) string { return cmd.Flags().Lookup(name).Value.String() }
-	if get("data-dir") != "/var/lib/blockferry" || get("allow-source") != "[nbd+unix:///*?socket=/run/blockferry/*.sock]" {
-		t.Errorf("data-dir %s, allow-source %s", get("data-dir"), get("allow-source"))
+	if get("data-dir") != "/var/lib/blockferry" || get("allow-source") != "[nbd+unix:///*?socket=/run/blockferry/*.sock]" ||
+		get("allow-target") != "[file:///var/lib/blockferry/restore/*,nbd+unix:///*?socket=/run/blockferry/*.sock]" {
+		t.Errorf("data-dir %s, allow-source %s, allow-target %s", get("data-dir"), get("allow-source"), get("allow-target"))
+	}
+	data, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(data), "\nallow:\n  sources:") {
+		t.Error("the shipped worker.yaml does not show the allow: section")
 	}
 	var pf policyFlags
 	pf.defaultName = "default"

@@ -88,6 +88,10 @@ func newWorkerCommand(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			tls, err := g.nbdTLS.tls()
+			if err != nil {
+				return err
+			}
 			limiter := backends.NewLimiter(int64(rateLimit)) // 0: no limit
 			budget, err := memoryBudget(memoryLimit, slots)
 			if err != nil {
@@ -97,7 +101,7 @@ func newWorkerCommand(g *globals) *cobra.Command {
 			runner := jobs.NewRunner(jobs.WithDefaultRepository(repo), jobs.WithKey(key), jobs.WithConcurrency(concurrency),
 				jobs.WithRateLimiter(limiter), jobs.WithLogger(log), jobs.WithObservers(m.ObserveSource, m.ObserveStore),
 				jobs.WithFallbackObserver(m.BackupFallback),
-				jobs.WithResume(), jobs.WithMemoryBudget(budget), jobs.WithPolicy(policy))
+				jobs.WithResume(), jobs.WithMemoryBudget(budget), jobs.WithPolicy(policy), jobs.WithDeviceTLS(tls))
 			w, err := worker.New(js, runner, worker.WithTopology(n.topo), worker.WithName(name), worker.WithJobs(slots),
 				worker.WithGracePeriod(grace), worker.WithLogger(log), worker.WithMetrics(m))
 			if err != nil {

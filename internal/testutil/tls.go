@@ -59,3 +59,83 @@ func SelfSignedTLS(t testing.TB) TLSFiles {
 	}
 	return f
 }
+
+// X509Dirs are certificate directories of a CA made for one test: Server in
+// qemu's layout for tls-creds-x509 endpoint=server (ca-cert.pem,
+// server-cert.pem, server-key.pem), Client in libnbd's (ca-cert.pem,
+// client-cert.pem, client-key.pem). The server certificate names localhost and
+// 127.0.0.1.
+type X509Dirs struct {
+	Server, Client string
+}
+
+// X509CertificateDirs writes X509Dirs valid for an hour into temporary
+// directories.
+func X509CertificateDirs(t testing.TB) X509Dirs {
+	t.Helper()
+	caKey, caCert := newCertificate(t, &x509.Certificate{
+		Subject: pkix.Name{CommonName: "blockferry test CA"}, IsCA: true, BasicConstraintsValid: true,
+		KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+	}, nil, nil)
+	d := X509Dirs{Server: t.TempDir(), Client: t.TempDir()}
+	for _, end := range []struct {
+		dir, name string
+		tmpl      *x509.Certificate
+	}{
+		{d.Server, "server", &x509.Certificate{Subject: pkix.Name{CommonName: "localhost"}, DNSNames: []string{"localhost"},
+			IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}},
+		{d.Client, "client", &x509.Certificate{Subject: pkix.Name{CommonName: "blockferry test client"},
+			ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}},
+	} {
+		end.tmpl.KeyUsage = x509.KeyUsageDigitalSignature
+		key, cert := newCertificate(t, end.tmpl, caCert, caKey)
+		for name, data := range map[string][]byte{
+			"ca-cert.pem": certPEM(caCert), end.name + "-cert.pem": certPEM(cert), end.name + "-key.pem": keyPEM(t, key),
+		} {
+			if err := os.WriteFile(filepath.Join(end.dir, name), data, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	return d
+}
+
+// newCertificate makes a key and a certificate of it from tmpl, signed by
+// parent's key (self-signed when parent is nil), valid for an hour.
+func newCertificate(t testing.TB, tmpl, parent *x509.Certificate, parentKey *ecdsa.PrivateKey) (*ecdsa.PrivateKey, *x509.Certificate) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	serial, err := rand.Int(rand.Reader, big.NewInt(1<<62))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl.SerialNumber, tmpl.NotBefore, tmpl.NotAfter = serial, time.Now().Add(-time.Hour), time.Now().Add(time.Hour)
+	if parent == nil {
+		parent, parentKey = tmpl, key
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, &key.PublicKey, parentKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return key, cert
+}
+
+func certPEM(c *x509.Certificate) []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
+}
+
+func keyPEM(t testing.TB, key *ecdsa.PrivateKey) []byte {
+	t.Helper()
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
+}
