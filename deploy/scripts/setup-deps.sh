@@ -40,6 +40,8 @@ install_packages() {
 		pkgs+=(qemu-utils nbdkit libnbd-bin curl python3 time) # the last three for make bench
 		# docs/reader.py, the independent reader of docs/FORMAT.md that jobs tests run
 		pkgs+=(python3-zstandard python3-cryptography b3sum e2fsprogs) # FORMAT.md reader test; serve mount test
+		# qemu-storage-daemon, which jobs' live-backup test drives over QMP as libvirt does
+		pkgs+=(qemu-system-common)
 	fi
 	local missing=()
 	for p in "${pkgs[@]}"; do

@@ -210,3 +210,14 @@ func serve(t testing.TB, prog string, args []string, pidFile string) func() {
 		}
 	}
 }
+
+// ExportSHA256 copies an NBD export to a raw file in a temporary directory with
+// nbdcopy and returns the copy's sha256: the export's content at that time.
+func ExportSHA256(t testing.TB, uri string) string {
+	t.Helper()
+	out := filepath.Join(t.TempDir(), "export.raw")
+	run(t, RequireTool(t, "nbdcopy"), uri, out)
+	sum := SHA256File(t, out)
+	os.Remove(out)
+	return sum
+}
