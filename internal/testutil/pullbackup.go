@@ -138,8 +138,9 @@ func (b *PullBackup) URI() string { return b.d.QSD.ExportURI(b.exportName) }
 // empty for a full backup.
 func (b *PullBackup) Bitmap() string { return b.bitmap }
 
-// End ends the backup as libvirt's backup-end does: it removes the export, waits
-// until its clients are gone, cancels the copy-before-write job (a sync=none
+// End ends the backup as libvirt's backup-end does: it removes the export (which
+// fails, failing the test, while a client is still connected: the backup's NBD
+// connections must be closed by then) and waits until it is gone, cancels the copy-before-write job (a sync=none
 // backup never ends by itself), and deletes the fleecing node and its scratch
 // file. The checkpoint bitmap stays on the disk.
 func (b *PullBackup) End() {
