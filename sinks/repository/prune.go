@@ -20,6 +20,9 @@ type PruneOptions struct {
 	// DryRun changes nothing: the report says what a run would delete and condemn
 	// (sweeps are judged by the local clock instead of the store's).
 	DryRun bool
+	// OnChunk, when set, is called with the stored size of each chunk the sweep
+	// examines, as it lists them: a prune's progress.
+	OnChunk func(size int64)
 }
 
 // PruneReport says what a prune run did (or, dry, would do).
@@ -49,7 +52,7 @@ func (r *Repository) Prune(ctx context.Context, o PruneOptions) (*PruneReport, e
 	if err != nil {
 		return nil, err
 	}
-	p := &pruneRun{repo: r, run: newULID(), grace: grace, dry: o.DryRun, report: &PruneReport{}}
+	p := &pruneRun{repo: r, run: newULID(), grace: grace, dry: o.DryRun, onChunk: o.OnChunk, report: &PruneReport{}}
 	if p.dry {
 		p.now = time.Now()
 	} else if p.now, err = r.storeNow(ctx, p.run); err != nil {
@@ -91,6 +94,7 @@ type pruneRun struct {
 	dry   bool
 	// due are the lists being swept, pending those whose grace is not over.
 	due, pending []condemnedList
+	onChunk      func(size int64)
 	report       *PruneReport
 }
 
@@ -176,6 +180,9 @@ func (p *pruneRun) sweepChunks(ctx context.Context, refs *idSet) ([]ChunkID, err
 		}
 		p.report.ChunksTotal++
 		p.report.BytesTotal += o.Size
+		if p.onChunk != nil {
+			p.onChunk(o.Size)
+		}
 		switch {
 		case refs.has(id):
 			return nil
