@@ -38,7 +38,9 @@ type PruneReport struct {
 	ListsPending       int   `json:"lists_pending"`
 	CheckpointsDeleted int   `json:"checkpoints_deleted"`
 	PinsDeleted        int   `json:"pins_deleted"`
-	StrayObjects       int   `json:"stray_objects"`
+	// IndexEntriesDeleted counts index entries whose backup is gone.
+	IndexEntriesDeleted int `json:"index_entries_deleted"`
+	StrayObjects        int `json:"stray_objects"`
 }
 
 // Prune runs one round of garbage collection (docs/FORMAT.md, "Garbage
@@ -273,10 +275,15 @@ func (p *pruneRun) collectStale(ctx context.Context) error {
 			return fmt.Errorf("prune: %w", err)
 		}
 	}
+	stale, err := p.repo.staleIndexEntries(ctx, p.now.Add(-p.grace))
+	if err != nil {
+		return fmt.Errorf("prune: %w", err)
+	}
+	p.report.IndexEntriesDeleted = len(stale)
 	if p.dry {
 		return nil
 	}
-	if err := p.repo.store.DeleteObjects(ctx, names); err != nil {
+	if err := p.repo.store.DeleteObjects(ctx, append(names, stale...)); err != nil {
 		return fmt.Errorf("prune: collect leftovers: %w", err)
 	}
 	return nil
