@@ -99,30 +99,53 @@ type PruneResult struct {
 	repository.PruneReport
 }
 
+// PruneObserver learns how each prune job's garbage collection round ended: the
+// repository's location (no credentials), and the report or the error. A worker
+// turns it into gauges of the repository.
+type PruneObserver func(repository string, rep *repository.PruneReport, err error)
+
+// WithPruneObserver reports the end of every prune job's collection round.
+func WithPruneObserver(o PruneObserver) RunnerOption { return func(c *runnerConfig) { c.onPrune = o } }
+
 // prune runs a prune job: it forgets the disk's backups its retention policy
 // does not keep, then runs one round of garbage collection. Its progress counts
 // the stored bytes the sweep has examined; the total is known only at the end.
 // A retry of a failed prune is safe: forgetting and collecting are idempotent.
 func (r *Runner) prune(ctx context.Context, store sinks.Store, s Spec, progress *Progress) (Result, error) {
-	repo, err := repository.Open(ctx, store, r.cfg.key)
+	res, err := pruneRepository(ctx, store, r.cfg.key, s, progress)
+	if r.cfg.onPrune != nil {
+		var rep *repository.PruneReport
+		if err == nil {
+			rep = &res.PruneReport
+		}
+		r.cfg.onPrune(store.Location(), rep, err)
+	}
 	if err != nil {
 		return Result{}, err
+	}
+	return Result{Prune: res}, nil
+}
+
+func pruneRepository(ctx context.Context, store sinks.Store, key []byte, s Spec, progress *Progress) (*PruneResult, error) {
+	repo, err := repository.Open(ctx, store, key)
+	if err != nil {
+		return nil, err
 	}
 	res := &PruneResult{Disk: s.Disk, Forgotten: []string{}}
 	if s.Retention != nil {
 		p, _ := s.Retention.Policy() // validated with the spec
 		ds, forgotten, bad, err := repo.ForgetByPolicy(ctx, s.Disk, p, false)
 		if err != nil {
-			return Result{}, err
+			return nil, err
 		}
 		res.Forgotten = append(res.Forgotten, forgotten...)
 		res.Kept, res.Skipped = len(ds)-len(forgotten), bad
 	}
 	rep, err := repo.Prune(ctx, repository.PruneOptions{OnChunk: func(n int64) { progress.bytesDone.Add(n) }})
 	if err != nil {
-		return Result{}, err
+		return nil, err
 	}
 	progress.bytesTotal.Store(progress.bytesDone.Load())
 	res.PruneReport = *rep
-	return Result{Prune: res}, nil
+	return res, nil
 }

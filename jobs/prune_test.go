@@ -1,9 +1,15 @@
 package jobs
 
 import (
+	"context"
 	"errors"
+	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/blockferry/blockferry/sinks"
+	_ "github.com/blockferry/blockferry/sinks/file"
+	"github.com/blockferry/blockferry/sinks/repository"
 )
 
 func TestDecodePruneSpec(t *testing.T) {
@@ -36,5 +42,38 @@ func TestDecodePruneSpec(t *testing.T) {
 		if _, err := DecodeSpec([]byte(doc)); !errors.Is(err, ErrInvalid) {
 			t.Errorf("%s: %v, want ErrInvalid", name, err)
 		}
+	}
+}
+
+// TestPruneJobReportsToObserver: a prune job hands its collection round's
+// report, or its failure, to the runner's prune observer.
+func TestPruneJobReportsToObserver(t *testing.T) {
+	dir := t.TempDir()
+	store, err := sinks.OpenStore(context.Background(), "file://"+dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := repository.Init(context.Background(), store, repository.InitOptions{ChunkSize: 1 << 20, Compression: "zstd"}); err != nil {
+		t.Fatal(err)
+	}
+	type call struct {
+		repo string
+		rep  *repository.PruneReport
+		err  error
+	}
+	var calls []call
+	r := NewRunner(WithPruneObserver(func(repo string, rep *repository.PruneReport, err error) { calls = append(calls, call{repo, rep, err}) }))
+	spec := Spec{SpecVersion: SpecVersion, ID: "gc", Kind: KindPrune, Repository: "file://" + dir}
+	res, err := r.Run(context.Background(), spec, nil)
+	if err != nil || res.Prune == nil {
+		t.Fatalf("prune of an empty repository: %+v, %v", res, err)
+	}
+	spec.Repository = "file://" + filepath.Join(dir, "none")
+	if _, err := r.Run(context.Background(), spec, nil); err == nil {
+		t.Fatal("prune of no repository succeeded")
+	}
+	if len(calls) != 2 || calls[0].err != nil || calls[0].rep == nil || calls[0].repo != store.Location() ||
+		calls[1].err == nil || calls[1].rep != nil {
+		t.Fatalf("observer calls %+v", calls)
 	}
 }

@@ -44,6 +44,7 @@ type runnerConfig struct {
 	log         *zap.Logger
 	onSource    backends.SourceObserver
 	onStore     sinks.StoreObserver
+	onPrune     PruneObserver
 	resume      bool
 	policy      *Policy
 	onFallback  func(reason string)

@@ -27,9 +27,11 @@ type PruneOptions struct {
 
 // PruneReport says what a prune run did (or, dry, would do).
 type PruneReport struct {
-	ChunksTotal        int   `json:"chunks_total"`
-	BytesTotal         int64 `json:"bytes_total"`
-	ChunksReferenced   int   `json:"chunks_referenced"`
+	ChunksTotal      int   `json:"chunks_total"`
+	BytesTotal       int64 `json:"bytes_total"`
+	ChunksReferenced int   `json:"chunks_referenced"`
+	// Backups is the number of manifests the mark phase read.
+	Backups            int   `json:"backups"`
 	ListsSwept         int   `json:"lists_swept"`
 	ChunksDeleted      int   `json:"chunks_deleted"`
 	BytesFreed         int64 `json:"bytes_freed"`
@@ -64,11 +66,11 @@ func (r *Repository) Prune(ctx context.Context, o PruneOptions) (*PruneReport, e
 	if err := p.startSweeps(ctx); err != nil {
 		return nil, err
 	}
-	refs, err := r.referenced(ctx)
+	refs, backups, err := r.referenced(ctx)
 	if err != nil {
 		return nil, err
 	}
-	p.report.ChunksReferenced = refs.len()
+	p.report.ChunksReferenced, p.report.Backups = refs.len(), backups
 	condemn, err := p.sweepChunks(ctx, refs)
 	if err != nil {
 		return nil, err
@@ -299,8 +301,8 @@ func (p *pruneRun) deleteRun(ctx context.Context) {
 // patches), a checkpoint or a pin. A manifest or pin that cannot be read stops
 // the prune, since its chunks cannot be known; an unreadable checkpoint is
 // skipped, as a backup ignores it too.
-func (r *Repository) referenced(ctx context.Context) (*idSet, error) {
-	refs := &idSet{}
+func (r *Repository) referenced(ctx context.Context) (refs *idSet, backups int, err error) {
+	refs = &idSet{}
 	var mu sync.Mutex
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(16)
@@ -322,6 +324,9 @@ func (r *Repository) referenced(ctx context.Context) (*idSet, error) {
 					return fmt.Errorf("prune: %w (forget it or fix it first)", err)
 				}
 				add(m.Chunks, m.Patches)
+				mu.Lock()
+				backups++
+				mu.Unlock()
 				return nil
 			})
 		case strings.HasPrefix(name, checkpointsPrefix):
@@ -352,7 +357,6 @@ func (r *Repository) referenced(ctx context.Context) (*idSet, error) {
 		}
 		return gctx.Err()
 	}
-	var err error
 	for _, prefix := range []string{backupsPrefix, checkpointsPrefix, pinsPrefix} {
 		if err = r.store.List(gctx, prefix, visit); err != nil {
 			break
@@ -362,10 +366,10 @@ func (r *Repository) referenced(ctx context.Context) (*idSet, error) {
 		err = werr // the first failure of a read, which also stopped the listing
 	}
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	refs.compact()
-	return refs, nil
+	return refs, backups, nil
 }
 
 func mapValues(m map[int]string) []string {
