@@ -98,7 +98,7 @@ func (g *gcRepo) stored() map[string]int64 {
 func (g *gcRepo) backup(spec jobs.Spec) *repository.Manifest {
 	g.t.Helper()
 	spec.SpecVersion, spec.Kind = jobs.SpecVersion, jobs.KindBackup
-	spec.Options.ChunkSize = chunkSize
+	spec.Options.ChunkSize = jobs.ByteSize(chunkSize)
 	res, err := g.runner.Run(context.Background(), spec, nil)
 	if err != nil {
 		g.t.Fatalf("backup %s of %s: %v", spec.ID, spec.Disk, err)
@@ -370,7 +370,7 @@ func TestPruneBesideRunningBackup(t *testing.T) {
 
 			uri, want := rawImage(t, slices.Concat(dedup, reupload)...)
 			spec := jobs.Spec{SpecVersion: jobs.SpecVersion, ID: "y", Kind: jobs.KindBackup, Disk: "vm3/vdc",
-				Source: &jobs.Endpoint{URI: uri}, Options: jobs.Options{ChunkSize: chunkSize, Concurrency: 1, RateLimit: "2MiB"}}
+				Source: &jobs.Endpoint{URI: uri}, Options: jobs.Options{ChunkSize: jobs.ByteSize(chunkSize), Concurrency: 1, RateLimit: "2MiB"}}
 			progress := jobs.NewProgress()
 			done := make(chan struct{})
 			var res jobs.Result
