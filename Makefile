@@ -42,6 +42,7 @@ test-short: setup-build
 bench: setup build
 	bash deploy/scripts/bench.sh
 	bash deploy/scripts/bench-serve.sh
+	bash deploy/scripts/bench-gc.sh
 
 bench-quick: setup build
 	BENCH_QUICK=1 bash deploy/scripts/bench.sh

@@ -18,6 +18,7 @@ type Result struct {
 	Backup  *repository.Manifest `json:"backup,omitempty"`
 	Restore *RestoreStats        `json:"restore,omitempty"`
 	Verify  *VerifyReport        `json:"verify,omitempty"`
+	Prune   *PruneResult         `json:"prune,omitempty"`
 }
 
 // Runner runs jobs: it opens what a spec names and hands it to the engine. The
@@ -43,6 +44,7 @@ type runnerConfig struct {
 	log         *zap.Logger
 	onSource    backends.SourceObserver
 	onStore     sinks.StoreObserver
+	onPrune     PruneObserver
 	resume      bool
 	policy      *Policy
 	onFallback  func(reason string)
@@ -134,6 +136,8 @@ func (r *Runner) Run(ctx context.Context, s Spec, progress *Progress, opts ...Ru
 	switch s.Kind {
 	case KindBackup:
 		return r.backup(ctx, store, s, lim, o, progress)
+	case KindPrune:
+		return r.prune(ctx, store, s, progress)
 	case KindRestore, KindVerify:
 		repo, err := repository.Open(ctx, store, r.cfg.key)
 		if err != nil {

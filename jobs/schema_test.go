@@ -48,4 +48,5 @@ func TestSchemaMatchesSpec(t *testing.T) {
 	check("job", top, reflect.TypeFor[Spec]())
 	check("options", schema.Properties["options"].Properties, reflect.TypeFor[Options]())
 	check("endpoint", schema.Defs["endpoint"].Properties, reflect.TypeFor[Endpoint]())
+	check("retention", schema.Properties["retention"].Properties, reflect.TypeFor[Retention]())
 }

@@ -20,6 +20,7 @@ const (
 	KindBackup  = "backup"
 	KindRestore = "restore"
 	KindVerify  = "verify"
+	KindPrune   = "prune" // forget a disk's backups by retention policy, collect garbage (prune.go)
 )
 
 // Limits of a job document.
@@ -59,6 +60,8 @@ type Spec struct {
 	// (libvirt: <incremental> of the backup XML). It must be the checkpoint the
 	// parent recorded; otherwise the chain is broken (Options.OnBrokenChain).
 	SinceCheckpoint string `json:"since_checkpoint,omitempty"`
+	// Retention is a prune job's rules for its disk (prune.go).
+	Retention *Retention `json:"retention,omitempty"`
 }
 
 // Endpoint is a device a job reads or writes.
@@ -189,6 +192,9 @@ func (s *Spec) validateFields() error {
 // validateKind checks which fields the job's kind requires and which it refuses.
 func (s *Spec) validateKind() error {
 	bad := s.invalid
+	if s.Retention != nil && s.Kind != KindPrune {
+		return bad("only a prune takes retention rules")
+	}
 	switch s.Kind {
 	case KindBackup:
 		switch {
@@ -229,10 +235,14 @@ func (s *Spec) validateKind() error {
 		case s.Source != nil && s.Source.Bitmap != "":
 			return bad("a verify compares with a source, it takes no bitmap")
 		}
+	case KindPrune:
+		if err := s.validatePrune(); err != nil {
+			return bad("%v", err)
+		}
 	case "":
 		return bad("kind is required")
 	default:
-		return bad("unknown kind %q (want backup, restore or verify)", s.Kind)
+		return bad("unknown kind %q (want backup, restore, verify or prune)", s.Kind)
 	}
 	return nil
 }

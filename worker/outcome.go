@@ -313,6 +313,8 @@ func resultSummary(s jobs.Spec, res *jobs.Result) (string, any) {
 		return s.Backup, res.Restore
 	case res.Verify != nil:
 		return s.Backup, res.Verify
+	case res.Prune != nil:
+		return "", res.Prune
 	}
 	return s.Backup, nil
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"strconv"
 	"strings"
@@ -9,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/blockferry/blockferry/jobs"
 	"github.com/blockferry/blockferry/sinks/repository"
 )
 
@@ -23,9 +25,8 @@ func openRepository(ctx context.Context, g *globals) (*repository.Repository, er
 
 func newForgetCommand(g *globals) *cobra.Command {
 	var (
-		p       repository.RetentionPolicy
+		rf      retentionFlags
 		disk    string
-		labels  []string
 		backups []string
 		dryRun  bool
 	)
@@ -38,50 +39,34 @@ func newForgetCommand(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if p.Labels, err = parseLabels(labels); err != nil {
-				return err
-			}
-			remove := backups
-			var decisions []repository.Decision
-			if len(backups) == 0 {
-				if disk == "" {
-					return fmt.Errorf("--disk (with --keep-* rules) or --backup is required")
-				}
-				list, bad, err := repo.ListBackups(cmd.Context(), disk)
-				if err != nil {
-					return err
-				}
-				for _, b := range bad {
-					fmt.Fprintf(cmd.ErrOrStderr(), "skipped %s: %s\n", b.Name, b.Error)
-				}
-				p.Location = time.Local
-				if decisions, err = p.Apply(list); err != nil {
-					return err
-				}
-				for _, d := range decisions {
-					if !d.Keep {
-						remove = append(remove, d.Backup.ID)
+			if len(backups) > 0 {
+				if !dryRun {
+					if err := repo.Forget(cmd.Context(), backups); err != nil {
+						return err
 					}
 				}
+				return g.print(cmd.OutOrStdout(), forgetView(nil, backups, dryRun), forgetText(nil, backups, dryRun))
 			}
-			if !dryRun && len(remove) > 0 {
-				if err := repo.Forget(cmd.Context(), remove); err != nil {
-					return err
-				}
+			if disk == "" {
+				return fmt.Errorf("--disk (with --keep-* rules) or --backup is required")
+			}
+			p, err := rf.policy()
+			if err != nil {
+				return err
+			}
+			decisions, remove, bad, err := repo.ForgetByPolicy(cmd.Context(), disk, p, dryRun)
+			if err != nil {
+				return err
+			}
+			for _, b := range bad {
+				fmt.Fprintf(cmd.ErrOrStderr(), "skipped %s: %s\n", b.Name, b.Error)
 			}
 			return g.print(cmd.OutOrStdout(), forgetView(decisions, remove, dryRun), forgetText(decisions, remove, dryRun))
 		},
 	}
 	f := cmd.Flags()
 	f.StringVar(&disk, "disk", "", "the disk whose backups the policy applies to")
-	f.IntVar(&p.Last, "keep-last", 0, "keep the N newest backups")
-	f.IntVar(&p.Hourly, "keep-hourly", 0, "keep the newest backup of each of the last N hours that have one")
-	f.IntVar(&p.Daily, "keep-daily", 0, "keep the newest backup of each of the last N days that have one")
-	f.IntVar(&p.Weekly, "keep-weekly", 0, "keep the newest backup of each of the last N ISO weeks that have one")
-	f.IntVar(&p.Monthly, "keep-monthly", 0, "keep the newest backup of each of the last N months that have one")
-	f.IntVar(&p.Yearly, "keep-yearly", 0, "keep the newest backup of each of the last N years that have one")
-	f.DurationVar(&p.Within, "keep-within", 0, "keep every backup started within this long of the newest")
-	f.StringArrayVar(&labels, "keep-label", nil, "keep every backup with this label (key=value, repeatable)")
+	rf.register(f)
 	f.StringArrayVar(&backups, "backup", nil, "forget this backup (repeatable; no policy applies)")
 	f.BoolVar(&dryRun, "dry-run", false, "print what would be forgotten, change nothing")
 	return cmd
@@ -242,4 +227,14 @@ func newStatsCommand(g *globals) *cobra.Command {
 	}
 	cmd.Flags().StringVar(&disk, "disk", "", "only this disk's backups")
 	return cmd
+}
+
+// pruneSummary says in a line what a prune job's completed event reports.
+func pruneSummary(stats any) string {
+	var r jobs.PruneResult
+	if data, err := json.Marshal(stats); err != nil || json.Unmarshal(data, &r) != nil {
+		return "no figures"
+	}
+	return fmt.Sprintf("forgot %d backups, kept %d; deleted %d chunks (%s), condemned %d (%s)",
+		len(r.Forgotten), r.Kept, r.ChunksDeleted, bytesText(r.BytesFreed), r.ChunksCondemned, bytesText(r.BytesCondemned))
 }

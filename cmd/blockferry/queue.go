@@ -27,13 +27,15 @@ func newSubmitCommand(g *globals) *cobra.Command {
 		tgt  jobs.Endpoint
 		back string
 		wait bool
+		rf   retentionFlags
 	)
 	cmd := &cobra.Command{
-		Use:   "submit backup|restore|verify",
+		Use:   "submit backup|restore|verify|prune",
 		Short: "Submit a job to the workers (--wait follows it to its end)",
 		Long: "Submit a job to the workers (--wait follows it to its end). A backup takes the flags of the backup command;\n" +
 			"a restore takes --backup, --target and --concurrency; a verify --backup, --concurrency and, to compare\n" +
-			"the backup with the disk, --source.",
+			"the backup with the disk, --source. A prune takes --disk with --keep-* rules (forget that disk's backups\n" +
+			"the rules do not keep, then collect garbage), or neither (only collect).",
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if id == "" {
@@ -44,6 +46,9 @@ func newSubmitCommand(g *globals) *cobra.Command {
 				return err
 			}
 			s.Repository, s.Backup = g.repository, back
+			if s.Retention, err = rf.retention(); err != nil {
+				return err
+			}
 			if tgt.URI != "" {
 				s.Target = &tgt
 			}
@@ -70,6 +75,7 @@ func newSubmitCommand(g *globals) *cobra.Command {
 	f.Lookup("concurrency").Usage = "chunks in flight (default: the worker's --concurrency)"
 	f.StringVar(&back, "backup", "", "backup id (restore, verify)")
 	f.StringVar(&tgt.URI, "target", "", "raw file or writable NBD export (restore)")
+	rf.register(f)
 	f.BoolVar(&wait, "wait", false, "follow the job with a progress bar until it ends; exit status says how")
 	return cmd
 }
@@ -154,6 +160,8 @@ func eventLine(ev worker.Event) string {
 		}
 	case d.Backup != "":
 		s += " backup " + d.Backup
+	case ev.Type == worker.EventCompleted && d.Kind == jobs.KindPrune:
+		s += ": " + pruneSummary(d.Stats)
 	}
 	return s
 }

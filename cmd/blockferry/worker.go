@@ -100,7 +100,7 @@ func newWorkerCommand(g *globals) *cobra.Command {
 			m := metrics.New()
 			runner := jobs.NewRunner(jobs.WithDefaultRepository(repo), jobs.WithKey(key), jobs.WithConcurrency(concurrency),
 				jobs.WithRateLimiter(limiter), jobs.WithLogger(log), jobs.WithObservers(m.ObserveSource, m.ObserveStore),
-				jobs.WithFallbackObserver(m.BackupFallback),
+				jobs.WithFallbackObserver(m.BackupFallback), jobs.WithPruneObserver(m.ObservePrune),
 				jobs.WithResume(), jobs.WithMemoryBudget(budget), jobs.WithPolicy(policy), jobs.WithDeviceTLS(tls))
 			w, err := worker.New(js, runner, worker.WithTopology(n.topo), worker.WithName(name), worker.WithJobs(slots),
 				worker.WithGracePeriod(grace), worker.WithLogger(log), worker.WithMetrics(m))

@@ -26,6 +26,7 @@ type Metrics struct {
 	StoreLatency   *prometheus.HistogramVec // backend, op
 	StoreErrors    *prometheus.CounterVec   // backend, op
 	Fallbacks      *prometheus.CounterVec   // reason
+	Repository     repositoryGauges         // from the last prune job (repository.go)
 }
 
 // New makes and registers the collectors, with Go runtime and process metrics.
@@ -63,9 +64,10 @@ func New() *Metrics {
 		Help: "Failed repository store requests, by backend and operation."}, []string{"backend", "op"})
 	m.Fallbacks = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "backup_fallbacks_total",
 		Help: "Backups asked to be incremental that completed as full backups because their chain was broken, by reason (bitmap_missing, parent_missing, disk_resized, checkpoint_mismatch)."}, []string{"reason"})
-	for _, c := range []prometheus.Collector{m.Fallbacks, m.JobsStarted, m.JobsFinished, m.JobDuration, m.JobsInFlight, m.JobRetries,
+	m.Repository = newRepositoryGauges(ns)
+	for _, c := range append(m.Repository.collectors(), m.Fallbacks, m.JobsStarted, m.JobsFinished, m.JobDuration, m.JobsInFlight, m.JobRetries,
 		m.Heartbeats, m.HeartbeatFails, m.BytesTotal, m.NBDLatency, m.NBDErrors, m.StoreLatency, m.StoreErrors,
-		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})) {
 		f(c)
 	}
 	return m

@@ -26,16 +26,45 @@ type BadObject struct {
 // ListBackups lists the backups of a disk (all disks when disk is empty), oldest
 // first, without their chunk index. An object under backups/ that is not a
 // readable manifest is named in bad and skipped; only a failure to list at all
-// is an error. It reads every manifest (version 1 has no index of them).
+// is an error. It lists the names under backups/ and index/ and reads the index
+// entries of the disk's backups (a few hundred bytes each); only backups without
+// an entry (written by an older blockferry) have their manifests read.
 func (r *Repository) ListBackups(ctx context.Context, disk string) (list []*Manifest, bad []BadObject, err error) {
-	err = r.eachManifest(ctx, func(m *Manifest) {
-		if disk == "" || m.Disk == disk {
-			m.Chunks, m.Patches = nil, nil // a listing does not need the index
-			list = append(list, m)
-		}
-	}, func(b BadObject) { bad = append(bad, b) })
+	ids, bad, err := r.listBackupIDs(ctx)
 	if err != nil {
 		return nil, nil, err
+	}
+	entries, err := r.listIndex(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	dir := ""
+	if disk != "" {
+		dir = indexPrefix + r.diskKey(disk) + "/"
+	}
+	var mu sync.Mutex
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(16)
+	for id := range ids {
+		e, indexed := entries[id]
+		if indexed && !strings.HasPrefix(e.name, dir) {
+			continue // another disk's
+		}
+		g.Go(func() error {
+			m, b, err := r.listedBackup(gctx, id, e.name)
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case b != nil:
+				bad = append(bad, *b)
+			case m != nil && (disk == "" || m.Disk == disk):
+				list = append(list, m)
+			}
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, nil, fmt.Errorf("list backups: %w", err)
 	}
 	sort.Slice(list, func(i, j int) bool {
 		if !list[i].Started.Equal(list[j].Started) {
@@ -88,8 +117,9 @@ func (r *Repository) eachManifest(ctx context.Context, fn func(*Manifest), bad f
 	return nil
 }
 
-// Forget deletes the manifests of the backups (in batches). Their chunks stay
-// until a prune collects those that no other backup names.
+// Forget deletes the manifests of the backups (in batches), then their index
+// entries. Their chunks stay until a prune collects those that no other backup
+// names.
 func (r *Repository) Forget(ctx context.Context, ids []string) error {
 	names := make([]string, 0, len(ids))
 	for _, id := range ids {
@@ -100,6 +130,9 @@ func (r *Repository) Forget(ctx context.Context, ids []string) error {
 	}
 	if err := r.store.DeleteObjects(ctx, names); err != nil {
 		return fmt.Errorf("forget: %w", err)
+	}
+	if err := r.dropIndexEntries(ctx, ids); err != nil {
+		return fmt.Errorf("forget: the backups are forgotten, their index entries are left for prune: %w", err)
 	}
 	return nil
 }

@@ -20,13 +20,18 @@ type PruneOptions struct {
 	// DryRun changes nothing: the report says what a run would delete and condemn
 	// (sweeps are judged by the local clock instead of the store's).
 	DryRun bool
+	// OnChunk, when set, is called with the stored size of each chunk the sweep
+	// examines, as it lists them: a prune's progress.
+	OnChunk func(size int64)
 }
 
 // PruneReport says what a prune run did (or, dry, would do).
 type PruneReport struct {
-	ChunksTotal        int   `json:"chunks_total"`
-	BytesTotal         int64 `json:"bytes_total"`
-	ChunksReferenced   int   `json:"chunks_referenced"`
+	ChunksTotal      int   `json:"chunks_total"`
+	BytesTotal       int64 `json:"bytes_total"`
+	ChunksReferenced int   `json:"chunks_referenced"`
+	// Backups is the number of manifests the mark phase read.
+	Backups            int   `json:"backups"`
 	ListsSwept         int   `json:"lists_swept"`
 	ChunksDeleted      int   `json:"chunks_deleted"`
 	BytesFreed         int64 `json:"bytes_freed"`
@@ -35,7 +40,9 @@ type PruneReport struct {
 	ListsPending       int   `json:"lists_pending"`
 	CheckpointsDeleted int   `json:"checkpoints_deleted"`
 	PinsDeleted        int   `json:"pins_deleted"`
-	StrayObjects       int   `json:"stray_objects"`
+	// IndexEntriesDeleted counts index entries whose backup is gone.
+	IndexEntriesDeleted int `json:"index_entries_deleted"`
+	StrayObjects        int `json:"stray_objects"`
 }
 
 // Prune runs one round of garbage collection (docs/FORMAT.md, "Garbage
@@ -49,7 +56,7 @@ func (r *Repository) Prune(ctx context.Context, o PruneOptions) (*PruneReport, e
 	if err != nil {
 		return nil, err
 	}
-	p := &pruneRun{repo: r, run: newULID(), grace: grace, dry: o.DryRun, report: &PruneReport{}}
+	p := &pruneRun{repo: r, run: newULID(), grace: grace, dry: o.DryRun, onChunk: o.OnChunk, report: &PruneReport{}}
 	if p.dry {
 		p.now = time.Now()
 	} else if p.now, err = r.storeNow(ctx, p.run); err != nil {
@@ -59,11 +66,11 @@ func (r *Repository) Prune(ctx context.Context, o PruneOptions) (*PruneReport, e
 	if err := p.startSweeps(ctx); err != nil {
 		return nil, err
 	}
-	refs, err := r.referenced(ctx)
+	refs, backups, err := r.referenced(ctx)
 	if err != nil {
 		return nil, err
 	}
-	p.report.ChunksReferenced = refs.len()
+	p.report.ChunksReferenced, p.report.Backups = refs.len(), backups
 	condemn, err := p.sweepChunks(ctx, refs)
 	if err != nil {
 		return nil, err
@@ -91,6 +98,7 @@ type pruneRun struct {
 	dry   bool
 	// due are the lists being swept, pending those whose grace is not over.
 	due, pending []condemnedList
+	onChunk      func(size int64)
 	report       *PruneReport
 }
 
@@ -176,6 +184,9 @@ func (p *pruneRun) sweepChunks(ctx context.Context, refs *idSet) ([]ChunkID, err
 		}
 		p.report.ChunksTotal++
 		p.report.BytesTotal += o.Size
+		if p.onChunk != nil {
+			p.onChunk(o.Size)
+		}
 		switch {
 		case refs.has(id):
 			return nil
@@ -266,10 +277,15 @@ func (p *pruneRun) collectStale(ctx context.Context) error {
 			return fmt.Errorf("prune: %w", err)
 		}
 	}
+	stale, err := p.repo.staleIndexEntries(ctx, p.now.Add(-p.grace))
+	if err != nil {
+		return fmt.Errorf("prune: %w", err)
+	}
+	p.report.IndexEntriesDeleted = len(stale)
 	if p.dry {
 		return nil
 	}
-	if err := p.repo.store.DeleteObjects(ctx, names); err != nil {
+	if err := p.repo.store.DeleteObjects(ctx, append(names, stale...)); err != nil {
 		return fmt.Errorf("prune: collect leftovers: %w", err)
 	}
 	return nil
@@ -285,8 +301,8 @@ func (p *pruneRun) deleteRun(ctx context.Context) {
 // patches), a checkpoint or a pin. A manifest or pin that cannot be read stops
 // the prune, since its chunks cannot be known; an unreadable checkpoint is
 // skipped, as a backup ignores it too.
-func (r *Repository) referenced(ctx context.Context) (*idSet, error) {
-	refs := &idSet{}
+func (r *Repository) referenced(ctx context.Context) (refs *idSet, backups int, err error) {
+	refs = &idSet{}
 	var mu sync.Mutex
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(16)
@@ -308,6 +324,9 @@ func (r *Repository) referenced(ctx context.Context) (*idSet, error) {
 					return fmt.Errorf("prune: %w (forget it or fix it first)", err)
 				}
 				add(m.Chunks, m.Patches)
+				mu.Lock()
+				backups++
+				mu.Unlock()
 				return nil
 			})
 		case strings.HasPrefix(name, checkpointsPrefix):
@@ -338,7 +357,6 @@ func (r *Repository) referenced(ctx context.Context) (*idSet, error) {
 		}
 		return gctx.Err()
 	}
-	var err error
 	for _, prefix := range []string{backupsPrefix, checkpointsPrefix, pinsPrefix} {
 		if err = r.store.List(gctx, prefix, visit); err != nil {
 			break
@@ -348,10 +366,10 @@ func (r *Repository) referenced(ctx context.Context) (*idSet, error) {
 		err = werr // the first failure of a read, which also stopped the listing
 	}
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	refs.compact()
-	return refs, nil
+	return refs, backups, nil
 }
 
 func mapValues(m map[int]string) []string {

@@ -276,6 +276,9 @@ func (r *Repository) PutManifest(ctx context.Context, m *Manifest) error {
 	if err := r.gc.beforeCommit(ctx); err != nil {
 		return fmt.Errorf("write manifest %s: %w", m.ID, err)
 	}
+	if err := r.putIndexEntry(ctx, m); err != nil {
+		return err
+	}
 	err = r.store.PutIfAbsent(ctx, manifestName(m.ID), obj)
 	if errors.Is(err, sinks.ErrExists) {
 		// A conditional put retried after a lost answer finds its own object: the

@@ -2,6 +2,7 @@ package repository
 
 import (
 	"cmp"
+	"context"
 	"errors"
 	"fmt"
 	"maps"
@@ -134,4 +135,29 @@ func (p RetentionPolicy) applyDisk(ms []*Manifest) []Decision {
 		}
 	}
 	return out
+}
+
+// ForgetByPolicy applies p to the backups of disk and, unless dryRun, forgets
+// those it does not keep. It returns the decisions (newest first), the ids
+// forgotten (or that would be) and the objects under backups/ it could not read,
+// which it leaves alone.
+func (r *Repository) ForgetByPolicy(ctx context.Context, disk string, p RetentionPolicy, dryRun bool) (ds []Decision, forgotten []string, bad []BadObject, err error) {
+	list, bad, err := r.ListBackups(ctx, disk)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if ds, err = p.Apply(list); err != nil {
+		return nil, nil, nil, err
+	}
+	for _, d := range ds {
+		if !d.Keep {
+			forgotten = append(forgotten, d.Backup.ID)
+		}
+	}
+	if !dryRun && len(forgotten) > 0 {
+		if err := r.Forget(ctx, forgotten); err != nil {
+			return nil, nil, nil, err
+		}
+	}
+	return ds, forgotten, bad, nil
 }
