@@ -172,6 +172,14 @@ func Classify(err error) Failure {
 	return f
 }
 
+// transient says whether a failed request to a device may succeed when sent
+// again at once: an error the table knows as retryable. An error it does not know
+// is left to the attempt's retry (Classify takes it as transient), not resent.
+func transient(err error) bool {
+	c := classify(err)
+	return c >= 0 && classes[c].retryable
+}
+
 // classify is the index of the first class err matches, -1 for none.
 func classify(err error) int {
 	for i, c := range classes {

@@ -145,3 +145,25 @@ func TestClassify(t *testing.T) {
 		t.Errorf("Classify(nil) = %+v", f)
 	}
 }
+
+// TestTransient: a device request is sent again only for an error the table
+// knows as retryable, wrapped or not; unknown and permanent errors end it.
+func TestTransient(t *testing.T) {
+	for _, c := range []struct {
+		err  error
+		want bool
+	}{
+		{fmt.Errorf("nbd read of 4096 bytes at offset 0: %w", syscall.EIO), true},
+		{fmt.Errorf("read: %w", syscall.ECONNRESET), true},
+		{&net.OpError{Op: "read", Err: os.ErrDeadlineExceeded}, true},
+		{fmt.Errorf("write: %w", syscall.ENOSPC), false},
+		{fmt.Errorf("read: %w", syscall.EPERM), false},
+		{backends.ErrInvalidSource, false},
+		{context.Canceled, false},
+		{errors.New("something unknown"), false},
+	} {
+		if got := transient(c.err); got != c.want {
+			t.Errorf("transient(%v) = %v, want %v", c.err, got, c.want)
+		}
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"fmt"
+	"time"
 
 	"go.uber.org/zap"
 	"golang.org/x/time/rate"
@@ -219,13 +220,19 @@ func (r *Runner) backup(ctx context.Context, store sinks.Store, s Spec, lim Limi
 	return Result{Backup: m}, nil
 }
 
-// openSource opens the device e names, with its bitmap, and reports its requests
-// to the runner's observer.
+// openSource opens the device e names, with its bitmap, reports its requests to
+// the runner's observer and sends a request that failed transiently again, so
+// that an I/O error that passes costs a request, not the attempt.
 func (r *Runner) openSource(ctx context.Context, e *Endpoint) (backends.Source, error) {
 	src, err := backends.OpenSource(ctx, e.URI, backends.WithBitmap(e.Bitmap),
 		backends.WithConnections(DefaultConnections), backends.WithMaxInFlight(DefaultMaxInFlight), backends.WithTLS(r.cfg.tls))
 	if err != nil {
 		return nil, err
 	}
-	return backends.Instrumented(src, r.cfg.onSource), nil
+	// Every request is observed, also the ones a retry repeats.
+	src = backends.Instrumented(src, r.cfg.onSource)
+	return backends.Retrying(src, transient, backends.WithRetryNotify(func(op string, attempt int, wait time.Duration, err error) {
+		r.cfg.log.Warn("source request failed, retrying", zap.String("source", e.URI), zap.String("op", op),
+			zap.Int("try", attempt), zap.Duration("wait", wait), zap.Error(err))
+	})), nil
 }
