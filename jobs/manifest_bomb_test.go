@@ -1,15 +1,12 @@
 package jobs_test
 
 import (
-	"bytes"
 	"os"
 	"path/filepath"
 	"runtime"
-	"strings"
 	"testing"
 
-	"github.com/klauspost/compress/zstd"
-
+	"github.com/blockferry/blockferry/internal/testutil"
 	"github.com/blockferry/blockferry/jobs"
 )
 
@@ -22,20 +19,8 @@ func TestManifestBomb(t *testing.T) {
 	disk, _ := rawDisk(t, 8*mib)
 	m := fullBackupOfFile(t, r, disk)
 
-	var obj bytes.Buffer
-	obj.Write([]byte{1, 1}) // plain envelope, zstd
-	w, err := zstd.NewWriter(&obj, zstd.WithEncoderLevel(zstd.SpeedFastest))
-	if err != nil {
-		t.Fatal(err)
-	}
-	w.Write([]byte(`{"version":1,"id":"` + m.ID + `","size":8388608,"chunk_size":1048576,"labels":{"x":"`))
-	junk := []byte(strings.Repeat("A", 1<<20))
-	for range 512 {
-		w.Write(junk)
-	}
-	w.Write([]byte(`"}}`))
-	w.Close()
-	if err := os.WriteFile(filepath.Join(dir, "backups", m.ID), obj.Bytes(), 0o600); err != nil {
+	obj := testutil.ManifestBomb(m.ID, 8*mib, 1*mib, 512)
+	if err := os.WriteFile(filepath.Join(dir, "backups", m.ID), obj, 0o600); err != nil {
 		t.Fatal(err)
 	}
 
@@ -49,10 +34,10 @@ func TestManifestBomb(t *testing.T) {
 		_, err := runSpec(t, r, spec)
 		runtime.ReadMemStats(&after)
 		if f := jobs.Classify(err); f.Code != jobs.CodeCorrupt || f.Retryable {
-			t.Errorf("%s of a %d-byte manifest bomb: %v: %+v", kind, obj.Len(), err, f)
+			t.Errorf("%s of a %d-byte manifest bomb: %v: %+v", kind, len(obj), err, f)
 		}
 		if n := after.TotalAlloc - before.TotalAlloc; n > 64<<20 {
-			t.Errorf("%s of a %d-byte manifest bomb allocated %d MiB", kind, obj.Len(), n>>20)
+			t.Errorf("%s of a %d-byte manifest bomb allocated %d MiB", kind, len(obj), n>>20)
 		}
 	}
 }
