@@ -564,6 +564,27 @@ func (e *env) restoreAndCheck(jobID, backup, wantSHA string) {
 	}
 }
 
+// waitCheckpoint waits until a running backup recorded a checkpoint (every 5s)
+// and returns the number of chunks it holds.
+func (e *env) waitCheckpoint(id string) int {
+	e.t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if repo := e.openRepo(); repo != nil {
+			ctx, cancel := ctxTimeout(5 * time.Second)
+			cp, err := repo.LoadCheckpoint(ctx, id)
+			cancel()
+			if err == nil && cp != nil && len(cp.Done) > 0 {
+				return len(cp.Done)
+			}
+		}
+		if time.Now().After(deadline) {
+			e.t.Fatalf("no checkpoint of job %s after 30s: %v", id, mustRead(e, id))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
 // randomDisk writes a raw image of size bytes of pseudo-random data (no two
 // chunks alike) and returns its file:// URI and sha256.
 func randomDisk(t *testing.T, path string, size int64, seed uint64) (string, string) {

@@ -273,22 +273,7 @@ func TestWorkerKilledMidBackup(t *testing.T) {
 
 	// Kill once the first attempt recorded a checkpoint (every 5s), so that the
 	// second one has something to resume.
-	deadline := time.Now().Add(30 * time.Second)
-	var checkpointed int
-	for checkpointed == 0 {
-		if repo := e.openRepo(); repo != nil {
-			ctx, cancel := ctxTimeout(5 * time.Second)
-			cp, err := repo.LoadCheckpoint(ctx, id)
-			cancel()
-			if err == nil && cp != nil {
-				checkpointed = len(cp.Done)
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no checkpoint of job %s after 30s: %v", id, mustRead(e, id))
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	checkpointed := e.waitCheckpoint(id)
 	a.signal(syscall.SIGKILL)
 	if code := a.wait(10 * time.Second); code != -1 {
 		t.Fatalf("worker wa exited with %d, want killed", code)
