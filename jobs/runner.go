@@ -18,6 +18,7 @@ type Result struct {
 	Backup  *repository.Manifest `json:"backup,omitempty"`
 	Restore *RestoreStats        `json:"restore,omitempty"`
 	Verify  *VerifyReport        `json:"verify,omitempty"`
+	Serve   *ServeReport         `json:"serve,omitempty"`
 }
 
 // Runner runs jobs: it opens what a spec names and hands it to the engine. The
@@ -115,7 +116,7 @@ func (r *Runner) Run(ctx context.Context, s Spec, progress *Progress) (Result, e
 	switch s.Kind {
 	case KindBackup:
 		return r.backup(ctx, store, s, lim, progress)
-	case KindRestore, KindVerify:
+	case KindRestore, KindVerify, KindServe:
 		repo, err := repository.Open(ctx, store, r.cfg.key)
 		if err != nil {
 			return Result{}, err
@@ -128,6 +129,9 @@ func (r *Runner) Run(ctx context.Context, s Spec, progress *Progress) (Result, e
 		m, err := repo.Manifest(ctx, s.Backup)
 		if err != nil {
 			return Result{}, err
+		}
+		if s.Kind == KindServe {
+			return r.serve(ctx, repo, m, s, lim, progress)
 		}
 		if s.Kind == KindVerify {
 			var src backends.Source

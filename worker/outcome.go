@@ -217,6 +217,8 @@ func resultSummary(s jobs.Spec, res *jobs.Result) (string, any) {
 		return s.Backup, res.Restore
 	case res.Verify != nil:
 		return s.Backup, res.Verify
+	case res.Serve != nil:
+		return s.Backup, res.Serve
 	}
 	return s.Backup, nil
 }
