@@ -252,3 +252,81 @@ func admitTarget(list []uriPattern, s string, overwrite bool) (string, error) {
 	}
 	return u.String(), nil
 }
+
+// A serve job's listen address is matched against the worker's listen
+// allow-list, whose entries are listen addresses with globs:
+//
+//	unix:///run/blockferry/serve/*.sock     sockets directly in that directory
+//	tcp://127.0.0.1:*                       any port on loopback
+//
+// A socket path is matched as written and with its directory's symlinks
+// resolved, like a file path. TCP is on loopback only, in the list and in jobs:
+// a job's export is plain NBD, without TLS, which anyone who reaches the port
+// could read.
+func splitListen(s string, pattern bool) (uriPattern, error) {
+	if hostPort, ok := strings.CutPrefix(s, "tcp://"); ok {
+		// Not url.Parse: a pattern's port may be a glob.
+		host, port, err := net.SplitHostPort(hostPort)
+		p := uriPattern{scheme: "tcp", host: strings.ToLower(host), port: port, path: "/"}
+		switch {
+		case err != nil || port == "" || strings.ContainsAny(hostPort, "/?#@"):
+			return uriPattern{}, errors.New("a tcp listen address is tcp://host:port")
+		case p.host != "localhost" && (net.ParseIP(p.host) == nil || !net.ParseIP(p.host).IsLoopback()):
+			return uriPattern{}, errors.New("a serve job's export has no TLS: tcp on a loopback address only")
+		}
+		if _, err := path.Match(p.port, ""); pattern && err != nil {
+			return uriPattern{}, err
+		}
+		return p, nil
+	}
+	u, err := url.Parse(s)
+	if err != nil {
+		return uriPattern{}, errors.New("not a URI")
+	}
+	if u.Scheme != "unix" {
+		return uriPattern{}, fmt.Errorf("scheme %q: want unix:// or tcp://", u.Scheme)
+	}
+	if u.User != nil || u.Fragment != "" || u.Opaque != "" || u.RawQuery != "" || u.Host != "" {
+		return uriPattern{}, errors.New("a unix listen address is unix:///path/to.sock, without host, query or fragment")
+	}
+	return uriPattern{scheme: "unix", path: u.Path}, checkPath(u.Path)
+}
+
+func compileListenPatterns(list []string) ([]uriPattern, error) {
+	out := make([]uriPattern, 0, len(list))
+	for _, s := range list {
+		pat, err := splitListen(s, true)
+		if err == nil && pat.scheme == "unix" {
+			_, err = path.Match(strings.TrimSuffix(pat.path, "**"), "")
+		}
+		if err != nil {
+			return nil, fmt.Errorf("pattern %q: %w", s, err)
+		}
+		out = append(out, pat)
+	}
+	return out, nil
+}
+
+// admitListen checks a serve job's listen address and returns it with its
+// socket's directory resolved: the address that is listened on.
+func admitListen(list []uriPattern, s string) (string, error) {
+	u, err := splitListen(s, false)
+	if err != nil {
+		return "", fmt.Errorf("%w: %v", ErrForbidden, err)
+	}
+	if !allowed(list, u) {
+		return "", fmt.Errorf("%w: not in the worker's listen allow-list", ErrForbidden)
+	}
+	if u.scheme == "tcp" {
+		return "tcp://" + net.JoinHostPort(u.host, u.port), nil
+	}
+	real, err := resolvePath(u.path)
+	if err != nil {
+		return "", err
+	}
+	u.path = real
+	if !allowed(list, u) {
+		return "", fmt.Errorf("%w: resolves to %s, which is not in the worker's listen allow-list", ErrForbidden, quoteShort(real))
+	}
+	return (&url.URL{Scheme: "unix", Path: real}).String(), nil
+}

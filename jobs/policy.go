@@ -1,10 +1,12 @@
 package jobs
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"regexp"
 	"sort"
+	"time"
 )
 
 // ErrForbidden: the worker's policy does not let a job use what it names. Nothing
@@ -35,6 +37,12 @@ type PolicyConfig struct {
 	// Sources and Targets are allow-lists of URI patterns (see AllowPattern);
 	// nil takes DefaultAllow.
 	Sources, Targets []string
+	// Listens is the allow-list of the addresses serve jobs may listen on (see
+	// splitListen); nil or empty: serve jobs are refused.
+	Listens []string
+	// MaxServeLifetime bounds how long a serve job serves, and is the lifetime
+	// of one that names none (0: DefaultMaxServeLifetime).
+	MaxServeLifetime time.Duration
 }
 
 // DefaultAllow is the allow-list of sources and of targets when the operator
@@ -46,6 +54,7 @@ var DefaultAllow = []string{"nbd+unix:///*?socket=/**", "nbds+unix:///*?socket=/
 type Policy struct {
 	cfg              PolicyConfig
 	sources, targets []uriPattern
+	listens          []uriPattern
 }
 
 var repositoryName = regexp.MustCompile(`^[0-9A-Za-z][0-9A-Za-z._-]{0,127}$`)
@@ -67,6 +76,12 @@ func NewPolicy(c PolicyConfig) (*Policy, error) {
 	}
 	if p.targets, err = compilePatterns(c.Targets); err != nil {
 		return nil, fmt.Errorf("allowed targets: %w", err)
+	}
+	if p.listens, err = compileListenPatterns(c.Listens); err != nil {
+		return nil, fmt.Errorf("allowed serve listen addresses: %w", err)
+	}
+	if p.cfg.MaxServeLifetime < 0 {
+		return nil, fmt.Errorf("maximum serve lifetime %s is negative", c.MaxServeLifetime)
 	}
 	return p, nil
 }
@@ -128,6 +143,15 @@ func (p *Policy) admit(s Spec) (grant, error) {
 			return grant{}, fmt.Errorf("job %s: target %s: %w", s.ID, quoteShort(s.Target.URI), err)
 		}
 		g.spec.Target = &tgt
+	}
+	if s.Listen != "" {
+		if g.spec.Listen, err = admitListen(p.listens, s.Listen); err != nil {
+			return grant{}, fmt.Errorf("job %s: listen %s: %w", s.ID, quoteShort(s.Listen), err)
+		}
+	}
+	if d, _ := time.ParseDuration(s.Options.Lifetime); d > cmp.Or(p.cfg.MaxServeLifetime, DefaultMaxServeLifetime) {
+		return grant{}, fmt.Errorf("job %s: %w: lifetime %s is beyond the worker's maximum, %s", s.ID, ErrForbidden,
+			d, cmp.Or(p.cfg.MaxServeLifetime, DefaultMaxServeLifetime))
 	}
 	return g, nil
 }

@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 )
 
 func TestPolicyRepository(t *testing.T) {
@@ -163,5 +164,56 @@ func TestAdmitSpec(t *testing.T) {
 	g, err := p.admit(s)
 	if err != nil || g.repository != "file:///srv/r" || g.spec.Source.URI != "nbd+unix:///?socket=/run/x.sock" || s.Source.URI != "nbd+unix:///?socket=/run/x.sock" {
 		t.Errorf("grant %+v, %v (job %+v)", g, err, s.Source)
+	}
+}
+
+func TestPolicyServe(t *testing.T) {
+	dir, _ := filepath.EvalSymlinks(t.TempDir())
+	serveDir := filepath.Join(dir, "serve")
+	if err := os.Mkdir(serveDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(dir, filepath.Join(serveDir, "up")); err != nil {
+		t.Fatal(err)
+	}
+	p, err := NewPolicy(PolicyConfig{Repositories: map[string]NamedRepository{"r": {URI: "file:///r"}}, DefaultRepository: "r",
+		Listens: []string{"unix://" + serveDir + "/*.sock", "unix://" + serveDir + "/up/*.sock", "tcp://127.0.0.1:*"}, MaxServeLifetime: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	job := func(listen, lifetime string) Spec {
+		return Spec{SpecVersion: 1, ID: "s", Kind: KindServe, Backup: "b", Listen: listen, Options: Options{Lifetime: lifetime}}
+	}
+	for listen, want := range map[string]string{
+		"unix://" + serveDir + "/a.sock": "unix://" + serveDir + "/a.sock",
+		"tcp://127.0.0.1:0":              "tcp://127.0.0.1:0",
+		"tcp://127.0.0.1:10809":          "tcp://127.0.0.1:10809",
+	} {
+		if g, err := p.admit(job(listen, "1h")); err != nil || g.spec.Listen != want {
+			t.Errorf("%s: %q, %v; want %q", listen, g.spec.Listen, err, want)
+		}
+	}
+	for _, s := range []Spec{
+		job("unix://"+dir+"/a.sock", ""),            // not on the list
+		job("unix://"+serveDir+"/../a.sock", ""),    // .. parts
+		job("unix://"+serveDir+"/up/a.sock", ""),    // on the list as written, resolves off it
+		job("unix://"+serveDir+"/a.sock", "61m"),    // beyond the maximum
+		job("tcp://0.0.0.0:10809", ""),              // not loopback: no TLS
+		job("tcp://localhost.attacker.net:1", ""),   // not loopback
+		job("unix://"+serveDir+"/a.sock?x=1", "1h"), // a query
+	} {
+		if _, err := p.admit(s); !errors.Is(err, ErrForbidden) {
+			t.Errorf("%s lifetime %q: %v, want forbidden", s.Listen, s.Options.Lifetime, err)
+		}
+	}
+	none, err := NewPolicy(PolicyConfig{Repositories: map[string]NamedRepository{"r": {URI: "file:///r"}}, DefaultRepository: "r"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := none.admit(job("unix://"+serveDir+"/a.sock", "")); !errors.Is(err, ErrForbidden) {
+		t.Errorf("no listen allow-list: %v, want forbidden", err)
+	}
+	if _, err := NewPolicy(PolicyConfig{Listens: []string{"tcp://0.0.0.0:*"}}); err == nil {
+		t.Error("a listen pattern off loopback was accepted")
 	}
 }

@@ -33,10 +33,26 @@ type Progress struct {
 	chunksZero     atomic.Int64
 	chunksResumed  atomic.Int64
 	chunksPatched  atomic.Int64
+
+	// export is the URI of a serve job's export, once it accepts clients;
+	// exported is closed then.
+	export   atomic.Pointer[string]
+	exported chan struct{}
 }
 
 // NewProgress starts counting now.
-func NewProgress() *Progress { return &Progress{started: time.Now()} }
+func NewProgress() *Progress { return &Progress{started: time.Now(), exported: make(chan struct{})} }
+
+// setExport records the URI of the export a serve job set up, once.
+func (p *Progress) setExport(uri string) {
+	if p.export.CompareAndSwap(nil, &uri) {
+		close(p.exported)
+	}
+}
+
+// Exported is closed once a serve job's export accepts clients (Snapshot's
+// Export says where): a monitor tells at once, not at its next tick.
+func (p *Progress) Exported() <-chan struct{} { return p.exported }
 
 // ProgressSnapshot is a consistent-enough reading of a Progress.
 type ProgressSnapshot struct {
@@ -47,6 +63,9 @@ type ProgressSnapshot struct {
 	BytesDeduplicated int64   `json:"bytes_deduplicated"`
 	RateBytesPerSec   float64 `json:"rate_bytes_per_second"`
 	ETASeconds        float64 `json:"eta_seconds"`
+	// Export is the URI of a serve job's export (bytes_done: the bytes its
+	// clients read).
+	Export string `json:"export,omitempty"`
 }
 
 // Snapshot reads the counters and derives rate and ETA from the time since start.
@@ -57,6 +76,9 @@ func (p *Progress) Snapshot() ProgressSnapshot {
 		BytesRead:         p.bytesRead.Load(),
 		BytesWritten:      p.bytesWritten.Load(),
 		BytesDeduplicated: p.bytesDeduplicated.Load(),
+	}
+	if uri := p.export.Load(); uri != nil {
+		s.Export = *uri
 	}
 	if el := time.Since(p.started).Seconds(); el > 0 {
 		s.RateBytesPerSec = float64(s.BytesDone) / el

@@ -20,6 +20,7 @@ type Result struct {
 	Restore *RestoreStats        `json:"restore,omitempty"`
 	Verify  *VerifyReport        `json:"verify,omitempty"`
 	Prune   *PruneResult         `json:"prune,omitempty"`
+	Serve   *ServeReport         `json:"serve,omitempty"`
 }
 
 // Runner runs jobs: it opens what a spec names and hands it to the engine. The
@@ -139,7 +140,7 @@ func (r *Runner) Run(ctx context.Context, s Spec, progress *Progress, opts ...Ru
 		return r.backup(ctx, store, s, lim, o, progress)
 	case KindPrune:
 		return r.prune(ctx, store, s, progress)
-	case KindRestore, KindVerify:
+	case KindRestore, KindVerify, KindServe:
 		repo, err := repository.Open(ctx, store, r.cfg.key)
 		if err != nil {
 			return Result{}, err
@@ -152,6 +153,9 @@ func (r *Runner) Run(ctx context.Context, s Spec, progress *Progress, opts ...Ru
 		m, err := repo.Manifest(ctx, s.Backup)
 		if err != nil {
 			return Result{}, err
+		}
+		if s.Kind == KindServe {
+			return r.serve(ctx, repo, m, s, lim, progress)
 		}
 		if s.Kind == KindVerify {
 			var src backends.Source

@@ -3,11 +3,13 @@ package jobs
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"reflect"
 	"regexp"
 	"strings"
+	"time"
 
 	"github.com/blockferry/blockferry/sinks/repository"
 )
@@ -21,6 +23,7 @@ const (
 	KindRestore = "restore"
 	KindVerify  = "verify"
 	KindPrune   = "prune" // forget a disk's backups by retention policy, collect garbage (prune.go)
+	KindServe   = "serve"
 )
 
 // Limits of a job document.
@@ -40,17 +43,20 @@ const (
 // Client.Submit (the submit command) and the command line's job commands call
 // Validate; the Runner and the engine behind it trust it.
 type Spec struct {
-	SpecVersion int               `json:"spec_version"`
-	ID          string            `json:"id"`
-	Kind        string            `json:"kind"`
-	Disk        string            `json:"disk,omitempty"`
-	Source      *Endpoint         `json:"source,omitempty"`
-	Parent      string            `json:"parent,omitempty"`
-	Backup      string            `json:"backup,omitempty"`
-	Target      *Endpoint         `json:"target,omitempty"`
-	Repository  string            `json:"repository,omitempty"`
-	Options     Options           `json:"options,omitzero"`
-	Labels      map[string]string `json:"labels,omitempty"`
+	SpecVersion int       `json:"spec_version"`
+	ID          string    `json:"id"`
+	Kind        string    `json:"kind"`
+	Disk        string    `json:"disk,omitempty"`
+	Source      *Endpoint `json:"source,omitempty"`
+	Parent      string    `json:"parent,omitempty"`
+	Backup      string    `json:"backup,omitempty"`
+	Target      *Endpoint `json:"target,omitempty"`
+	Repository  string    `json:"repository,omitempty"`
+	// Listen is where a serve job's NBD export listens: unix:///path/to.sock or
+	// tcp://127.0.0.1:port (loopback only: a job's export has no TLS).
+	Listen  string            `json:"listen,omitempty"`
+	Options Options           `json:"options,omitzero"`
+	Labels  map[string]string `json:"labels,omitempty"`
 
 	// Checkpoint names the checkpoint this backup starts: the point in time of the
 	// image it reads, from which the next incremental's bitmap counts (libvirt:
@@ -82,6 +88,10 @@ type Options struct {
 	// OnBrokenChain is what an incremental whose chain is broken does (chain.go):
 	// OnBrokenChainFull (the default) or OnBrokenChainFail.
 	OnBrokenChain string `json:"on_broken_chain,omitempty"`
+
+	// Lifetime is how long a serve job serves before it completes, a Go duration
+	// ("90m", "8h"); the worker's maximum bounds it, and is its default.
+	Lifetime string `json:"lifetime,omitempty"`
 }
 
 var (
@@ -162,8 +172,11 @@ func (s *Spec) validateFields() error {
 			return bad("bitmap %q is not a valid name", e.Bitmap)
 		}
 	}
-	if len(s.Repository) > maxURILength {
-		return bad("repository uri too long")
+	if len(s.Repository) > maxURILength || len(s.Listen) > maxURILength {
+		return bad("repository or listen uri too long")
+	}
+	if s.Listen != "" && s.Kind != KindServe || s.Options.Lifetime != "" && s.Kind != KindServe {
+		return bad("listen and options.lifetime are for a serve job")
 	}
 	for _, name := range []string{s.Checkpoint, s.SinceCheckpoint} {
 		if name != "" && !validCheckpointName(name) {
@@ -239,10 +252,14 @@ func (s *Spec) validateKind() error {
 		if err := s.validatePrune(); err != nil {
 			return bad("%v", err)
 		}
+	case KindServe:
+		if err := s.validateServe(); err != nil {
+			return bad("%v", err)
+		}
 	case "":
 		return bad("kind is required")
 	default:
-		return bad("unknown kind %q (want backup, restore, verify or prune)", s.Kind)
+		return bad("unknown kind %q (want backup, restore, verify, prune or serve)", s.Kind)
 	}
 	return nil
 }
@@ -267,7 +284,30 @@ func (o Options) validate() error {
 			return fmt.Errorf("rate_limit: %w", err)
 		}
 	}
+	if o.Lifetime != "" {
+		if d, err := time.ParseDuration(o.Lifetime); err != nil || d <= 0 {
+			return fmt.Errorf("lifetime %q: want a positive duration such as 90m or 8h", o.Lifetime)
+		}
+	}
 	return nil
+}
+
+// validateServe checks the fields of a serve job.
+func (s *Spec) validateServe() error {
+	switch {
+	case s.Options.ChunkSize != 0 || s.Options.Compression != "" || s.Options.RateLimit != "" || s.Options.OnBrokenChain != "":
+		return errors.New("a serve takes only options.concurrency and options.lifetime")
+	case s.Checkpoint != "" || s.SinceCheckpoint != "":
+		return errors.New("a serve takes no checkpoint")
+	case s.Backup == "":
+		return errors.New("a serve needs a backup id")
+	case s.Listen == "":
+		return errors.New("a serve needs listen (unix:///path/to.sock or tcp://127.0.0.1:port)")
+	case s.Source != nil || s.Target != nil || s.Parent != "":
+		return errors.New("a serve takes no source, target or parent")
+	}
+	_, err := ParseListen(s.Listen, "", false)
+	return err
 }
 
 // CheckChunkSize says whether n is a chunk size the repository format supports,

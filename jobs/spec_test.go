@@ -22,6 +22,11 @@ func TestDecodeSpec(t *testing.T) {
 		t.Errorf("chunk_size \"4MiB\": %d, %v", s.Options.ChunkSize, err)
 	}
 
+	serve := `{"spec_version":1,"id":"s1","kind":"serve","backup":"b","listen":"unix:///run/bf/s1.sock","options":{"lifetime":"90m","concurrency":4}}`
+	if s, err := DecodeSpec([]byte(serve)); err != nil || s.Listen != "unix:///run/bf/s1.sock" || s.Options.Lifetime != "90m" {
+		t.Errorf("serve job: %+v, %v", s, err)
+	}
+
 	bad := []struct {
 		name, doc, id string
 	}{
@@ -42,6 +47,11 @@ func TestDecodeSpec(t *testing.T) {
 		{"trailing data", `{"spec_version":1,"id":"j9","kind":"verify","backup":"b"} {}`, "j9"},
 		{"trailing data, bad id", `{"spec_version":1,"id":"bad.>","kind":"verify","backup":"b"} {}`, ""},
 		{"disk path escape", `{"spec_version":1,"id":"j10","kind":"backup","disk":"../etc","source":{"uri":"nbd://h"}}`, "j10"},
+		{"serve without listen", `{"spec_version":1,"id":"j16","kind":"serve","backup":"b"}`, "j16"},
+		{"serve on a bad address", `{"spec_version":1,"id":"j17","kind":"serve","backup":"b","listen":"http://h/x"}`, "j17"},
+		{"serve with a target", `{"spec_version":1,"id":"j18","kind":"serve","backup":"b","listen":"unix:///x.sock","target":{"uri":"file:///x"}}`, "j18"},
+		{"serve with a bad lifetime", `{"spec_version":1,"id":"j19","kind":"serve","backup":"b","listen":"unix:///x.sock","options":{"lifetime":"-1h"}}`, "j19"},
+		{"lifetime of a restore", `{"spec_version":1,"id":"j20","kind":"restore","backup":"b","target":{"uri":"file:///x"},"options":{"lifetime":"1h"}}`, "j20"},
 		{"oversized", `{"spec_version":1,"id":"j11","kind":"verify","backup":"b","labels":{"x":"` + strings.Repeat("y", MaxSpecBytes) + `"}}`, ""},
 	}
 	for _, c := range bad {

@@ -59,6 +59,13 @@ func (s *instrumentedStore) Get(ctx context.Context, name string) ([]byte, error
 	return b, err
 }
 
+func (s *instrumentedStore) GetInto(ctx context.Context, name string, buf []byte) ([]byte, error) {
+	start := time.Now()
+	b, err := GetInto(ctx, s.Store, name, buf)
+	s.done("get", start, err)
+	return b, err
+}
+
 func (s *instrumentedStore) Exists(ctx context.Context, name string) (bool, error) {
 	start := time.Now()
 	ok, err := s.Store.Exists(ctx, name)

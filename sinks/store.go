@@ -41,6 +41,23 @@ type Store interface {
 	Location() string
 }
 
+// BufferGetter is implemented by stores that can read an object into the
+// caller's buffer, which saves a fresh allocation (and its page faults) per
+// object read: GetInto returns the object in buf's capacity when it fits, else
+// in a new slice.
+type BufferGetter interface {
+	GetInto(ctx context.Context, name string, buf []byte) ([]byte, error)
+}
+
+// GetInto reads object name from s into buf's capacity when s can, else with
+// Get.
+func GetInto(ctx context.Context, s Store, name string, buf []byte) ([]byte, error) {
+	if bg, ok := s.(BufferGetter); ok {
+		return bg.GetInto(ctx, name, buf)
+	}
+	return s.Get(ctx, name)
+}
+
 // ObjectInfo describes a stored object, as ListInfo reports it.
 type ObjectInfo struct {
 	Name    string

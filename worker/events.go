@@ -54,6 +54,9 @@ type EventData struct {
 	BytesDeduplicated int64   `json:"bytes_deduplicated,omitempty"`
 	RateBytesPerSec   float64 `json:"rate_bytes_per_second,omitempty"`
 	ETASeconds        float64 `json:"eta_seconds,omitempty"`
+	// Export is the URI of a serve job's export, in its progress events from the
+	// moment it accepts clients.
+	Export string `json:"export,omitempty"`
 
 	// Completed events: the backup id of a backup (or the backup restored or
 	// verified) and the job's figures.
@@ -65,7 +68,7 @@ type EventData struct {
 
 func (d *EventData) setProgress(p jobs.ProgressSnapshot) {
 	d.BytesTotal, d.BytesDone, d.BytesWritten, d.BytesDeduplicated = p.BytesTotal, p.BytesDone, p.BytesWritten, p.BytesDeduplicated
-	d.RateBytesPerSec, d.ETASeconds = p.RateBytesPerSec, p.ETASeconds
+	d.RateBytesPerSec, d.ETASeconds, d.Export = p.RateBytesPerSec, p.ETASeconds, p.Export
 }
 
 // publisher sends events of one worker.

@@ -300,6 +300,7 @@ type cloudEvent struct {
 		Labels     map[string]string `json:"labels"`
 		BytesTotal int64             `json:"bytes_total"`
 		BytesDone  int64             `json:"bytes_done"`
+		Export     string            `json:"export"`
 		Backup     string            `json:"backup"`
 		Stats      map[string]any    `json:"stats"`
 		Error      *struct {

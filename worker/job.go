@@ -214,24 +214,27 @@ func (w *Worker) superseded(ctx context.Context, j *jobRun) string {
 }
 
 // reportProgress publishes a progress event and status every progressInterval
-// until ctx ends.
+// until ctx ends, and one at once when a serve job's export is up.
 func (w *Worker) reportProgress(ctx context.Context, j *jobRun, p *jobs.Progress) {
 	tick := time.NewTicker(progressInterval)
 	defer tick.Stop()
+	exported := p.Exported()
 	for n := 1; ; n++ {
 		select {
 		case <-ctx.Done():
 			return
+		case <-exported:
+			exported = nil
 		case <-tick.C:
-			snap := p.Snapshot()
-			j.countBytes(w.cfg.metrics, snap)
-			d := j.data(w.cfg.name)
-			d.setProgress(snap)
-			_ = w.events.publish(ctx, EventProgress, fmt.Sprintf("%s.progress.%d.%d", j.spec.ID, j.attempt, n), d)
-			st := j.status(StateRunning, w.cfg.name)
-			st.Progress = &snap
-			_ = w.status.put(ctx, st)
 		}
+		snap := p.Snapshot()
+		j.countBytes(w.cfg.metrics, snap)
+		d := j.data(w.cfg.name)
+		d.setProgress(snap)
+		_ = w.events.publish(ctx, EventProgress, fmt.Sprintf("%s.progress.%d.%d", j.spec.ID, j.attempt, n), d)
+		st := j.status(StateRunning, w.cfg.name)
+		st.Progress = &snap
+		_ = w.status.put(ctx, st)
 	}
 }
 

@@ -315,6 +315,8 @@ func resultSummary(s jobs.Spec, res *jobs.Result) (string, any) {
 		return s.Backup, res.Verify
 	case res.Prune != nil:
 		return "", res.Prune
+	case res.Serve != nil:
+		return s.Backup, res.Serve
 	}
 	return s.Backup, nil
 }

@@ -7,6 +7,7 @@ import (
 	"os"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/spf13/pflag"
 	"go.yaml.in/yaml/v3"
@@ -32,6 +33,8 @@ type policyFlags struct {
 	jobURIs     bool
 	sources     []string
 	targets     []string
+	listens     []string
+	maxServe    time.Duration
 }
 
 func (p *policyFlags) register(f *pflag.FlagSet) {
@@ -40,7 +43,9 @@ func (p *policyFlags) register(f *pflag.FlagSet) {
 	f.BoolVar(&p.jobURIs, "allow-job-repository-uris", false, "let jobs name a repository by URI, not only by name: only where whoever may publish jobs is the operator")
 	f.StringSliceVar(&p.sources, "allow-source", nil, "URI patterns of the sources jobs may read, e.g. 'nbd+unix:///*?socket=/run/blockferry/*.sock', 'nbd://*.hv.example.net:10809/*', 'file:///srv/images/**' (default: NBD on Unix sockets only)")
 	f.StringSliceVar(&p.targets, "allow-target", nil, "URI patterns of the targets restore jobs may write, e.g. 'file:///var/lib/blockferry/restore/*' (default: NBD on Unix sockets only)")
-	settings(f, "named-repository", "default-repository", "allow-job-repository-uris", "allow-source", "allow-target")
+	f.StringSliceVar(&p.listens, "allow-serve-listen", nil, "addresses serve jobs may listen on, e.g. 'unix:///run/blockferry/serve/*.sock', 'tcp://127.0.0.1:*' (TCP on loopback only; default: none, serve jobs are refused)")
+	f.DurationVar(&p.maxServe, "max-serve-lifetime", jobs.DefaultMaxServeLifetime, "longest a serve job serves, and the lifetime of one that names none")
+	settings(f, "named-repository", "default-repository", "allow-job-repository-uris", "allow-source", "allow-target", "allow-serve-listen", "max-serve-lifetime")
 }
 
 // repositoryEntry is one repository of the configuration file's table.
@@ -75,6 +80,7 @@ func (p *policyFlags) policy(configFile, defaultURI string, key []byte) (*jobs.P
 		Repositories: table, DefaultRepository: p.defaultName,
 		RepositoryURIs: p.jobURIs, URIKey: key,
 		Sources: p.sources, Targets: p.targets,
+		Listens: p.listens, MaxServeLifetime: p.maxServe,
 	})
 }
 

@@ -28,14 +28,17 @@ func newSubmitCommand(g *globals) *cobra.Command {
 		back string
 		wait bool
 		rf   retentionFlags
+		sv   jobs.Spec // a serve's listen and lifetime
 	)
 	cmd := &cobra.Command{
-		Use:   "submit backup|restore|verify|prune",
+		Use:   "submit backup|restore|verify|prune|serve",
 		Short: "Submit a job to the workers (--wait follows it to its end)",
 		Long: "Submit a job to the workers (--wait follows it to its end). A backup takes the flags of the backup command;\n" +
 			"a restore takes --backup, --target and --concurrency; a verify --backup, --concurrency and, to compare\n" +
 			"the backup with the disk, --source. A prune takes --disk with --keep-* rules (forget that disk's backups\n" +
-			"the rules do not keep, then collect garbage), or neither (only collect).",
+			"the rules do not keep, then collect garbage), or neither (only collect). A serve takes --backup, --listen,\n" +
+			"--lifetime and --concurrency; with --wait it prints the export's URI once the export is up and returns (the\n" +
+			"job serves on until its lifetime ends or `blockferry cancel` stops it).",
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if id == "" {
@@ -49,6 +52,7 @@ func newSubmitCommand(g *globals) *cobra.Command {
 			if s.Retention, err = rf.retention(); err != nil {
 				return err
 			}
+			s.Listen, s.Options.Lifetime = sv.Listen, sv.Options.Lifetime
 			if tgt.URI != "" {
 				s.Target = &tgt
 			}
@@ -65,6 +69,9 @@ func newSubmitCommand(g *globals) *cobra.Command {
 				return g.print(cmd.OutOrStdout(), map[string]any{"job_id": s.ID, "duplicate": !isNew},
 					fmt.Sprintf("submitted %s job %s%s\n", s.Kind, s.ID, map[bool]string{true: "", false: " (duplicate: already submitted)"}[isNew]))
 			}
+			if s.Kind == jobs.KindServe {
+				return waitExport(cmd.Context(), g, c, s.ID, cmd.OutOrStdout())
+			}
 			return followJob(cmd.Context(), g, c, s.ID, cmd.OutOrStdout(), cmd.ErrOrStderr())
 		},
 	}
@@ -76,7 +83,9 @@ func newSubmitCommand(g *globals) *cobra.Command {
 	f.StringVar(&back, "backup", "", "backup id (restore, verify)")
 	f.StringVar(&tgt.URI, "target", "", "raw file or writable NBD export (restore)")
 	rf.register(f)
-	f.BoolVar(&wait, "wait", false, "follow the job with a progress bar until it ends; exit status says how")
+	f.StringVar(&sv.Listen, "listen", "", "unix:///path/to.sock or tcp://127.0.0.1:port: where the export listens (serve; on the worker's --allow-serve-listen list)")
+	f.StringVar(&sv.Options.Lifetime, "lifetime", "", "how long the export is served, e.g. 90m (serve; default and maximum: the worker's --max-serve-lifetime)")
+	f.BoolVar(&wait, "wait", false, "follow the job with a progress bar until it ends; exit status says how (serve: until its export is up)")
 	return cmd
 }
 
@@ -119,11 +128,40 @@ func followJob(ctx context.Context, g *globals, c *worker.Client, id string, out
 			fmt.Fprintln(out, last.Data.Backup)
 		}
 		return nil
-	case worker.EventFailed:
-		return fmt.Errorf("job %s failed: %s: %s", id, last.Data.Error.Code, printable(last.Data.Error.Message))
 	default:
-		return fmt.Errorf("job %s %s", id, strings.TrimPrefix(last.Type, "io.blockferry.job."))
+		return jobEnd(id, last)
 	}
+}
+
+// waitExport waits until serve job id's export is up and prints its URI (with
+// --json, the event that says so). A job that ends first is an error, as
+// followJob says it.
+func waitExport(ctx context.Context, g *globals, c *worker.Client, id string, out io.Writer) error {
+	var up *worker.Event
+	var last worker.Event
+	err := c.Watch(ctx, id, true, func(ev worker.Event) bool {
+		last = ev
+		if ev.Data.Export != "" {
+			up = &ev
+			return false
+		}
+		return true
+	})
+	if err != nil {
+		return err
+	}
+	if up == nil {
+		return jobEnd(id, last)
+	}
+	return g.print(out, up, up.Data.Export+"\n")
+}
+
+// jobEnd is the error of a job that ended as last says without completing.
+func jobEnd(id string, last worker.Event) error {
+	if last.Type == worker.EventFailed {
+		return fmt.Errorf("job %s failed: %s: %s", id, last.Data.Error.Code, printable(last.Data.Error.Message))
+	}
+	return fmt.Errorf("job %s %s", id, strings.TrimPrefix(last.Type, "io.blockferry.job."))
 }
 
 // eventProgress is the progress a worker's event reports.

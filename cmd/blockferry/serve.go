@@ -1,15 +1,11 @@
 package main
 
 import (
-	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"net"
-	"net/url"
 	"os"
 	"path/filepath"
-	"strings"
 
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
@@ -93,7 +89,7 @@ func runServe(cmd *cobra.Command, g *globals, f serveFlags) error {
 	if f.overlay != "" && !f.writable {
 		return fmt.Errorf("--overlay needs --writable")
 	}
-	var dev nbdserver.Device = exportDevice{jobs.NewBackupDevice(repo, m, jobs.WithDeviceCache(cacheBytes), jobs.WithDeviceConcurrency(f.concurrency),
+	var dev nbdserver.Device = jobs.ExportDevice{Dev: jobs.NewBackupDevice(repo, m, jobs.WithDeviceCache(cacheBytes), jobs.WithDeviceConcurrency(f.concurrency),
 		jobs.WithDeviceReadAhead(f.readAhead))}
 	if f.writable {
 		ov, err := openOverlay(f.overlay, m.ID, dev)
@@ -117,17 +113,15 @@ func runServe(cmd *cobra.Command, g *globals, f serveFlags) error {
 		}
 		opts = append(opts, nbdserver.WithTLS(&tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}))
 	}
-	network, address, uri, err := listenAddress(f.listen, f.name, f.tlsCert != "")
+	addr, err := jobs.ParseListen(f.listen, f.name, f.tlsCert != "")
+	if err != nil {
+		return fmt.Errorf("--%w", err)
+	}
+	l, addr, err := addr.Listen(ctx)
 	if err != nil {
 		return err
 	}
-	l, err := (&net.ListenConfig{}).Listen(ctx, network, address)
-	if err != nil {
-		return err
-	}
-	if network == "tcp" { // the port chosen for :0
-		uri = strings.Replace(uri, address, l.Addr().String(), 1)
-	}
+	uri := addr.URI
 	srv := nbdserver.New(dev, opts...)
 	log.Info("serving backup", zap.String("backup", m.ID), zap.String("disk", m.Disk), zap.String("uri", uri),
 		zap.Int64("size", m.Size), zap.Int64("cache_bytes", cacheBytes))
@@ -137,53 +131,6 @@ func runServe(cmd *cobra.Command, g *globals, f serveFlags) error {
 		return err
 	}
 	return srv.Serve(ctx, l)
-}
-
-// listenAddress parses --listen and returns what to listen on and the NBD URI
-// clients connect to (nbds:// with TLS).
-func listenAddress(listen, name string, useTLS bool) (network, address, uri string, err error) {
-	u, err := url.Parse(listen)
-	if err != nil {
-		return "", "", "", fmt.Errorf("--listen: %w", err)
-	}
-	exportPath, scheme := "/"+url.PathEscape(name), "nbd"
-	if useTLS {
-		scheme = "nbds"
-	}
-	switch {
-	case u.Scheme == "unix" && u.Host == "" && u.Path != "":
-		socket := strings.ReplaceAll(url.QueryEscape(u.Path), "%2F", "/")
-		return "unix", u.Path, scheme + "+unix://" + exportPath + "?socket=" + socket, nil
-	case u.Scheme == "tcp" && u.Host != "" && strings.Trim(u.Path, "/") == "":
-		return "tcp", u.Host, scheme + "://" + u.Host + exportPath, nil
-	}
-	return "", "", "", fmt.Errorf("--listen %q: want unix:///path/to.sock or tcp://host:port", listen)
-}
-
-// exportDevice serves a backup device over NBD: its extents become
-// base:allocation block status, zero positions as holes that read as zeroes.
-type exportDevice struct{ dev *jobs.BackupDevice }
-
-func (e exportDevice) Size() int64 { return e.dev.Size() }
-
-func (e exportDevice) ReadAt(ctx context.Context, p []byte, off int64) error {
-	return e.dev.ReadAt(ctx, p, off)
-}
-
-func (e exportDevice) Lend(ctx context.Context, off, n int64) ([][]byte, func(), error) {
-	return e.dev.Lend(ctx, off, n)
-}
-
-func (e exportDevice) Extents(ctx context.Context, off, length int64) ([]nbdserver.Extent, error) {
-	extents, err := e.dev.Extents(ctx, off, length)
-	out := make([]nbdserver.Extent, len(extents))
-	for i, x := range extents {
-		out[i].Length = x.Length
-		if x.Zero {
-			out[i].Flags = nbdserver.StateHole | nbdserver.StateZero
-		}
-	}
-	return out, err
 }
 
 // overlayCloser is an overlay and how to dispose of it at exit.

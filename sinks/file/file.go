@@ -11,6 +11,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"net/url"
 	"os"
@@ -247,6 +248,11 @@ func syncDir(dir string) error {
 
 // Get returns the object's contents, or an error wrapping sinks.ErrNotFound.
 func (s *Store) Get(ctx context.Context, name string) ([]byte, error) {
+	return s.GetInto(ctx, name, nil)
+}
+
+// GetInto is Get into buf's capacity when the object fits.
+func (s *Store) GetInto(ctx context.Context, name string, buf []byte) ([]byte, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -254,7 +260,7 @@ func (s *Store) Get(ctx context.Context, name string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	data, err := os.ReadFile(p)
+	data, err := readFileInto(p, buf)
 	if err != nil {
 		if notFound(err) {
 			return nil, fmt.Errorf("%s: get %q: %w", s.Location(), name, sinks.ErrNotFound)
@@ -262,6 +268,30 @@ func (s *Store) Get(ctx context.Context, name string) ([]byte, error) {
 		return nil, fmt.Errorf("%s: get %q: %w", s.Location(), name, err)
 	}
 	return data, nil
+}
+
+// readFileInto reads file p whole, into buf when it fits. Objects are never
+// written in place (put renames a complete file over the name), so the size
+// fstat reports is the object's.
+func readFileInto(p string, buf []byte) ([]byte, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	n := st.Size()
+	if int64(cap(buf)) < n {
+		buf = make([]byte, n)
+	}
+	buf = buf[:n]
+	if _, err := io.ReadFull(f, buf); err != nil {
+		return nil, err
+	}
+	return buf, nil
 }
 
 // Exists reports whether an object is stored under name.

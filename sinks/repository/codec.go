@@ -157,6 +157,9 @@ func (c *codec) Open(obj []byte, aad string, dst []byte) ([]byte, error) {
 		return nil, err
 	}
 	if compression == compressionNone {
+		if cap(dst) >= len(payload) { // obj's buffer can then be reused
+			return append(dst[:0], payload...), nil
+		}
 		return payload, nil
 	}
 	out, err := c.chunkDec.DecodeAll(payload, dst[:0])

@@ -241,11 +241,17 @@ func (r *Repository) putChunk(ctx context.Context, id ChunkID, data []byte, comp
 // GetChunk reads a chunk and checks it against its id. The plaintext goes into
 // buf's capacity when it fits (it may be nil).
 func (r *Repository) GetChunk(ctx context.Context, id ChunkID, buf []byte) ([]byte, error) {
-	obj, err := r.store.Get(ctx, chunkName(id))
+	enc := getObjectBuffer()
+	obj, err := sinks.GetInto(ctx, r.store, chunkName(id), (*enc)[:0])
 	if err != nil {
+		objectBuffers.Put(enc)
 		return nil, fmt.Errorf("chunk %s: %w", id, err)
 	}
 	data, err := r.codec.Open(obj, chunkAAD(id), buf)
+	if !sharesArray(data, obj) { // else the plaintext is obj's: the caller keeps it
+		*enc = obj[:0]
+		objectBuffers.Put(enc)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("chunk %s: %w", id, err)
 	}
@@ -253,6 +259,24 @@ func (r *Repository) GetChunk(ctx context.Context, id ChunkID, buf []byte) ([]by
 		return nil, fmt.Errorf("chunk %s: %w: content does not match its id", id, ErrCorrupt)
 	}
 	return data, nil
+}
+
+// objectBuffers recycles the buffers chunk objects are read into (when the store
+// can read into one): a fresh chunk-sized buffer per read costs more in page
+// faults than the read itself.
+var objectBuffers sync.Pool // of *[]byte
+
+func getObjectBuffer() *[]byte {
+	if b, ok := objectBuffers.Get().(*[]byte); ok {
+		return b
+	}
+	return new([]byte)
+}
+
+// sharesArray reports whether a and b are slices of the same array: slices of
+// one array end their capacity at the same element.
+func sharesArray(a, b []byte) bool {
+	return cap(a) > 0 && cap(b) > 0 && &a[:cap(a)][cap(a)-1] == &b[:cap(b)][cap(b)-1]
 }
 
 // PutManifest writes a backup's manifest. It never overwrites one: a second write
