@@ -16,8 +16,8 @@ var ErrForbidden = errors.New("forbidden by the worker's policy")
 // NamedRepository is a repository of the worker's table: jobs name it, and never
 // carry its URI, credentials or key.
 type NamedRepository struct {
-	// URI of the store; S3 credentials come from the profile it names
-	// (profile=…) or the worker's environment.
+	// URI of the store; S3 credentials come from the profile or credentials
+	// file it names (profile=…, credentials_file=…) or the worker's environment.
 	URI string
 	// Key is the repository's encryption key: a backup into a repository that
 	// is not encrypted with it, or a restore from one, is refused.

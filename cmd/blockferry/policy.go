@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/url"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"time"
@@ -13,6 +14,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/blockferry/blockferry/jobs"
+	"github.com/blockferry/blockferry/sinks/s3"
 )
 
 // configSections are keys of the configuration file that are not flags: the
@@ -25,6 +27,7 @@ var configSections = map[string]bool{"repositories": true}
 //	repositories:
 //	  default: {uri: "s3://backups/prod?endpoint=…", key_file: /etc/blockferry/prod.key}
 //	  tenant-b: {uri: "s3://tenant-b/bf?endpoint=…", credentials_profile: tenant-b, key_file: /etc/blockferry/b.key}
+//	  tenant-c: {uri: "s3://tenant-c/bf?endpoint=…", credentials_file: /etc/blockferry/c.env, key_file: /etc/blockferry/c.key}
 //
 // or, without keys of their own, --named-repository name=uri.
 type policyFlags struct {
@@ -38,7 +41,7 @@ type policyFlags struct {
 }
 
 func (p *policyFlags) register(f *pflag.FlagSet) {
-	f.StringSliceVar(&p.named, "named-repository", nil, "a repository jobs may name, as name=uri (repeatable; its key is --key-file's; the config file's repositories: section gives each its own key_file and credentials_profile)")
+	f.StringSliceVar(&p.named, "named-repository", nil, "a repository jobs may name, as name=uri (repeatable; its key is --key-file's; the config file's repositories: section gives each its own key_file and credentials_profile or credentials_file)")
 	f.StringVar(&p.defaultName, "default-repository", "default", "name of the repository of jobs that name none (--repository, or the data directory's, is \"default\")")
 	f.BoolVar(&p.jobURIs, "allow-job-repository-uris", false, "let jobs name a repository by URI, not only by name: only where whoever may publish jobs is the operator")
 	f.StringSliceVar(&p.sources, "allow-source", nil, "URI patterns of the sources jobs may read, e.g. 'nbd+unix:///*?socket=/run/blockferry/*.sock', 'nbd://*.hv.example.net:10809/*', 'file:///srv/images/**' (default: NBD on Unix sockets only)")
@@ -53,6 +56,7 @@ type repositoryEntry struct {
 	URI                string `yaml:"uri"`
 	KeyFile            string `yaml:"key_file"`
 	CredentialsProfile string `yaml:"credentials_profile"`
+	CredentialsFile    string `yaml:"credentials_file"`
 }
 
 // policy builds the worker's policy from its settings. defaultURI and key are the
@@ -133,23 +137,18 @@ func repositoryFromYAML(fields map[string]string) (jobs.NamedRepository, error) 
 			e.KeyFile = v
 		case "credentials_profile":
 			e.CredentialsProfile = v
+		case "credentials_file":
+			e.CredentialsFile = v
 		default:
-			return jobs.NamedRepository{}, fmt.Errorf("unknown setting %q (want uri, key_file, credentials_profile)", k)
+			return jobs.NamedRepository{}, fmt.Errorf("unknown setting %q (want uri, key_file, credentials_profile, credentials_file)", k)
 		}
 	}
 	if e.URI == "" {
 		return jobs.NamedRepository{}, fmt.Errorf("no uri")
 	}
 	r := jobs.NamedRepository{URI: e.URI}
-	if e.CredentialsProfile != "" {
-		u, err := url.Parse(e.URI)
-		if err != nil || u.Scheme != "s3" {
-			return r, fmt.Errorf("credentials_profile applies to s3:// repositories")
-		}
-		q := u.Query()
-		q.Set("profile", e.CredentialsProfile)
-		u.RawQuery = q.Encode()
-		r.URI = u.String()
+	if err := e.credentials(&r); err != nil {
+		return r, err
 	}
 	if e.KeyFile != "" {
 		k, err := readKeyFile(e.KeyFile)
@@ -159,6 +158,38 @@ func repositoryFromYAML(fields map[string]string) (jobs.NamedRepository, error) 
 		r.Key = k
 	}
 	return r, nil
+}
+
+// credentials adds the entry's S3 credentials to r's URI: the profile's name or
+// the credentials file's path (never what it holds), for the s3 store to read
+// when it opens. A credentials file is checked now, so that a bad one stops the
+// worker at start rather than failing its jobs.
+func (e repositoryEntry) credentials(r *jobs.NamedRepository) error {
+	setting, param, value := "credentials_profile", "profile", e.CredentialsProfile
+	switch {
+	case e.CredentialsProfile != "" && e.CredentialsFile != "":
+		return fmt.Errorf("credentials_profile and credentials_file are two sources of credentials: give one")
+	case e.CredentialsFile != "":
+		path, err := filepath.Abs(e.CredentialsFile)
+		if err != nil {
+			return fmt.Errorf("credentials_file: %w", err)
+		}
+		if _, err := s3.ReadCredentialsFile(path); err != nil {
+			return err
+		}
+		setting, param, value = "credentials_file", "credentials_file", path
+	case e.CredentialsProfile == "":
+		return nil
+	}
+	u, err := url.Parse(r.URI)
+	if err != nil || u.Scheme != "s3" {
+		return fmt.Errorf("%s applies to s3:// repositories", setting)
+	}
+	q := u.Query()
+	q.Set(param, value)
+	u.RawQuery = q.Encode()
+	r.URI = u.String()
+	return nil
 }
 
 // readKeyFile reads an encryption key from a file that only its owner may read:

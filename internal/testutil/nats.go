@@ -3,6 +3,7 @@ package testutil
 import (
 	"context"
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
@@ -40,6 +41,10 @@ type NATSServer struct {
 	// and JetStream store (a cluster member's cluster and routes).
 	Name string
 	args []string
+	// env is added to the process's environment (variables a config file
+	// names); ready are the options the readiness check connects with.
+	env   []string
+	ready []nats.Option
 
 	mu     sync.Mutex
 	cmd    *exec.Cmd
@@ -53,6 +58,23 @@ type NATSServer struct {
 func StartNATS(t testing.TB) *NATSServer {
 	t.Helper()
 	s := &NATSServer{t: t, bin: RequireTool(t, "nats-server"), StoreDir: t.TempDir(), Name: "blockferry-test"}
+	return s.startOnFreePort()
+}
+
+// StartNATSWithConfig is StartNATS with a configuration file (accounts, users and
+// their permissions): env holds the variables the file names, such as passwords,
+// and ready the connect options of a user who may ask for JetStream account info
+// (the readiness check). The flags' listen address and store win over the file's.
+func StartNATSWithConfig(t testing.TB, configFile string, env []string, ready ...nats.Option) *NATSServer {
+	t.Helper()
+	s := &NATSServer{t: t, bin: RequireTool(t, "nats-server"), StoreDir: t.TempDir(), Name: "blockferry-test",
+		args: []string{"--config", configFile}, env: env, ready: ready}
+	return s.startOnFreePort()
+}
+
+func (s *NATSServer) startOnFreePort() *NATSServer {
+	t := s.t
+	t.Helper()
 	t.Cleanup(s.Stop)
 	var lastErr error
 	for range 3 { // the free port may be taken before nats-server binds it
@@ -92,6 +114,9 @@ func (s *NATSServer) launch() error {
 	args := append([]string{"--addr", "127.0.0.1", "--port", strconv.Itoa(s.Port),
 		"--jetstream", "--store_dir", filepath.Join(s.StoreDir, "js"), "--server_name", s.Name}, s.args...)
 	cmd := exec.Command(s.bin, args...)
+	if len(s.env) > 0 {
+		cmd.Env = append(os.Environ(), s.env...)
+	}
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		return err
@@ -110,7 +135,7 @@ func (s *NATSServer) waitReady() error {
 	s.mu.Unlock()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		err := jetStreamReady(s.URL)
+		err := jetStreamReady(s.URL, s.ready...)
 		if err == nil {
 			return nil
 		}
@@ -137,8 +162,8 @@ func (s *NATSServer) forget() {
 
 // jetStreamReady reports whether a server at url accepts connections and answers
 // JetStream API requests (after a restart it recovers its streams first).
-func jetStreamReady(url string) error {
-	nc, err := nats.Connect(url, nats.Timeout(time.Second), nats.NoReconnect())
+func jetStreamReady(url string, opts ...nats.Option) error {
+	nc, err := nats.Connect(url, append([]nats.Option{nats.Timeout(time.Second), nats.NoReconnect()}, opts...)...)
 	if err != nil {
 		return err
 	}

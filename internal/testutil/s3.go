@@ -35,10 +35,12 @@ func StartS3(t testing.TB) (endpoint, accessKey, secretKey string) {
 // S3Server is a versitygw that StartS3Server runs, which a test may stop and start
 // again on the same port with the same data, to play an outage.
 type S3Server struct {
-	// Endpoint is http://127.0.0.1:PORT; the keys are S3AccessKey and S3SecretKey.
-	Endpoint  string
-	bin, addr string
-	dir       string
+	// Endpoint is http://127.0.0.1:PORT; the keys are S3AccessKey and S3SecretKey
+	// unless StartS3ServerAs named others.
+	Endpoint             string
+	AccessKey, SecretKey string
+	bin, addr            string
+	dir                  string
 
 	mu   sync.Mutex
 	stop func() // kills the running process; nil while stopped
@@ -47,7 +49,14 @@ type S3Server struct {
 // StartS3Server is StartS3, returning the server. It is killed when the test ends.
 func StartS3Server(t testing.TB) *S3Server {
 	t.Helper()
-	s := &S3Server{bin: RequireTool(t, "versitygw"), dir: t.TempDir()}
+	return StartS3ServerAs(t, S3AccessKey, S3SecretKey)
+}
+
+// StartS3ServerAs is StartS3Server with other root keys: two servers with
+// different keys stand for two accounts.
+func StartS3ServerAs(t testing.TB, accessKey, secretKey string) *S3Server {
+	t.Helper()
+	s := &S3Server{bin: RequireTool(t, "versitygw"), dir: t.TempDir(), AccessKey: accessKey, SecretKey: secretKey}
 	// The port is found by binding :0 and closing, so another process may take it
 	// before versitygw binds; then versitygw exits and we try another.
 	var lastErr error
@@ -87,7 +96,7 @@ func (s *S3Server) Start() error {
 	}
 	var out syncBuffer
 	cmd := exec.Command(s.bin,
-		"--access", S3AccessKey, "--secret", S3SecretKey,
+		"--access", s.AccessKey, "--secret", s.SecretKey,
 		"--port", s.addr,
 		// Without it versitygw closes every connection after one response, which
 		// would hide connection-reuse problems and slow parallel tests down.

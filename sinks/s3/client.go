@@ -13,6 +13,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws/retry"
 	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
 	"github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 
 	"github.com/blockferry/blockferry/sinks"
@@ -61,8 +62,9 @@ func (equalJitter) BackoffDelay(attempt int, _ error) (time.Duration, error) {
 	return step/2 + rand.N(step/2+1), nil
 }
 
-// newClient is the S3 client for the URI's bucket: credentials and, unless the URI
-// names one, the region from the standard AWS chain; the HTTP client and retryer
+// newClient is the S3 client for the URI's bucket: credentials (unless the URI
+// names a credentials file) and, unless the URI names one, the region from the
+// standard AWS chain; the HTTP client and retryer
 // below. It does no network I/O.
 func newClient(ctx context.Context, c uriConfig) (*s3.Client, error) {
 	opts := []func(*config.LoadOptions) error{
@@ -74,6 +76,15 @@ func newClient(ctx context.Context, c uriConfig) (*s3.Client, error) {
 	}
 	if c.profile != "" {
 		opts = append(opts, config.WithSharedConfigProfile(c.profile))
+	}
+	if c.credentialsFile != "" {
+		// Read at each open, so that rotated credentials are picked up by the
+		// next job; they reach this client only, never the environment.
+		creds, err := ReadCredentialsFile(c.credentialsFile)
+		if err != nil {
+			return nil, err
+		}
+		opts = append(opts, config.WithCredentialsProvider(credentials.StaticCredentialsProvider{Value: creds}))
 	}
 	cfg, err := config.LoadDefaultConfig(ctx, opts...)
 	if err != nil {

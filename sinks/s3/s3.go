@@ -54,9 +54,14 @@ var _ sinks.Store = (*Store)(nil)
 //	            endpoint, false for AWS)
 //	profile     the AWS shared-config profile whose credentials to use (default:
 //	            the standard chain), so that each repository has its own
+//	credentials_file
+//	            absolute path of an env-file of AWS_ACCESS_KEY_ID,
+//	            AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN lines, only its owner
+//	            may read, whose credentials this store alone uses (see
+//	            ReadCredentialsFile); not with profile
 //
 // Open does no network I/O (LoadDefaultConfig only reads the environment and
-// config files); call Check to find a missing bucket or bad credentials early.
+// config files, and the credentials file); call Check to find a missing bucket or bad credentials early.
 func Open(ctx context.Context, u *url.URL) (*Store, error) {
 	c, err := parseURI(u)
 	if err != nil {

@@ -19,6 +19,9 @@ type uriConfig struct {
 	region    string // "" to take it from the AWS configuration
 	pathStyle bool
 	profile   string // AWS shared-config profile; "" for the default chain
+	// credentialsFile is an env-file of this store's credentials (see
+	// ReadCredentialsFile); "" for the profile or the default chain.
+	credentialsFile string
 }
 
 // parseURI reads an s3:// URI: the host is the bucket, the path a key prefix, and
@@ -66,6 +69,11 @@ func (c *uriConfig) parseQuery(q url.Values) error {
 			c.region = v
 		case "profile":
 			c.profile = v
+		case "credentials_file":
+			if !strings.HasPrefix(v, "/") {
+				return invalid("%s: credentials_file %q is not an absolute path", c.name, v)
+			}
+			c.credentialsFile = v
 		case "path_style":
 			b, err := strconv.ParseBool(v)
 			if err != nil {
@@ -75,8 +83,11 @@ func (c *uriConfig) parseQuery(q url.Values) error {
 		default:
 			// Refuse rather than ignore: a mistyped "endpiont" would otherwise send
 			// backups to AWS.
-			return invalid("%s: unknown parameter %q (want endpoint, region, path_style, profile)", c.name, k)
+			return invalid("%s: unknown parameter %q (want endpoint, region, path_style, profile, credentials_file)", c.name, k)
 		}
+	}
+	if c.profile != "" && c.credentialsFile != "" {
+		return invalid("%s: profile and credentials_file are two sources of credentials: give one", c.name)
 	}
 	if !pathStyleSet {
 		// S3-compatible servers rarely have wildcard DNS for bucket subdomains.
