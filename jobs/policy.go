@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"net/url"
 	"regexp"
 	"sort"
 	"time"
@@ -37,6 +38,9 @@ type PolicyConfig struct {
 	// Sources and Targets are allow-lists of URI patterns (see AllowPattern);
 	// nil takes DefaultAllow.
 	Sources, Targets []string
+	// PruneJobs lets jobs forget backups and collect garbage. Off by default: a
+	// prune job deletes backups, which no other kind of job can.
+	PruneJobs bool
 	// Listens is the allow-list of the addresses serve jobs may listen on (see
 	// splitListen); nil or empty: serve jobs are refused.
 	Listens []string
@@ -144,6 +148,9 @@ func (p *Policy) admit(s Spec) (grant, error) {
 		}
 		g.spec.Target = &tgt
 	}
+	if s.Kind == KindPrune && !p.cfg.PruneJobs {
+		return grant{}, fmt.Errorf("%w: job %s: prune jobs delete backups, and the worker's policy does not allow them (--allow-prune-jobs)", ErrForbidden, s.ID)
+	}
 	if s.Listen != "" {
 		if g.spec.Listen, err = admitListen(p.listens, s.Listen); err != nil {
 			return grant{}, fmt.Errorf("job %s: listen %s: %w", s.ID, quoteShort(s.Listen), err)
@@ -174,7 +181,30 @@ func (p *Policy) repository(named string) (string, []byte, error) {
 	if !p.cfg.RepositoryURIs {
 		return "", nil, fmt.Errorf("%w: repository %s: jobs name a repository of the worker's table, not a URI", ErrForbidden, quoteShort(named))
 	}
+	if err := checkJobRepositoryURI(named); err != nil {
+		return "", nil, err
+	}
 	return named, p.cfg.URIKey, nil
+}
+
+// operatorParameters are the parts of a repository URI that pick the worker's
+// own credentials. A job that could name them would send the keys of another
+// repository, or of any file the worker may read, to an endpoint of its choice.
+var operatorParameters = []string{"credentials_file", "profile"}
+
+// checkJobRepositoryURI refuses a job's repository URI that picks credentials.
+func checkJobRepositoryURI(uri string) error {
+	u, err := url.Parse(uri)
+	if err != nil {
+		return fmt.Errorf("%w: repository %s: %v", ErrInvalid, quoteShort(uri), err)
+	}
+	q := u.Query()
+	for _, k := range operatorParameters {
+		if q.Has(k) {
+			return fmt.Errorf("%w: repository %s: %s= picks the worker's credentials; only the operator's repository table may", ErrForbidden, quoteShort(uri), k)
+		}
+	}
+	return nil
 }
 
 // WithPolicy makes the runner check every job against p before it opens

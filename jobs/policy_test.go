@@ -34,6 +34,11 @@ func TestPolicyRepository(t *testing.T) {
 	if uri, key, err := open.repository("file:///srv/x"); err != nil || uri != "file:///srv/x" || string(key) != "k" {
 		t.Errorf("URIs allowed: %q %q %v", uri, key, err)
 	}
+	for _, uri := range []string{"s3://b/p?endpoint=http://attacker:9000&credentials_file=/etc/blockferry/prod.env", "s3://b/p?profile=prod"} {
+		if _, _, err := open.repository(uri); !errors.Is(err, ErrForbidden) {
+			t.Errorf("a job URI that picks the worker's credentials: %v, want forbidden", err)
+		}
+	}
 	if _, _, err := open.repository(""); !errors.Is(err, ErrForbidden) {
 		t.Errorf("no default: %v", err)
 	}
@@ -215,5 +220,25 @@ func TestPolicyServe(t *testing.T) {
 	}
 	if _, err := NewPolicy(PolicyConfig{Listens: []string{"tcp://0.0.0.0:*"}}); err == nil {
 		t.Error("a listen pattern off loopback was accepted")
+	}
+}
+
+// TestPolicyPrune: prune jobs delete backups, so a worker runs them only when its
+// operator says so.
+func TestPolicyPrune(t *testing.T) {
+	prune := Spec{SpecVersion: SpecVersion, ID: "p1", Kind: KindPrune}
+	for allowed, want := range map[bool]bool{false: false, true: true} {
+		p, err := NewPolicy(PolicyConfig{Repositories: map[string]NamedRepository{"default": {URI: "file:///srv/bf"}},
+			DefaultRepository: "default", PruneJobs: allowed})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = p.admit(prune)
+		if got := err == nil; got != want {
+			t.Errorf("PruneJobs %v: admitted %v (%v), want %v", allowed, got, err, want)
+		}
+		if err != nil && !errors.Is(err, ErrForbidden) {
+			t.Errorf("PruneJobs %v: %v, want forbidden", allowed, err)
+		}
 	}
 }

@@ -38,6 +38,7 @@ type policyFlags struct {
 	targets     []string
 	listens     []string
 	maxServe    time.Duration
+	prune       bool
 }
 
 func (p *policyFlags) register(f *pflag.FlagSet) {
@@ -48,7 +49,8 @@ func (p *policyFlags) register(f *pflag.FlagSet) {
 	f.StringSliceVar(&p.targets, "allow-target", nil, "URI patterns of the targets restore jobs may write, e.g. 'file:///var/lib/blockferry/restore/*' (default: NBD on Unix sockets only)")
 	f.StringSliceVar(&p.listens, "allow-serve-listen", nil, "addresses serve jobs may listen on, e.g. 'unix:///run/blockferry/serve/*.sock', 'tcp://127.0.0.1:*' (TCP on loopback only; default: none, serve jobs are refused)")
 	f.DurationVar(&p.maxServe, "max-serve-lifetime", jobs.DefaultMaxServeLifetime, "longest a serve job serves, and the lifetime of one that names none")
-	settings(f, "named-repository", "default-repository", "allow-job-repository-uris", "allow-source", "allow-target", "allow-serve-listen", "max-serve-lifetime")
+	f.BoolVar(&p.prune, "allow-prune-jobs", false, "let prune jobs forget backups by their retention rules and collect garbage (the command line's forget and prune need no permission)")
+	settings(f, "named-repository", "default-repository", "allow-job-repository-uris", "allow-source", "allow-target", "allow-serve-listen", "max-serve-lifetime", "allow-prune-jobs")
 }
 
 // repositoryEntry is one repository of the configuration file's table.
@@ -85,6 +87,7 @@ func (p *policyFlags) policy(configFile, defaultURI string, key []byte) (*jobs.P
 		RepositoryURIs: p.jobURIs, URIKey: key,
 		Sources: p.sources, Targets: p.targets,
 		Listens: p.listens, MaxServeLifetime: p.maxServe,
+		PruneJobs: p.prune,
 	})
 }
 
