@@ -197,8 +197,11 @@ func stagePut(b *testing.B, st sinks.Store, objects [][]byte, plainBytes int, se
 		wg.Wait()
 	}
 	wall := time.Since(t0).Seconds()
-	cpu := processCPU(b) - cpu0 + serverCPU(b, server) - srv0
-	reportPerGiB(b, "cpu-s/GiB", cpu, plainBytes*b.N)
+	srv := serverCPU(b, server) - srv0
+	reportPerGiB(b, "cpu-s/GiB", processCPU(b)-cpu0+srv, plainBytes*b.N)
+	if server != 0 {
+		reportPerGiB(b, "server-cpu-s/GiB", srv, plainBytes*b.N)
+	}
 	reportPerGiB(b, "wall-s/GiB", wall, plainBytes*b.N)
 }
 

@@ -11,8 +11,11 @@ package s3
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"net/http"
 	"net/url"
@@ -41,6 +44,10 @@ type Store struct {
 	// noConditionalPut is set once the server answered 501 to If-None-Match, so
 	// PutIfAbsent stops sending requests that are bound to fail.
 	noConditionalPut atomic.Bool
+	// verifiesCRC is set once the server answered a PUT with the CRC32C we sent:
+	// it checks bodies against x-amz-checksum-crc32c, so payloads over plain http
+	// need not be signed (putOptions).
+	verifiesCRC atomic.Bool
 }
 
 var _ sinks.Store = (*Store)(nil)
@@ -129,30 +136,52 @@ func (s *Store) Put(ctx context.Context, name string, data []byte) error {
 	if err != nil {
 		return err
 	}
-	if _, err := s.client.PutObject(ctx, s.putInput(key, data), s.putOptions()...); err != nil {
+	return s.putObject(ctx, s.putInput(key, data), name)
+}
+
+// putObject sends in, noting whether the server verified its CRC32C.
+func (s *Store) putObject(ctx context.Context, in *s3.PutObjectInput, name string) error {
+	out, err := s.client.PutObject(ctx, in, s.putOptions()...)
+	if err != nil {
 		return s.wrap("put", name, err)
+	}
+	if in.ChecksumCRC32C != nil && aws.ToString(out.ChecksumCRC32C) == *in.ChecksumCRC32C {
+		s.verifiesCRC.Store(true)
 	}
 	return nil
 }
 
+// castagnoli is the CRC-32C table; crc32 computes it with the CPU's instruction.
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
 func (s *Store) putInput(key string, data []byte) *s3.PutObjectInput {
 	// A bytes.Reader is seekable and its length known: the SDK neither buffers the
 	// body nor falls back to chunked encoding, and can rewind it for retries.
-	return &s3.PutObjectInput{
+	in := &s3.PutObjectInput{
 		Bucket:        aws.String(s.bucket),
 		Key:           aws.String(key),
 		Body:          bytes.NewReader(data),
 		ContentLength: aws.Int64(int64(len(data))),
 	}
+	if !s.https {
+		// Over plain http, the body's integrity check: a server that knows
+		// x-amz-checksum-crc32c refuses a body that does not match (BadDigest) and
+		// answers with the value. CRC-32C costs a tenth of SHA-256 here.
+		in.ChecksumCRC32C = aws.String(base64.StdEncoding.EncodeToString(binary.BigEndian.AppendUint32(nil, crc32.Checksum(data, castagnoli))))
+	}
+	return in
 }
 
 // putOptions skips the SHA-256 of the payload that SigV4 would otherwise sign
-// (sending UNSIGNED-PAYLOAD) when TLS protects the body: hashing every chunk costs
-// CPU for no gain, since TLS already guarantees integrity in transit and chunks are
-// verified against their content hash when read back. Over plain http the signed
-// hash is the only thing that detects a corrupted body, so it stays.
+// (sending UNSIGNED-PAYLOAD) when something else guards the body in transit:
+// TLS, or, over plain http, the CRC-32C of putInput once the server has shown
+// that it verifies it. Hashing every chunk twice (SHA-256 here, and again on the
+// server to check the signature) cost more CPU than the rest of the PUT; chunks
+// are verified against their content hash when read back in any case. Until the
+// server has answered a PUT with our CRC-32C, payloads over http stay signed: a
+// server that ignores the header would otherwise take a corrupted body.
 func (s *Store) putOptions() []func(*s3.Options) {
-	if !s.https {
+	if !s.https && !s.verifiesCRC.Load() {
 		return nil
 	}
 	return []func(*s3.Options){s3.WithAPIOptions(v4.SwapComputePayloadSHA256ForUnsignedPayloadMiddleware)}
@@ -178,12 +207,12 @@ func (s *Store) PutIfAbsent(ctx context.Context, name string, data []byte) error
 	if !s.noConditionalPut.Load() {
 		in := s.putInput(key, data)
 		in.IfNoneMatch = aws.String("*")
-		_, err := s.client.PutObject(ctx, in, s.putOptions()...)
+		err := s.putObject(ctx, in, name)
 		if err == nil {
 			return nil
 		}
 		if code, status := errorCode(err); code != "NotImplemented" && status != http.StatusNotImplemented {
-			return s.wrap("put", name, err)
+			return err
 		}
 		s.noConditionalPut.Store(true)
 	}

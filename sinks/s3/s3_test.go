@@ -1,14 +1,21 @@
 package s3
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"net/url"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
 
 	"github.com/blockferry/blockferry/internal/testutil"
 	"github.com/blockferry/blockferry/sinks"
@@ -59,6 +66,34 @@ func TestVersity(t *testing.T) {
 			t.Fatalf("Get missing: err = %v, want ErrNotFound", err)
 		}
 		t.Logf("message: %v", err)
+	})
+
+	t.Run("CorruptedBodyRefused", func(t *testing.T) {
+		s := open(t, uri("crc"))
+		if err := s.Put(ctx, "first", []byte("signed")); err != nil {
+			t.Fatal(err)
+		}
+		if !s.verifiesCRC.Load() {
+			t.Fatal("versitygw did not answer with the CRC-32C: payloads over http stay signed")
+		}
+		// From now on payloads go unsigned: only the CRC-32C guards them. The first
+		// body is corrupted on its way; the server must refuse it and the retry
+		// store the right bytes.
+		corrupt := &corruptFirstPut{}
+		s.client = s3.New(s.client.Options(), func(o *s3.Options) {
+			corrupt.next = o.HTTPClient
+			o.HTTPClient = corrupt
+		})
+		want := []byte(strings.Repeat("chunk bytes ", 1000))
+		if err := s.Put(ctx, "second", want); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := s.Get(ctx, "second"); err != nil || string(got) != string(want) {
+			t.Fatalf("Get after a corrupted PUT: %d bytes, %v; want the %d bytes put", len(got), err, len(want))
+		}
+		if n := corrupt.puts.Load(); n != 2 {
+			t.Fatalf("%d PUTs, want 2 (the corrupted one and its retry)", n)
+		}
 	})
 
 	t.Run("PutIfAbsent", func(t *testing.T) {
@@ -269,4 +304,23 @@ func TestOpenURI(t *testing.T) {
 			t.Errorf("Open(%s): Location %q, want %q", tc.uri, s.Location(), tc.location)
 		}
 	}
+}
+
+// corruptFirstPut is an HTTP client that flips a byte in the body of the first
+// PUT it sends, as a faulty network might.
+type corruptFirstPut struct {
+	next aws.HTTPClient
+	puts atomic.Int32
+}
+
+func (c *corruptFirstPut) Do(req *http.Request) (*http.Response, error) {
+	if req.Method == http.MethodPut && c.puts.Add(1) == 1 {
+		body, err := io.ReadAll(req.Body)
+		if err != nil {
+			return nil, err
+		}
+		body[len(body)/2] ^= 0xff
+		req.Body = io.NopCloser(bytes.NewReader(body))
+	}
+	return c.next.Do(req)
 }
