@@ -3,7 +3,10 @@ package repository
 import (
 	"bytes"
 	"context"
+	"math/rand/v2"
 	"testing"
+
+	"github.com/blockferry/blockferry/sinks/file"
 )
 
 func TestPatchChunkCache(t *testing.T) {
@@ -47,4 +50,52 @@ func TestPatchChunkCache(t *testing.T) {
 		t.Fatal(err)
 	}
 	get(2)
+}
+
+// TestPositionReaderRecyclesBuffers reads positions whose chunks alternate between
+// stored as is (random bytes: the content is part of the object read) and
+// compressed, with one PositionBuffers, as a restore does: an object read into a
+// recycled buffer must never land on the content of a position just returned.
+func TestPositionReaderRecyclesBuffers(t *testing.T) {
+	ctx := context.Background()
+	for _, key := range [][]byte{nil, []byte("a key of the test")} {
+		store, err := file.Open(t.TempDir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		repo, err := Init(ctx, store, InitOptions{ChunkSize: 64 << 10, Compression: "zstd", Key: key})
+		if err != nil {
+			t.Fatal(err)
+		}
+		const size = 64 << 10
+		rng := rand.NewChaCha8([32]byte{9})
+		m := &Manifest{ChunkSize: size, Size: 6 * size, Chunks: make([]string, 6)}
+		want := make([][]byte, len(m.Chunks))
+		for i := range want {
+			want[i] = make([]byte, size)
+			if i%3 == 0 {
+				rng.Read(want[i]) // incompressible: stored as is
+			} else {
+				copy(want[i], bytes.Repeat([]byte{byte(i), 'x', 'y'}, size/3))
+			}
+			res, err := repo.PutChunk(ctx, want[i], true)
+			if err != nil {
+				t.Fatal(err)
+			}
+			m.Chunks[i] = res.ID.String()
+		}
+		p := repo.PositionReader(m, 0)
+		var b PositionBuffers
+		for round := range 2 {
+			for i := range want {
+				got, _, err := p.Read(ctx, i, &b)
+				if err != nil {
+					t.Fatalf("key %v, round %d, position %d: %v", key != nil, round, i, err)
+				}
+				if !bytes.Equal(got, want[i]) {
+					t.Fatalf("key %v, round %d, position %d: content differs", key != nil, round, i)
+				}
+			}
+		}
+	}
 }

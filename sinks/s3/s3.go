@@ -16,7 +16,6 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
-	"io"
 	"net/http"
 	"net/url"
 	"strings"
@@ -231,6 +230,29 @@ func (s *Store) PutIfAbsent(ctx context.Context, name string, data []byte) error
 
 // Get returns the whole object, or an error wrapping sinks.ErrNotFound.
 func (s *Store) Get(ctx context.Context, name string) ([]byte, error) {
+	return s.GetInto(ctx, name, nil)
+}
+
+// readBody reads a GetObject answer's body into buf's memory when it has the
+// capacity (a new slice otherwise). A connection dropped mid-body shows up as
+// io.ErrUnexpectedEOF (net/http checks Content-Length), so a truncated object is
+// never returned as whole.
+func (s *Store) readBody(out *s3.GetObjectOutput, name string, buf []byte) ([]byte, error) {
+	defer out.Body.Close()
+	b := bytes.NewBuffer(buf[:0])
+	if n := aws.ToInt64(out.ContentLength); n > 0 {
+		// ReadFrom wants MinRead bytes free to see the end of the body: without
+		// them it would copy the whole object into a bigger buffer first.
+		b.Grow(int(n) + bytes.MinRead)
+	}
+	if _, err := b.ReadFrom(out.Body); err != nil {
+		return nil, fmt.Errorf("%s: get %q: reading body: %w", s.name, name, err)
+	}
+	return b.Bytes(), nil
+}
+
+// GetInto is Get into buf's memory when it has the capacity.
+func (s *Store) GetInto(ctx context.Context, name string, buf []byte) ([]byte, error) {
 	key, err := s.key(name)
 	if err != nil {
 		return nil, err
@@ -239,17 +261,7 @@ func (s *Store) Get(ctx context.Context, name string) ([]byte, error) {
 	if err != nil {
 		return nil, s.wrap("get", name, err)
 	}
-	defer out.Body.Close()
-	var buf bytes.Buffer
-	if n := aws.ToInt64(out.ContentLength); n > 0 {
-		buf.Grow(int(n))
-	}
-	// A connection dropped mid-body shows up here as io.ErrUnexpectedEOF (net/http
-	// checks Content-Length), so a truncated object is never returned as whole.
-	if _, err := io.Copy(&buf, out.Body); err != nil {
-		return nil, fmt.Errorf("%s: get %q: reading body: %w", s.name, name, err)
-	}
-	return buf.Bytes(), nil
+	return s.readBody(out, name, buf)
 }
 
 // Exists reports whether an object is stored under name (HeadObject).

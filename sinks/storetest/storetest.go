@@ -53,6 +53,7 @@ func Run(t *testing.T, s sinks.Store) {
 	}
 
 	checkListInfo(t, s, objects)
+	checkGetInto(t, s, objects)
 
 	if err := s.Put(ctx, "config", []byte("cfg2")); err != nil {
 		t.Fatal(err)
@@ -81,6 +82,36 @@ func Run(t *testing.T, s sinks.Store) {
 		t.Fatalf("Delete of a missing object: %v", err)
 	}
 	checkDeleteObjects(t, s)
+}
+
+// checkGetInto checks, for a store that is a sinks.BufferGetter, that
+// GetInto returns what Get does, in the buffer's memory when it has room
+// (after a bigger object was read into it, and after a smaller one), and a new
+// slice when it has not; and ErrNotFound for a missing object.
+func checkGetInto(t *testing.T, s sinks.Store, objects map[string][]byte) {
+	t.Helper()
+	bg, ok := s.(sinks.BufferGetter)
+	if !ok {
+		return
+	}
+	ctx := context.Background()
+	if _, err := bg.GetInto(ctx, "missing", nil); !errors.Is(err, sinks.ErrNotFound) {
+		t.Fatalf("GetInto of a missing object: %v, want ErrNotFound", err)
+	}
+	buf := make([]byte, 0, 8<<20)
+	for _, name := range []string{"chunks/ab/abcdef01", "chunks/cd/cdef0123", "empty", "config"} {
+		got, err := bg.GetInto(ctx, name, buf)
+		if err != nil || !bytes.Equal(got, objects[name]) {
+			t.Fatalf("GetInto %s: %d bytes, %v; want %d bytes", name, len(got), err, len(objects[name]))
+		}
+		if len(got) > 0 && &got[:1][0] != &buf[:1][0] {
+			t.Errorf("GetInto %s: read into new memory, not into the buffer of %d bytes", name, cap(buf))
+		}
+	}
+	small := make([]byte, 0, 10)
+	if got, err := bg.GetInto(ctx, "chunks/ab/abcdef01", small); err != nil || !bytes.Equal(got, objects["chunks/ab/abcdef01"]) {
+		t.Fatalf("GetInto into a small buffer: %d bytes, %v", len(got), err)
+	}
 }
 
 // checkListInfo checks that ListInfo reports every object with its size and a
