@@ -3,7 +3,6 @@ package jobs
 import (
 	"context"
 	"fmt"
-	"sync"
 	"time"
 
 	"github.com/blockferry/blockferry/internal/safe"
@@ -36,7 +35,7 @@ func Restore(ctx context.Context, repo *repository.Repository, m *repository.Man
 	progress.bytesTotal.Store(m.Size)
 	r := &restoreRun{
 		m: m, positions: repo.PositionReader(m, repository.PatchCacheSize), tgt: tgt,
-		limits: lim, progress: progress,
+		limits: lim, progress: progress, bufs: make(chan *repository.PositionBuffers, lim.concurrency()),
 	}
 	if err := r.run(ctx); err != nil {
 		return RestoreStats{}, err
@@ -58,9 +57,10 @@ type restoreRun struct {
 	tgt       backends.Target
 	limits    Limits
 	progress  *Progress
-	// Decompression buffers are recycled: fresh 4 MiB buffers cost more in page
-	// faults than decompressing into them.
-	bufs sync.Pool
+	// Buffers are recycled: fresh 4 MiB buffers cost more in page faults than
+	// decompressing into them. A free list of one set per position in flight, not
+	// a sync.Pool, which drops its buffers at every garbage collection.
+	bufs chan *repository.PositionBuffers
 }
 
 // run restores every chunk position, some at once. Runs of positions that read
@@ -107,11 +107,13 @@ func (r *restoreRun) position(ctx context.Context, i int) error {
 		return err
 	}
 	defer release()
-	buf, _ := r.bufs.Get().(*repository.PositionBuffers)
-	if buf == nil {
+	var buf *repository.PositionBuffers
+	select {
+	case buf = <-r.bufs:
+	default:
 		buf = &repository.PositionBuffers{}
 	}
-	defer r.bufs.Put(buf)
+	defer func() { r.bufs <- buf }() // never blocks: at most concurrency() sets exist
 	data, fetched, err := r.positions.Read(ctx, i, buf)
 	if err != nil {
 		return err
