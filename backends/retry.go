@@ -28,19 +28,6 @@ type retryConfig struct {
 	notify        func(op string, attempt int, wait time.Duration, err error)
 }
 
-// WithRetryAttempts sets the most tries of one request, the first included; n
-// below 1 counts as 1 (no retry).
-func WithRetryAttempts(n int) RetryOption {
-	return func(c *retryConfig) { c.attempts = max(n, 1) }
-}
-
-// WithRetryBackoff sets the wait before the first retry, doubled for each further
-// one up to most. Each wait is drawn between half its value and its value, so
-// that the readers that failed together do not retry together.
-func WithRetryBackoff(initial, most time.Duration) RetryOption {
-	return func(c *retryConfig) { c.initial, c.most = initial, max(most, initial) }
-}
-
 // WithRetryNotify is told of every failed request that is about to be retried:
 // the operation ("read", "block_status"), the try that failed (1 for the first),
 // the wait before the next one and the error.

@@ -25,7 +25,7 @@ import (
 // so its retries were spent within 3 to 6 s of an outage. Here the waits double
 // from retryBaseDelay up to maxBackoff, and each is half its step plus a random
 // part of the other half, so that parallel uploads do not retry in step: the
-// retries of a request wait at least minRetryWait (65.5 s) and at most twice that
+// retries of a request wait at least 65.5 s (minRetryWait in the tests) and at most twice that
 // before it fails, which rides out a minute of outage or a server restart.
 const (
 	maxAttempts    = 11
@@ -41,16 +41,6 @@ func backoffStep(attempt int) time.Duration {
 		d *= 2
 	}
 	return min(d, maxBackoff)
-}
-
-// minRetryWait is the least the retries of one request wait in all before it
-// fails: how long an outage must last to fail an operation.
-func minRetryWait() time.Duration {
-	var total time.Duration
-	for attempt := 1; attempt < maxAttempts; attempt++ {
-		total += backoffStep(attempt) / 2
-	}
-	return total
 }
 
 // equalJitter is the retryer's retry.BackoffDelayer: half the step, plus a

@@ -69,3 +69,13 @@ func TestRetryable(t *testing.T) {
 		}
 	}
 }
+
+// minRetryWait is the least the retries of one request wait in all before it
+// fails: how long an outage must last to fail an operation.
+func minRetryWait() time.Duration {
+	var total time.Duration
+	for attempt := 1; attempt < maxAttempts; attempt++ {
+		total += backoffStep(attempt) / 2
+	}
+	return total
+}
