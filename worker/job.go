@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"runtime/debug"
 	"strconv"
 	"sync"
 	"time"
@@ -12,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
+	"github.com/blockferry/blockferry/internal/safe"
 	"github.com/blockferry/blockferry/jobs"
 )
 
@@ -126,16 +126,19 @@ func (w *Worker) run(ctx context.Context, j *jobRun) {
 	w.cfg.metrics.JobFinished(j.spec.Kind, v.outcome, v.code(), time.Since(j.started))
 }
 
-// runGuarded runs the job; a panic in it fails this job (errJobPanicked, logged
-// with its stack) and never the worker and the jobs running beside it.
+// runGuarded runs the job; a panic in it fails this job (safe.ErrPanic, which
+// the classification table makes internal and permanent; logged with its stack)
+// and never the worker and the jobs running beside it.
 func (w *Worker) runGuarded(ctx context.Context, j *jobRun, p *jobs.Progress) (res jobs.Result, err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			j.log.Error("job panicked", zap.Any("panic", r), zap.ByteString("stack", debug.Stack()))
-			res, err = jobs.Result{}, fmt.Errorf("%w: %v", errJobPanicked, r)
-		}
-	}()
-	return w.runner.Run(ctx, j.spec, p, jobs.FromMessage(strconv.FormatUint(j.seq, 10)))
+	err = safe.Call(func() error {
+		res, err = w.runner.Run(ctx, j.spec, p, jobs.FromMessage(strconv.FormatUint(j.seq, 10)))
+		return err
+	})
+	if errors.Is(err, safe.ErrPanic) {
+		j.log.Error("job panicked", zap.Error(err))
+		res = jobs.Result{}
+	}
+	return res, err
 }
 
 // heartbeats keeps the delivery alive until the returned function is called.

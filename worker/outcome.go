@@ -113,9 +113,6 @@ func decide(e end, t Topology) verdict {
 		return verdict{state: StateQueued, reply: replyNak, outcome: outcomeRequeued, note: "handing job back to the queue", level: zapcore.InfoLevel}
 	}
 	f := classify(e.err)
-	if errors.Is(e.err, errJobPanicked) {
-		f.Retryable = false // the same input panics again
-	}
 	if !f.Retryable || (t.MaxDeliver > 0 && e.attempt >= t.MaxDeliver) {
 		return verdict{state: StateFailed, event: EventFailed, failure: f, reply: replyTerm, outcome: StateFailed}
 	}

@@ -10,6 +10,7 @@ import (
 
 	"go.uber.org/zap/zapcore"
 
+	"github.com/blockferry/blockferry/internal/safe"
 	"github.com/blockferry/blockferry/jobs"
 )
 
@@ -61,7 +62,7 @@ func TestDecide(t *testing.T) {
 			seen{reply: replyNone, outcome: outcomeRequeued, note: "stopping a job whose delivery was lost", level: zapcore.ErrorLevel}},
 		{"job id reused", end{attempt: 1, reused: "job message 3 is completed"},
 			seen{event: EventFailed, code: CodeDuplicateJob, reply: replyTerm, note: "job id reused", level: zapcore.WarnLevel}},
-		{"panicked", end{attempt: 1, err: fmt.Errorf("%w: index out of range", errJobPanicked)},
+		{"panicked", end{attempt: 1, err: fmt.Errorf("%w: index out of range", safe.ErrPanic)},
 			seen{state: StateFailed, event: EventFailed, code: jobs.CodeInternal, reply: replyTerm, outcome: StateFailed}},
 		{"grace period over", end{attempt: 1, err: context.Canceled, cause: errShutdown},
 			seen{state: StateQueued, reply: replyNak, outcome: outcomeRequeued, note: "handing job back to the queue", level: zapcore.InfoLevel}},

@@ -21,8 +21,6 @@ var (
 	// heartbeat for longer than the ack wait, or the job's status names a newer
 	// attempt or message); this attempt stops without a word.
 	errLostDelivery = errors.New("delivery lost to another attempt")
-	// errJobPanicked: the job's run panicked; it fails for good (code internal).
-	errJobPanicked = errors.New("job panicked")
 )
 
 // CodeDuplicateJob is the error code of the failed event that answers a job
