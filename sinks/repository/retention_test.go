@@ -4,12 +4,13 @@ import (
 	"slices"
 	"testing"
 	"time"
+	_ "time/tzdata" // Europe/Berlin without the system's zone files
 )
 
 func TestRetentionPolicy(t *testing.T) {
 	berlin, err := time.LoadLocation("Europe/Berlin")
 	if err != nil {
-		t.Skip("no time zone data:", err)
+		t.Fatal(err)
 	}
 	at := func(s string) time.Time {
 		ts, err := time.Parse(time.RFC3339, s)
