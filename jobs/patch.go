@@ -25,9 +25,9 @@ import (
 // chunk: a restore then never assembles a position from more than a few objects,
 // however long the chain of incrementals.
 const (
-	maxPatchedShare = 2  // at most 1/maxPatchedShare of a position is patched
-	maxPatches      = 64 // patches per position
-	maxPatchChunks  = 4  // distinct chunks the patches of a position refer to
+	maxPatchedShare = 2                                // at most 1/maxPatchedShare of a position is patched
+	maxPatches      = repository.MaxPatchesPerPosition // patches per position: the most a reader accepts
+	maxPatchChunks  = 4                                // distinct chunks the patches of a position refer to
 	// maxGroupPositions bounds the positions whose blocks share one chunk (a
 	// restore reads that chunk once for each of them, through a small cache).
 	maxGroupPositions = 64
