@@ -111,9 +111,10 @@ func (d *BackupDevice) Lend(ctx context.Context, off, n int64) (slices [][]byte,
 		return nil, nil, fmt.Errorf("read of %d bytes at %d: beyond the disk's %d bytes", n, off, d.m.Size)
 	}
 	var held []*cachedPosition
+	var finished []bool // held[k] was read to its end
 	release = func() {
-		for _, e := range held {
-			d.cache.release(e)
+		for k, e := range held {
+			d.cache.release(e, finished[k])
 		}
 	}
 	cs := d.m.ChunkSize
@@ -132,6 +133,7 @@ func (d *BackupDevice) Lend(ctx context.Context, off, n int64) (slices [][]byte,
 				return nil, nil, fmt.Errorf("position %d (disk offset %d): %w", i, int64(i)*cs, err)
 			}
 			held = append(held, e)
+			finished = append(finished, within+k == d.m.ChunkLen(i))
 			slices = append(slices, e.data[within:within+k])
 		}
 		off, n = off+k, n-k
@@ -146,8 +148,8 @@ func (d *BackupDevice) position(ctx context.Context, i int) (*cachedPosition, er
 	// A read that follows the one before it keeps the positions after it coming,
 	// hit or miss, so that a sequential reader never waits for a fetch it could
 	// have foreseen.
-	if i == 0 || d.cache.contains(i-1) {
-		d.readAheadFrom(ctx, i+1)
+	if sequential, streams := d.cache.follows(i); sequential && d.readAhead > 0 {
+		d.readAheadFrom(ctx, i+1, max(1, d.readAhead/streams))
 	}
 	for e == nil {
 		_, err, _ := d.flight.Do(strconv.Itoa(i), func() (any, error) { return nil, d.fetch(ctx, i, true) })
@@ -183,17 +185,30 @@ func (d *BackupDevice) fetch(ctx context.Context, i int, wait bool) error {
 		d.cache.giveBack(buf)
 		return err
 	}
-	d.cache.add(i, buf, data)
+	d.cache.add(i, buf, data, !wait)
 	return nil
 }
 
-// readAheadFrom fetches the positions from i on that are neither cached nor
+// readAheadFrom fetches the n positions from i on that are neither cached nor
 // already coming, in the background. The fetches outlive the request that
 // started them, not the client's context.
-func (d *BackupDevice) readAheadFrom(ctx context.Context, i int) {
+//
+// Sequential readers at once (nbdcopy reads four regions over four connections)
+// share the read-ahead: each reads ahead its share of readAhead, and the
+// positions read ahead that no reader has read yet, cached or coming, are never
+// more than readAhead in all. The cache holds twice that, so read-ahead evicts
+// no position before it is read while there are no more readers than
+// positions read ahead.
+func (d *BackupDevice) readAheadFrom(ctx context.Context, i, n int) {
 	ctx = context.WithoutCancel(ctx)
-	for j := i; j < i+d.readAhead && j < len(d.m.Chunks); j++ {
-		if d.m.ReadsAsZero(j) || d.cache.contains(j) || !d.ahead.start(j) {
+	for j := i; j < i+n && j < len(d.m.Chunks); j++ {
+		if d.cache.readLately(j) {
+			break // another reader was here: what follows is its
+		}
+		if d.m.ReadsAsZero(j) || d.cache.contains(j) {
+			continue
+		}
+		if !d.ahead.start(j, d.readAhead-d.cache.unreadAhead()) {
 			continue
 		}
 		go func() {
@@ -209,11 +224,11 @@ type pendingSet struct {
 	m  map[int]bool
 }
 
-// start marks i pending; false: it was already.
-func (p *pendingSet) start(i int) bool {
+// start marks i pending unless it was already, or limit positions are.
+func (p *pendingSet) start(i, limit int) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.m[i] {
+	if p.m[i] || len(p.m) >= limit {
 		return false
 	}
 	if p.m == nil {
@@ -259,9 +274,11 @@ type Extent struct {
 }
 
 // positionCache keeps decoded positions, least recently used evicted first, up
-// to max bytes. Entries are shared by the readers copying from them; an evicted
-// entry's buffers are recycled once its last reader is done, since fresh
-// chunk-sized buffers cost more in page faults than decompression.
+// to max bytes; a position read to its end is evicted before any other, as a
+// sequential reader will not come back to it. Entries are shared by the readers
+// copying from them; an evicted entry's buffers are recycled once its last
+// reader is done, since fresh chunk-sized buffers cost more in page faults than
+// decompression.
 type positionCache struct {
 	max     int64
 	maxFree int // recycled buffers kept: one per fetch slot
@@ -271,14 +288,64 @@ type positionCache struct {
 	lru     list.List             // front: most recently used
 	size    int64
 	free    []*repository.PositionBuffers
+	unread  int // entries read ahead that no reader has acquired yet
+	ends    recentEnds
+}
+
+// recentEnds remembers the positions lately read to their end: to tell a
+// sequential reader's next read, to count the sequential readers, and to stop
+// one reader's read-ahead where another reader has been (nbdcopy's readers each
+// take a region, and the next region was read long before its end is reached).
+type recentEnds struct {
+	ring [recentEndsKept]int // index+1; 0: empty
+	at   int                 // next slot of ring
+	set  map[int]int         // index: times in ring
+}
+
+// recentEndsKept is the positions remembered: 1 GiB of 4 MiB positions, more
+// than nbdcopy's readers are apart (a 128 MiB region each).
+const recentEndsKept = 256
+
+// recentEndsStreams is how many of the latest ends count the sequential
+// readers: one per reader nbdcopy runs, and some.
+const recentEndsStreams = 16
+
+func (r *recentEnds) add(i int) {
+	if old := r.ring[r.at]; old != 0 {
+		if r.set[old-1]--; r.set[old-1] == 0 {
+			delete(r.set, old-1)
+		}
+	}
+	if r.set == nil {
+		r.set = map[int]int{}
+	}
+	r.ring[r.at] = i + 1
+	r.set[i]++
+	r.at = (r.at + 1) % recentEndsKept
+}
+
+func (r *recentEnds) has(i int) bool { return r.set[i] > 0 }
+
+// streams counts the sequential readers among the latest ends: the positions
+// read to their end whose successor was not.
+func (r *recentEnds) streams() int {
+	n := 0
+	for k := 1; k <= recentEndsStreams; k++ {
+		if end := r.ring[(r.at-k+recentEndsKept)%recentEndsKept]; end != 0 && !r.has(end) {
+			n++
+		}
+	}
+	return max(n, 1)
 }
 
 type cachedPosition struct {
-	index   int
-	buf     *repository.PositionBuffers
-	data    []byte // aliases buf; never written while cached
-	readers int
-	evicted bool
+	index    int
+	buf      *repository.PositionBuffers
+	data     []byte // aliases buf; never written while cached
+	readers  int
+	evicted  bool
+	finished bool // read to its end
+	unread   bool // read ahead, not acquired yet
 }
 
 func newPositionCache(maxBytes int64, maxFree int) *positionCache {
@@ -296,15 +363,52 @@ func (c *positionCache) acquire(i int) *cachedPosition {
 	c.lru.MoveToFront(el)
 	e := el.Value.(*cachedPosition)
 	e.readers++
+	if e.unread {
+		e.unread = false
+		c.unread--
+	}
 	return e
 }
 
-func (c *positionCache) release(e *cachedPosition) {
+// release ends a read of e; finished says it read e to its end, which makes e
+// the first to evict.
+func (c *positionCache) release(e *cachedPosition, finished bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if finished {
+		c.ends.add(e.index)
+		e.finished = true
+		if el, ok := c.entries[e.index]; ok && !e.evicted {
+			c.lru.MoveToBack(el)
+		}
+	}
 	if e.readers--; e.readers == 0 && e.evicted {
 		c.recycle(e)
 	}
+}
+
+// follows reports whether a read of position i continues a sequential reader
+// (position 0, or one whose predecessor was lately read to its end), and how
+// many sequential readers there are lately: the ends of runs of positions read
+// to their end.
+func (c *positionCache) follows(i int) (sequential bool, streams int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return i == 0 || c.ends.has(i-1), c.ends.streams()
+}
+
+// readLately reports whether position i was lately read to its end.
+func (c *positionCache) readLately(i int) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.ends.has(i)
+}
+
+// unreadAhead is the positions read ahead that no reader has acquired yet.
+func (c *positionCache) unreadAhead() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.unread
 }
 
 func (c *positionCache) contains(i int) bool {
@@ -315,9 +419,17 @@ func (c *positionCache) contains(i int) bool {
 }
 
 // buffers returns recycled buffers for a fetch, or new ones.
+// A position read to its end is worth less than the page faults of fresh
+// buffers: its buffers are taken before the cache grows, so that sequential
+// readers cycle through a few positions' buffers rather than filling the cache.
 func (c *positionCache) buffers() *repository.PositionBuffers {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if back := c.lru.Back(); len(c.free) == 0 && back != nil {
+		if e := back.Value.(*cachedPosition); e.finished && e.readers == 0 {
+			c.evict(back)
+		}
+	}
 	if n := len(c.free); n > 0 {
 		b := c.free[n-1]
 		c.free = c.free[:n-1]
@@ -327,24 +439,37 @@ func (c *positionCache) buffers() *repository.PositionBuffers {
 }
 
 // add caches position i, evicting the least recently used positions beyond max
-// (but never the one just added).
-func (c *positionCache) add(i int, buf *repository.PositionBuffers, data []byte) {
+// (but never the one just added); ahead says it was read ahead of any reader.
+func (c *positionCache) add(i int, buf *repository.PositionBuffers, data []byte, ahead bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if _, ok := c.entries[i]; ok {
 		c.recycle(&cachedPosition{buf: buf})
 		return
 	}
-	c.entries[i] = c.lru.PushFront(&cachedPosition{index: i, buf: buf, data: data})
+	c.entries[i] = c.lru.PushFront(&cachedPosition{index: i, buf: buf, data: data, unread: ahead})
+	if ahead {
+		c.unread++
+	}
 	c.size += int64(len(data))
 	for c.size > c.max && c.lru.Len() > 1 {
-		e := c.lru.Remove(c.lru.Back()).(*cachedPosition)
-		delete(c.entries, e.index)
-		c.size -= int64(len(e.data))
-		e.evicted = true
-		if e.readers == 0 {
-			c.recycle(e)
-		}
+		c.evict(c.lru.Back())
+	}
+}
+
+// evict drops an entry from the cache; its buffers are recycled now, or when
+// its last reader is done.
+func (c *positionCache) evict(el *list.Element) {
+	e := c.lru.Remove(el).(*cachedPosition)
+	delete(c.entries, e.index)
+	c.size -= int64(len(e.data))
+	e.evicted = true
+	if e.unread {
+		e.unread = false
+		c.unread--
+	}
+	if e.readers == 0 {
+		c.recycle(e)
 	}
 }
 

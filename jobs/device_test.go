@@ -22,6 +22,12 @@ import (
 func servedBackup(t *testing.T) (repo *repository.Repository, m *repository.Manifest, disk []byte, chunkGets *atomic.Int64) {
 	t.Helper()
 	path, _ := rawDisk(t, diskSize)
+	return servedBackupOf(t, path)
+}
+
+// servedBackupOf is servedBackup of the raw disk at path.
+func servedBackupOf(t *testing.T, path string) (repo *repository.Repository, m *repository.Manifest, disk []byte, chunkGets *atomic.Int64) {
+	t.Helper()
 	repoURI := "file://" + filepath.Join(t.TempDir(), "repo")
 	m = fullBackupOfFile(t, jobs.NewRunner(jobs.WithDefaultRepository(repoURI)), path)
 	disk, err := os.ReadFile(path)
@@ -102,6 +108,55 @@ func TestBackupDeviceFetchesOnlyWhatIsRead(t *testing.T) {
 	read(3*chunkSize, 10) // evicts position 1, the least recently used
 	if n := read(chunkSize, 10); n != 1 {
 		t.Errorf("a position evicted from a two-position cache was fetched %d times", n)
+	}
+}
+
+// TestBackupDeviceSequentialReadersShareTheCache reads the disk as nbdcopy does
+// over four connections: four sequential readers, each through its own quarter
+// in 256 KiB requests, slower than the fetches. Each reading ahead 8 positions
+// would need 36 positions in a cache of 16 and evict positions before they are
+// read; sharing the read-ahead and evicting positions read to their end first,
+// every position is fetched once.
+func TestBackupDeviceSequentialReadersShareTheCache(t *testing.T) {
+	noise := make([]byte, 48*chunkSize) // 12 positions of data for each reader
+	rand.NewChaCha8([32]byte{2}).Read(noise)
+	path := filepath.Join(t.TempDir(), "noise.raw")
+	if err := os.WriteFile(path, noise, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	repo, m, disk, gets := servedBackupOf(t, path)
+	dev := jobs.NewBackupDevice(repo, m, jobs.WithDeviceCache(16*chunkSize), jobs.WithDeviceReadAhead(8))
+	var wg sync.WaitGroup
+	quarter := int64(len(disk)) / 4
+	for r := range int64(4) {
+		wg.Go(func() {
+			end := min((r+1)*quarter, int64(len(disk)))
+			if r == 3 {
+				end = int64(len(disk))
+			}
+			for off := r * quarter; off < end; off += 256 << 10 {
+				p := make([]byte, min(256<<10, end-off))
+				if err := dev.ReadAt(context.Background(), p, off); err != nil {
+					t.Errorf("read at %d: %v", off, err)
+					return
+				}
+				if !bytes.Equal(p, disk[off:off+int64(len(p))]) {
+					t.Errorf("read at %d: wrong bytes", off)
+					return
+				}
+				time.Sleep(2 * time.Millisecond) // a client slower than the fetches, as nbdcopy writing a file
+			}
+		})
+	}
+	wg.Wait()
+	var want int64
+	for i := range m.Chunks {
+		if !m.ReadsAsZero(i) {
+			want++
+		}
+	}
+	if got := gets.Load(); got != want {
+		t.Errorf("the readers fetched %d chunks, want each of the %d positions with data once", got, want)
 	}
 }
 
