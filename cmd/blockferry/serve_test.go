@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -468,6 +469,18 @@ func TestServeTLSClientCertificates(t *testing.T) {
 		}
 	}
 	copyMatches("after refused clients")
+	// qemu's client takes the same certificate directory.
+	hostPort := strings.TrimSuffix(strings.TrimPrefix(s.uri, "nbds://"), "/")
+	host, port, _ := strings.Cut(hostPort, ":")
+	out := runTool(t, "qemu-img", "info", "--output=json", "--object", "tls-creds-x509,id=tls0,endpoint=client,dir="+certs.Client,
+		"--image-opts", "driver=nbd,host="+host+",port="+port+",tls-creds=tls0")
+	st, err := os.Stat(raw0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := fmt.Sprintf(`"virtual-size": %d,`, st.Size()); !strings.Contains(out, want) {
+		t.Errorf("qemu-img info with a client certificate: %s, want %s", out, want)
+	}
 }
 
 // linesWith returns the lines of text that contain s.
