@@ -2,6 +2,7 @@ package main
 
 import (
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"os"
@@ -18,7 +19,7 @@ import (
 
 type serveFlags struct {
 	backup, listen, name, logLevel, overlay string
-	tlsCert, tlsKey                         string
+	tlsCert, tlsKey, tlsClientCA            string
 	cache                                   jobs.ByteSize
 	concurrency, maxClients, readAhead      int
 	writable                                bool
@@ -42,7 +43,10 @@ read-only export; writes land in the qcow2 file:
   qemu-img create -f qcow2 -b 'nbd+unix:///?socket=/run/bf/vm1.sock' -F raw vm1.qcow2
 
 With --tls-cert and --tls-key, clients must start TLS before anything else
-(nbds:// URIs); serve plain NBD only on a Unix socket or loopback.`,
+(nbds:// URIs); serve plain NBD only on a Unix socket or loopback. With
+--tls-client-ca too, clients must also present a certificate signed by a CA in
+that PEM file (libnbd: client-cert.pem and client-key.pem in the
+tls-certificates directory); others are refused during the TLS handshake.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := required(cmd, "backup", "listen"); err != nil {
@@ -56,6 +60,7 @@ With --tls-cert and --tls-key, clients must start TLS before anything else
 	fl.StringVar(&f.listen, "listen", "", "unix:///path/to.sock, or tcp://127.0.0.1:10809")
 	fl.StringVar(&f.tlsCert, "tls-cert", "", "PEM certificate (chain) of the server: clients must then use TLS (nbds://)")
 	fl.StringVar(&f.tlsKey, "tls-key", "", "PEM private key of --tls-cert")
+	fl.StringVar(&f.tlsClientCA, "tls-client-ca", "", "PEM file of the CA certificates that sign clients' certificates: clients must then present one (needs --tls-cert)")
 	fl.StringVar(&f.name, "export-name", "", "export name (clients asking for the default export get it too)")
 	fl.Var(&f.cache, "cache", "decoded chunks kept in memory between reads (more helps random readers, such as a booted VM, over S3)")
 	fl.IntVar(&f.concurrency, "concurrency", 8, "chunks fetched at once")
@@ -71,6 +76,10 @@ func runServe(cmd *cobra.Command, g *globals, f serveFlags) error {
 	ctx := cmd.Context()
 	cacheBytes := int64(f.cache)
 	log, err := newLogger(f.logLevel)
+	if err != nil {
+		return err
+	}
+	tlsConfig, err := serveTLS(f.tlsCert, f.tlsKey, f.tlsClientCA)
 	if err != nil {
 		return err
 	}
@@ -106,12 +115,8 @@ func runServe(cmd *cobra.Command, g *globals, f serveFlags) error {
 	opts := []nbdserver.Option{nbdserver.WithExportName(f.name), nbdserver.WithMaxConnections(f.maxClients),
 		nbdserver.WithPreferredBlockSize(uint32(min(m.ChunkSize, nbdserver.MaxRequest))),
 		nbdserver.WithLogger(log.With(zap.String("backup", m.ID)))}
-	if f.tlsCert != "" || f.tlsKey != "" {
-		cert, err := tls.LoadX509KeyPair(f.tlsCert, f.tlsKey)
-		if err != nil {
-			return fmt.Errorf("--tls-cert/--tls-key: %w", err)
-		}
-		opts = append(opts, nbdserver.WithTLS(&tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}))
+	if tlsConfig != nil {
+		opts = append(opts, nbdserver.WithTLS(tlsConfig))
 	}
 	addr, err := jobs.ParseListen(f.listen, f.name, f.tlsCert != "")
 	if err != nil {
@@ -131,6 +136,36 @@ func runServe(cmd *cobra.Command, g *globals, f serveFlags) error {
 		return err
 	}
 	return srv.Serve(ctx, l)
+}
+
+// serveTLS is the TLS configuration of the export: nil without a certificate;
+// with clientCA, clients must present a certificate that one of its CA
+// certificates signed.
+func serveTLS(certFile, keyFile, clientCA string) (*tls.Config, error) {
+	if certFile == "" && keyFile == "" {
+		if clientCA != "" {
+			return nil, errors.New("--tls-client-ca needs --tls-cert and --tls-key")
+		}
+		return nil, nil
+	}
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("--tls-cert/--tls-key: %w", err)
+	}
+	cfg := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	if clientCA == "" {
+		return cfg, nil
+	}
+	pemData, err := os.ReadFile(clientCA)
+	if err != nil {
+		return nil, fmt.Errorf("--tls-client-ca: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pemData) {
+		return nil, fmt.Errorf("--tls-client-ca %s: no PEM certificate in it", clientCA)
+	}
+	cfg.ClientCAs, cfg.ClientAuth = pool, tls.RequireAndVerifyClientCert
+	return cfg, nil
 }
 
 // overlayCloser is an overlay and how to dispose of it at exit.

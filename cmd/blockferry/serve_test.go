@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -424,4 +425,71 @@ func TestServeTLS(t *testing.T) {
 	if out, err := exec.Command(testutil.RequireTool(t, "nbdinfo"), plain).CombinedOutput(); err == nil {
 		t.Errorf("a client without TLS was served: %s", out)
 	}
+}
+
+// TestServeTLSClientCertificates: with --tls-client-ca, only clients with a
+// certificate that CA signed read the export; the others are refused during the
+// TLS handshake and logged, and the export goes on serving.
+func TestServeTLSClientCertificates(t *testing.T) {
+	repo := "file://" + filepath.Join(t.TempDir(), "repo")
+	full, _, raw0, _ := backupTwice(t, nil, repo)
+	certs := testutil.X509CertificateDirs(t)
+	serverFile := func(name string) string { return filepath.Join(certs.Server, name) }
+	mustFail(t, cli(t, nil, "serve", "--repository", repo, "--backup", full, "--listen", "tcp://127.0.0.1:0",
+		"--tls-client-ca", serverFile("ca-cert.pem")), "--tls-client-ca needs --tls-cert")
+	mustFail(t, cli(t, nil, "serve", "--repository", repo, "--backup", full, "--listen", "tcp://127.0.0.1:0",
+		"--tls-cert", serverFile("server-cert.pem"), "--tls-key", serverFile("server-key.pem"), "--tls-client-ca", serverFile("server-key.pem")),
+		"no PEM certificate")
+
+	s := serveBackup(t, nil, repo, full, "--listen", "tcp://127.0.0.1:0", "--tls-cert", serverFile("server-cert.pem"),
+		"--tls-key", serverFile("server-key.pem"), "--tls-client-ca", serverFile("ca-cert.pem"))
+	copyMatches := func(when string) {
+		copied := filepath.Join(t.TempDir(), "copy.raw")
+		runTool(t, "nbdcopy", s.uri+"?tls-certificates="+certs.Client, copied)
+		if testutil.SHA256File(t, copied) != testutil.SHA256File(t, raw0) {
+			t.Errorf("the copy with a client certificate %s differs from the disk", when)
+		}
+	}
+	copyMatches("before other clients")
+	other := testutil.X509CertificateDirs(t)
+	for i, c := range []struct{ client, dir, cause string }{
+		{"without a certificate", testutil.ClientCertificateDir(t, certs.Client, ""), "didn't provide a certificate"},
+		{"with a certificate of another CA", testutil.ClientCertificateDir(t, certs.Client, other.Client), "unknown authority"},
+	} {
+		if out, err := exec.Command(testutil.RequireTool(t, "nbdinfo"), s.uri+"?tls-certificates="+c.dir).CombinedOutput(); err == nil {
+			t.Errorf("a client %s was served: %s", c.client, out)
+		}
+		// The client may exit before the server has logged why it closed.
+		var refused []string
+		for deadline := time.Now().Add(5 * time.Second); len(refused) <= i && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+			refused = linesWith(s.stderr.String(), `"msg":"nbd client refused"`)
+		}
+		if len(refused) != i+1 || !strings.Contains(refused[i], c.cause) || !strings.Contains(refused[i], `"level":"warn"`) {
+			t.Errorf("refusing a client %s logged %q, want a warning saying %q", c.client, refused, c.cause)
+		}
+	}
+	copyMatches("after refused clients")
+	// qemu's client takes the same certificate directory.
+	hostPort := strings.TrimSuffix(strings.TrimPrefix(s.uri, "nbds://"), "/")
+	host, port, _ := strings.Cut(hostPort, ":")
+	out := runTool(t, "qemu-img", "info", "--output=json", "--object", "tls-creds-x509,id=tls0,endpoint=client,dir="+certs.Client,
+		"--image-opts", "driver=nbd,host="+host+",port="+port+",tls-creds=tls0")
+	st, err := os.Stat(raw0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := fmt.Sprintf(`"virtual-size": %d,`, st.Size()); !strings.Contains(out, want) {
+		t.Errorf("qemu-img info with a client certificate: %s, want %s", out, want)
+	}
+}
+
+// linesWith returns the lines of text that contain s.
+func linesWith(text, s string) []string {
+	var lines []string
+	for line := range strings.Lines(text) {
+		if strings.Contains(line, s) {
+			lines = append(lines, line)
+		}
+	}
+	return lines
 }

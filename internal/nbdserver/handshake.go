@@ -21,6 +21,10 @@ const handshakeTimeout = 30 * time.Second
 // close before sending anything).
 var errClientLeft = errors.New("client left")
 
+// errTLSRefused ends a handshake whose TLS handshake failed: with client
+// certificates required, this is how a client without a valid one is refused.
+var errTLSRefused = errors.New("TLS handshake failed")
+
 // connection is the state of one client.
 type connection struct {
 	srv  *Server
@@ -261,7 +265,7 @@ func (c *connection) startTLS(data []byte) error {
 	}
 	conn := tls.Server(c.conn, c.srv.cfg.tls)
 	if err := conn.Handshake(); err != nil {
-		return fmt.Errorf("TLS handshake: %w", err)
+		return fmt.Errorf("%w: %w", errTLSRefused, err)
 	}
 	c.conn, c.tls = conn, true
 	c.r.Reset(conn)

@@ -104,6 +104,8 @@ func WithPreferredBlockSize(n uint32) Option { return func(c *config) { c.prefer
 
 // WithTLS requires clients to start TLS (NBD_OPT_STARTTLS) before anything else:
 // options other than STARTTLS and ABORT are refused with NBD_REP_ERR_TLS_REQD.
+// cfg's ClientAuth and ClientCAs decide whether clients need certificates; a
+// client whose TLS handshake fails is logged as a warning and disconnected.
 func WithTLS(cfg *tls.Config) Option { return func(c *config) { c.tls = cfg } }
 
 // Server serves one device as one export.
@@ -190,7 +192,10 @@ func (s *Server) serveConn(ctx context.Context, conn net.Conn) {
 	log := s.cfg.log.With(zap.String("client", conn.RemoteAddr().String()))
 	c := &connection{srv: s, conn: conn, log: log}
 	if err := c.handshake(); err != nil {
-		if !errors.Is(err, errClientLeft) {
+		switch {
+		case errors.Is(err, errTLSRefused):
+			log.Warn("nbd client refused", zap.Error(err))
+		case !errors.Is(err, errClientLeft):
 			log.Info("nbd handshake ended", zap.Error(err))
 		}
 		return

@@ -139,3 +139,27 @@ func keyPEM(t testing.TB, key *ecdsa.PrivateKey) []byte {
 	}
 	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
 }
+
+// ClientCertificateDir writes a libnbd certificate directory that trusts the CA
+// of the X509Dirs directory trust (its ca-cert.pem) and holds the client
+// certificate and key from the directory identity, or none when identity is "":
+// a client that accepts the server but presents another CA's certificate, or
+// no certificate at all.
+func ClientCertificateDir(t testing.TB, trust, identity string) string {
+	t.Helper()
+	files := map[string]string{"ca-cert.pem": trust}
+	if identity != "" {
+		files["client-cert.pem"], files["client-key.pem"] = identity, identity
+	}
+	dir := t.TempDir()
+	for name, from := range files {
+		data, err := os.ReadFile(filepath.Join(from, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
