@@ -69,14 +69,14 @@ func (t *target) check(what string, off, length int64) error {
 	return nil
 }
 
-// WriteAt sends p in commands of at most the request size, spread over the
+// WriteAt sends p in commands of at most the write size, spread over the
 // connections, straight from p (pinned until the server acknowledged them all).
 func (t *target) WriteAt(p []byte, off int64) (int, error) {
 	if err := t.check("write", off, int64(len(p))); err != nil {
 		return 0, err
 	}
 	// io.WriterAt has no context: a write is always sent.
-	n, err := t.pool.transfer(context.Background(), opWrite, p, off, t.exp.maxRequest)
+	n, err := t.pool.transfer(context.Background(), opWrite, p, off, t.exp.maxWrite)
 	if err != nil {
 		return n, fmt.Errorf("nbd %s: %w", t.exp.uri, err)
 	}
@@ -91,8 +91,8 @@ func (t *target) Zero(ctx context.Context, off, length int64) error {
 	}
 	piece, batch := int64(maxZeroSize), int(^uint(0)>>1)
 	if !t.exp.features.zero {
-		t.zeroOnce.Do(func() { t.zeroes = libnbd.MakeAioBufferZero(uint(t.exp.maxRequest)) })
-		piece, batch = t.exp.maxRequest, int(max(1, defaultMaxInFlight/t.exp.maxRequest))
+		t.zeroOnce.Do(func() { t.zeroes = libnbd.MakeAioBufferZero(uint(t.exp.maxWrite)) })
+		piece, batch = t.exp.maxWrite, int(max(1, defaultMaxInFlight/t.exp.maxWrite))
 	}
 	for done := int64(0); done < length; {
 		var reqs []*request
