@@ -22,7 +22,11 @@ const (
 // (MADV_HUGEPAGE, which the Go runtime no longer asks for its heap) and the whole
 // slice is faulted in by one madvise(MADV_POPULATE_WRITE) call. Kernels without
 // either ignore the advice, and the slice is an ordinary one; either way it is Go
-// memory, kept and freed as usual.
+// memory, kept and freed as usual. An advised range may split the heap's mapping
+// in two or three in the kernel's view (neighbouring advised ranges merge again),
+// so the mappings stay within a few per 2 MiB of heap; the advice stays on the
+// range when the runtime later reuses it, which only lets other objects there be
+// huge pages too.
 func Make(n, c int) []byte {
 	b := make([]byte, n, c)
 	if c < hugePage {
