@@ -39,9 +39,10 @@ func Make(n, c int) []byte {
 	if last > first {
 		_ = unix.Madvise(all[first:last], unix.MADV_HUGEPAGE)
 	}
-	// The rest (a Go allocation is aligned to 8 KiB, not 2 MiB: up to half of a
-	// 4 MiB buffer) is faulted in by one call instead of a trap per page. Pages
-	// already there are left as they are; kernels before 5.14 refuse the advice.
+	// Then the whole slice is faulted in by one call instead of a trap per page:
+	// the middle as huge pages, the head and tail (a Go allocation is aligned to
+	// 8 KiB, not 2 MiB: up to half of a 4 MiB buffer) as small ones. Pages already
+	// there are left as they are; kernels before 5.14 refuse the advice.
 	if head := (start+smallPage-1)&^(smallPage-1) - start; head < uintptr(c) {
 		_ = unix.Madvise(all[head:], unix.MADV_POPULATE_WRITE)
 	}
