@@ -7,6 +7,7 @@ import (
 
 	"golang.org/x/sync/semaphore"
 
+	"github.com/blockferry/blockferry/internal/bigbuf"
 	"github.com/blockferry/blockferry/sinks/repository"
 )
 
@@ -76,7 +77,7 @@ func getChunkBuffer(n int64) *[]byte {
 	if b, ok := p.(*sync.Pool).Get().(*[]byte); ok {
 		return b
 	}
-	b := make([]byte, n)
+	b := bigbuf.Make(int(n), int(n))
 	return &b
 }
 

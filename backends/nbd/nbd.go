@@ -41,19 +41,25 @@ const (
 	// defaultMaxInFlight bounds the payload bytes a connection has outstanding when
 	// the caller sets no bound.
 	defaultMaxInFlight = 64 << 20
-	// maxRequestSize is the largest read or write sent as one NBD command. Servers
-	// commonly cap payloads at 32 MiB, but QEMU's NBD server (qemu-nbd, and libvirt
-	// backups through QEMU) allocates a buffer per command, and above glibc's mmap
-	// threshold those are fresh pages that fault on every command: a full backup of
-	// make bench's image cost qemu-nbd 5.0-6.5 CPU-s with 512 KiB commands, 2.7-3.8
-	// with 256 KiB and 1.7 with 128 KiB (with 64 KiB, 2.6-2.9: too many commands),
-	// and took 8.5-9.7, 6.9-8.3 and 6.6-6.8 s on 2 cores.
-	maxRequestSize = 128 << 10
-	// maxWriteSize is the largest write sent as one NBD command. Writes behave
-	// the other way round: restoring the bench-serve backup (256 MiB of data) to
-	// a writable qemu-nbd cost qemu-nbd 2.2-2.6 CPU-s in 128 KiB commands and
-	// 1.0-1.2 in 256 KiB ones, as much as nbdcopy's own copy (1.2; it writes
-	// 256 KiB commands), with 1 and 4 MiB no better.
+	// maxReadSize is the largest read sent as one NBD command. Servers commonly
+	// cap payloads at 32 MiB, but QEMU's NBD server (qemu-nbd, and libvirt backups
+	// through QEMU) allocates a buffer per command, and the more of them it holds
+	// at once, the more of them are fresh pages that fault: with 64 MiB of reads in
+	// flight per connection, a full backup of make bench's image cost qemu-nbd
+	// 5.0-6.5 CPU-s with 512 KiB commands, 2.7-3.8 with 256 KiB and 1.7 with 128
+	// KiB. Past the faults, a server's CPU goes to per-command work (qemu-nbd with
+	// --aio=threads: a pool thread woken, an eventfd, a reply; about 100 us a
+	// command on the bench's VM), so reads use 256 KiB commands, as nbdcopy does,
+	// and jobs.DefaultMaxInFlight keeps what the server holds at once small enough
+	// not to fault: reading 1 GiB of the bench image cost qemu-nbd 0.85 CPU-s in
+	// 128 KiB commands with 64 MiB in flight per connection, 0.81 in 256 KiB ones
+	// with 2 MiB, 0.61 with 1 MiB (nbdcopy: 0.62).
+	maxReadSize = 256 << 10
+	// maxWriteSize is the largest write sent as one NBD command: restoring the
+	// bench-serve backup (256 MiB of data) to a writable qemu-nbd cost qemu-nbd
+	// 2.2-2.6 CPU-s in 128 KiB commands and 1.0-1.2 in 256 KiB ones, as much as
+	// nbdcopy's own copy (1.2; it writes 256 KiB commands), with 1 and 4 MiB no
+	// better.
 	maxWriteSize = 256 << 10
 	// maxStatusWindow bounds one block status query: NBD lengths are 32 bits and a
 	// server may spend long on a huge range.
@@ -68,11 +74,11 @@ var errClosed = errors.New("nbd connection closed")
 // export is what the server advertised on the first connection; every further
 // connection to the same export sees the same.
 type export struct {
-	uri        string // redacted, for messages
-	size       int64
-	features   features
-	maxRequest int64 // largest read payload to send at once
-	maxWrite   int64 // largest write payload to send at once
+	uri      string // redacted, for messages
+	size     int64
+	features features
+	maxRead  int64 // largest read to ask for at once
+	maxWrite int64 // largest write payload to send at once
 	// contexts are the requested meta contexts the server agreed to serve.
 	contexts map[string]bool
 }
@@ -248,9 +254,9 @@ func (ep endpoint) inspect(h *libnbd.Libnbd) (export, error) {
 	}
 	e.features.allocation = e.contexts[contextAllocation]
 
-	e.maxRequest, e.maxWrite = maxRequestSize, maxWriteSize
+	e.maxRead, e.maxWrite = maxReadSize, maxWriteSize
 	if m, err := h.GetBlockSize(libnbd.SIZE_MAXIMUM); err == nil && m > 0 {
-		e.maxRequest, e.maxWrite = min(e.maxRequest, int64(m)), min(e.maxWrite, int64(m))
+		e.maxRead, e.maxWrite = min(e.maxRead, int64(m)), min(e.maxWrite, int64(m))
 	}
 	return e, nil
 }

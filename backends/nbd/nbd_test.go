@@ -630,8 +630,8 @@ func TestClientLimit(t *testing.T) {
 // its context ends, so a cancelled job does not wait for the whole read.
 func TestReadEndsWithItsContext(t *testing.T) {
 	uri, _ := testutil.ServeNbdkitMemory(t, "16M", "delay", "delay-read=20ms")
-	// One command in flight at a time: the 16 MiB read is 128 commands, 2.5 s.
-	s, err := backends.OpenSource(context.Background(), uri, backends.WithConnections(1), backends.WithMaxInFlight(maxRequestSize))
+	// One command in flight at a time: the 16 MiB read is 64 commands, 1.3 s.
+	s, err := backends.OpenSource(context.Background(), uri, backends.WithConnections(1), backends.WithMaxInFlight(maxReadSize))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -57,7 +57,7 @@ func openSource(ctx context.Context, u *url.URL, o backends.SourceOptions) (back
 
 func (s *source) Size() int64 { return s.exp.size }
 
-// ReadAt reads p in commands of at most the request size, spread over the
+// ReadAt reads p in commands of at most the read size, spread over the
 // connections. libnbd reads the replies straight into p, which stays pinned until
 // every command is answered: no C buffer, no copy. Reading past the end returns
 // what the image holds and io.EOF. When ctx ends, the commands not yet sent are
@@ -71,7 +71,7 @@ func (s *source) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
 		p = p[:max(0, s.exp.size-off)]
 		eof = io.EOF
 	}
-	n, err := s.pool.transfer(ctx, opRead, p, off, s.exp.maxRequest)
+	n, err := s.pool.transfer(ctx, opRead, p, off, s.exp.maxRead)
 	if err != nil {
 		if err == ctx.Err() {
 			return n, err

@@ -13,6 +13,8 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/zeebo/blake3"
+
+	"github.com/blockferry/blockferry/internal/bigbuf"
 )
 
 // Object envelope (docs/FORMAT.md): the first byte says how the rest is stored.
@@ -114,7 +116,7 @@ func SealedSize(n int) int { return n + n/64 + 1024 }
 // into dst, and encryption happens in place.
 func (c *codec) Seal(dst, plaintext []byte, aad string, compress bool) []byte {
 	if cap(dst) < SealedSize(len(plaintext)) {
-		dst = make([]byte, 0, SealedSize(len(plaintext)))
+		dst = bigbuf.Make(0, SealedSize(len(plaintext)))
 	}
 	dst = dst[:0]
 	if c.aead == nil {
