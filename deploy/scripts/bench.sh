@@ -1145,10 +1145,10 @@ def mixed():
     print()
     m = lambda n: "mixed." + n
     ratio_bar(14, "mixed image: full backup to s3:// at most 1.3x the one to file://", m("full_s3"), m("full_file"), 1.3)
-    minio_bars("mixed.", "mixed image: ", has_restic)
     if has_restic:
         ratio_bar(14, "mixed image: full backup to S3 at least 8x faster than restic's", m("restic_full"), m("full_s3"),
                   8, at_most=False)
+    minio_bars("mixed.", "mixed image: ", has_restic)
     ratio_bar(14, "mixed image: restore <- file:// at most 1.25x nbdcopy SRC FILE", m("restore_file"), m("nbdcopy_file"), 1.25)
     ratio_bar(14, "mixed image: restore <- s3:// at most 1.15x the restore <- file://", m("restore_s3"), m("restore_file"), 1.15)
     if m("restore_minio") in rows:
