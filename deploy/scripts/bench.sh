@@ -33,6 +33,11 @@
 # backup from both repositories to a raw file, and a restore to a writable NBD
 # export (qemu-nbd -e 4) beside nbdcopy --flush FILE NBD into the same kind of
 # export; every restore's sha256 must equal the image's (exit 1 otherwise).
+# BENCH_MINIO=1 adds MinIO (single drive, on loopback; restarted empty before each
+# run) beside versitygw: the full backups of both images to it, restic's full to it
+# (unless BENCH_RESTIC=0), and on the mixed image the restore of the full backup
+# from it. It builds minio into .cache/bin when it is not on PATH (go install
+# github.com/minio/minio@latest: about 15 minutes on 2 cores).
 # Prints a markdown table per image and a table of the bars issues #2, #4 and #14 set.
 #
 # Every run but the incrementals, restic's and the worker's is repeated BENCH_RUNS
@@ -40,7 +45,7 @@
 # fastest is reported, with the highest peak RSS of all: on a shared machine the
 # minimum is the figure least disturbed by other load.
 #
-# Environment: BENCH_QUICK=1, BENCH_RUNS, BENCH_RESTIC=0, BENCH_IMAGES (default
+# Environment: BENCH_QUICK=1, BENCH_RUNS, BENCH_RESTIC=0, BENCH_MINIO=1, BENCH_IMAGES (default
 # "standard mixed"), BLOCKFERRY (binary; default bin/blockferry, built when missing),
 # BENCH_KEEP=1 keeps the work directory, TMPDIR (where the work directory goes: it
 # needs about 5x the data size free). `make bench` builds the binary first.
@@ -73,6 +78,7 @@ region_stride=$((disk_size / regions))
 runs=${BENCH_RUNS:-3}
 [[ "$runs" =~ ^[1-9][0-9]*$ ]] || { echo "bench: BENCH_RUNS=$runs is not a positive number" >&2; exit 2; }
 bench_restic=${BENCH_RESTIC:-1}
+bench_minio=${BENCH_MINIO:-0}
 images=${BENCH_IMAGES:-standard mixed}
 for i in $images; do
 	[[ "$i" =~ ^(standard|mixed)$ ]] || { echo "bench: BENCH_IMAGES: unknown image $i (standard, mixed)" >&2; exit 2; }
@@ -108,12 +114,19 @@ if [ ! -x "$bf" ]; then
 	(cd "$root" && go build -o "$bf" ./cmd/blockferry)
 fi
 
+if [ "$bench_minio" = 1 ] && ! command -v minio >/dev/null; then
+	log "building MinIO into $root/.cache/bin (go install github.com/minio/minio@latest: about 15 minutes on 2 cores)"
+	# GOFLAGS cleared: the Makefile's -mod=readonly is for this module, not MinIO's.
+	(cd "$root" && GOFLAGS="" GOBIN="$root/.cache/bin" go install github.com/minio/minio@latest) || die "building MinIO failed"
+fi
+
 # --- work directory and cleanup ----------------------------------------------------
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/blockferry-bench.XXXXXX")
 nbd_pid=""
 target_pid="" # the writable export restores write to
 s3_pid=""
+minio_pid=""
 worker_pid=""
 
 stop_pid() { # pid: TERM, then KILL if it lingers, and reap
@@ -134,6 +147,7 @@ cleanup() {
 	stop_pid "$nbd_pid"
 	stop_pid "$target_pid"
 	stop_pid "$s3_pid"
+	stop_pid "$minio_pid"
 	if [ "${BENCH_KEEP:-0}" = 1 ]; then
 		log "kept $work"
 	else
@@ -292,16 +306,18 @@ cpu_of() {
 	awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); printf "%.2f\n", ($12 + $13) / hz }' "/proc/$pid/stat"
 }
 
-results=$work/results.tsv # name \t wall \t rss_kib \t user+sys \t server cpu \t bytes \t baseline
+# name \t wall \t rss_kib \t user+sys \t servers' cpu \t bytes \t baseline \t SERVER's cpu alone
+results=$work/results.tsv
 : >"$results"
 
 # measure NAME RUNS BYTES BASELINE SERVER RESET -- CMD...: runs CMD RUNS times
 # under GNU time, calling the function RESET (or nothing when "") before each run;
 # the last run's stdout is left in $work/NAME.out. BYTES is the disk bytes a run
 # moves (for MiB/s); BASELINE names the row it is compared with; SERVER (or "") is
-# the variable holding the pid of the server (versitygw, the writable qemu-nbd)
-# whose CPU time during the run is added to the server column, read after RESET,
-# which may start it.
+# the variable holding the pid of the server (versitygw, MinIO, the writable
+# qemu-nbd) whose CPU time during the run is added to the servers' column (which
+# has the source qemu-nbd's) and recorded alone too; the pid is read after RESET,
+# which may start the server.
 measure() {
 	local name=$1 n=$2 bytes=$3 baseline=$4 svar=$5 reset=$6
 	shift 7
@@ -322,8 +338,9 @@ measure() {
 		# The last line: GNU time puts "Command exited with non-zero status" first.
 		read -r wall rss user sys < <(tail -n 1 "$tf")
 		server=$(awk -v a="$nbd0" -v b="$nbd1" -v c="$s0" -v d="$s1" 'BEGIN { printf "%.2f", (b - a) + (d - c) }')
-		printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$wall" "$rss" \
-			"$(awk -v u="$user" -v s="$sys" 'BEGIN { printf "%.2f", u + s }')" "$server" "$bytes" "$baseline" >>"$results"
+		printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$wall" "$rss" \
+			"$(awk -v u="$user" -v s="$sys" 'BEGIN { printf "%.2f", u + s }')" "$server" "$bytes" "$baseline" \
+			"$(awk -v c="$s0" -v d="$s1" 'BEGIN { printf "%.2f", d - c }')" >>"$results"
 	done
 }
 
@@ -337,37 +354,77 @@ print(v)
 PY
 }
 
-# --- S3 server ---------------------------------------------------------------------
+# --- S3 servers --------------------------------------------------------------------
 
 s3_key=blockferry-bench
 s3_secret=blockferry-bench-secret
 
-make_bucket() { # name
-	# versitygw wants x-amz-content-sha256 (here of the empty body), which curl then
-	# signs along with the rest.
-	curl -sSf --aws-sigv4 "aws:amz:us-east-1:s3" --user "$s3_key:$s3_secret" \
-		-H "x-amz-content-sha256: $(printf '' | sha256sum | cut -d' ' -f1)" \
-		-X PUT "$s3_endpoint/$1" -o /dev/null || die "creating the bucket $1 failed"
+free_port() { # a loopback TCP port nothing listens on now
+	python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
 }
 
+make_bucket() { # name [endpoint]: on versitygw unless an endpoint is given
+	# versitygw wants x-amz-content-sha256 (here of the empty body), which curl then
+	# signs along with the rest; MinIO takes the same request.
+	curl -sSf --aws-sigv4 "aws:amz:us-east-1:s3" --user "$s3_key:$s3_secret" \
+		-H "x-amz-content-sha256: $(printf '' | sha256sum | cut -d' ' -f1)" \
+		-X PUT "${2:-$s3_endpoint}/$1" -o /dev/null || die "creating the bucket $1 failed"
+}
+
+# wait_for_server NAME PID_VARIABLE LOG CMD...: waits until CMD succeeds, failing
+# if the server NAME (its pid in the variable, its messages in LOG) exits or is
+# still silent after 30 s.
+wait_for_server() {
+	local name=$1 var=$2 logf=$3 i
+	shift 3
+	for i in $(seq 300); do
+		"$@" && return 0
+		kill -0 "${!var}" 2>/dev/null || die "$name exited: $(cat "$logf")"
+		sleep 0.1
+	done
+	die "$name did not answer"
+}
+
+versitygw_answers() { curl -s -o /dev/null -D - "$s3_endpoint/" 2>/dev/null | grep -qi '^server: *versitygw'; }
+
 start_s3() {
-	local dir=$work/s3 port i
+	local dir=$work/s3 port
 	mkdir -p "$dir"
-	port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')
+	port=$(free_port)
 	s3_endpoint=http://127.0.0.1:$port
 	# --keep-alive as the tests run it: otherwise every request opens a connection.
 	versitygw --access "$s3_key" --secret "$s3_secret" --port "127.0.0.1:$port" \
 		--keep-alive --quiet posix "$dir" >"$work/versitygw.log" 2>&1 &
 	s3_pid=$!
-	for i in $(seq 300); do
-		if curl -s -o /dev/null -D - "$s3_endpoint/" 2>/dev/null | grep -qi '^server: *versitygw'; then
-			make_bucket bench
-			return 0
-		fi
-		kill -0 "$s3_pid" 2>/dev/null || die "versitygw exited: $(cat "$work/versitygw.log")"
-		sleep 0.1
-	done
-	die "versitygw did not answer"
+	wait_for_server versitygw s3_pid "$work/versitygw.log" versitygw_answers
+	make_bucket bench
+}
+
+minio_answers() { curl -sf -o /dev/null "$minio_endpoint/minio/health/live"; }
+
+# start_minio: a fresh MinIO (any running one stopped, its drive emptied), single
+# drive in $work/minio, with the bucket bench. It is the reset of the runs to it:
+# a restart is the sure way to an empty bucket, and measure reads the pid after.
+# The ports, chosen at the first start, stay: the runs' command lines hold them.
+minio_endpoint=""
+minio_console=""
+start_minio() {
+	local dir=$work/minio
+	stop_minio
+	mkdir -p "$dir"
+	[ -n "$minio_endpoint" ] || minio_endpoint=http://127.0.0.1:$(free_port)
+	[ -n "$minio_console" ] || minio_console=127.0.0.1:$(free_port)
+	MINIO_ROOT_USER=$s3_key MINIO_ROOT_PASSWORD=$s3_secret minio server "$dir" \
+		--address "${minio_endpoint#http://}" --console-address "$minio_console" --quiet >"$work/minio.log" 2>&1 &
+	minio_pid=$!
+	wait_for_server MinIO minio_pid "$work/minio.log" minio_answers
+	make_bucket bench "$minio_endpoint"
+}
+
+stop_minio() {
+	stop_pid "$minio_pid"
+	minio_pid=""
+	rm -rf "$work/minio"
 }
 
 # The SDK's default credential chain, shielded from the caller's own AWS setup.
@@ -393,9 +450,10 @@ reset_full_file() { rm -rf "$work/repo"; }
 reset_full_s3() { find "$work/s3/bench" -mindepth 1 -delete; }
 reset_restore_file() { rm -f "$work/restored.raw"; }
 
-stop_s3() {
+stop_s3() { # both S3 servers
 	stop_pid "$s3_pid"
 	s3_pid=""
+	stop_minio
 	rm -rf "$work/s3" "$work/restic-cache"
 }
 
@@ -430,22 +488,36 @@ measure_baselines() {
 	reset_nbdcopy_file
 }
 
+# measure_full NAME BYTES BASELINE SERVER RESET REPOSITORY: BENCH_RUNS full backups
+# of the export to REPOSITORY (see measure for the rest); the last run's stats are
+# recorded and its backup's id left in backup_id.
+measure_full() {
+	local name=$1
+	measure "$name" "$runs" "$2" "$3" "$4" "$5" -- \
+		"$bf" backup --source "$src" --disk "$disk" --repository "$6" --json
+	backup_id=$(json_field "$work/$name.out" .backup)
+	record_backup_stats "$name"
+}
+
 # measure_full_backups PREFIX BYTES: full backups of the export to a file://
-# repository and to S3 (versitygw, started here), BENCH_RUNS times each. The last
-# run's repository and bucket stay, their backups in full_id and s3_full_id.
+# repository, to S3 on versitygw (started here) and with BENCH_MINIO=1 to MinIO
+# (started here too), BENCH_RUNS times each. The last run's repository and buckets
+# stay, their backups in full_id, s3_full_id and minio_full_id.
 measure_full_backups() {
 	local p=$1 bytes=$2
-	measure "${p}full_file" "$runs" "$bytes" "${p}nbdcopy_null" "" reset_full_file -- \
-		"$bf" backup --source "$src" --disk "$disk" --repository "$file_repo" --json
-	full_id=$(json_field "$work/${p}full_file.out" .backup)
-	record_backup_stats "${p}full_file"
+	measure_full "${p}full_file" "$bytes" "${p}nbdcopy_null" "" reset_full_file "$file_repo"
+	full_id=$backup_id
 	start_s3
 	s3_repo="s3://bench/bf?endpoint=$s3_endpoint&region=us-east-1"
-	measure "${p}full_s3" "$runs" "$bytes" "${p}nbdcopy_null" s3_pid reset_full_s3 -- \
-		"$bf" backup --source "$src" --disk "$disk" --repository "$s3_repo" --json
-	s3_full_id=$(json_field "$work/${p}full_s3.out" .backup)
-	record_backup_stats "${p}full_s3"
+	measure_full "${p}full_s3" "$bytes" "${p}nbdcopy_null" s3_pid reset_full_s3 "$s3_repo"
+	s3_full_id=$backup_id
 	record "${p}s3_stored" "$(du -sb "$work/s3/bench" | cut -f1)"
+	[ "$bench_minio" = 1 ] || return 0
+	start_minio # for its endpoint; every run restarts it
+	minio_repo="s3://bench/bf?endpoint=$minio_endpoint&region=us-east-1"
+	measure_full "${p}full_minio" "$bytes" "${p}nbdcopy_null" minio_pid start_minio "$minio_repo"
+	minio_full_id=$backup_id
+	record "${p}minio_stored" "$(du -sb "$work/minio/bench" | cut -f1)"
 }
 
 # The whole disk through a pipe (nbdcopy writes its holes as zeros): GNU time around
@@ -453,19 +525,30 @@ measure_full_backups() {
 # of its largest process (restic's).
 restic_cmd=(bash -c 'set -o pipefail; nbdcopy "$1" - | restic backup --stdin --stdin-filename disk.raw --json --quiet' restic-backup "$src")
 
+# restic_full_to NAME ENDPOINT SERVER BUCKET DISK_SIZE BASELINE: restic's full
+# backup of the export to the fresh bucket BUCKET of the S3 server at ENDPOINT
+# (SERVER: the variable holding its pid), measured once.
+restic_full_to() {
+	local name=$1 repository=s3:$2/$4
+	make_bucket "$4" "$2"
+	log "restic init ($(restic version | cut -d' ' -f1-2); not measured)"
+	RESTIC_REPOSITORY=$repository restic init >"$work/restic-init.log" 2>&1 ||
+		{ cat "$work/restic-init.log" >&2; die "restic init failed"; }
+	measure "$name" 1 "$5" "$6" "$3" "" -- env RESTIC_REPOSITORY="$repository" "${restic_cmd[@]}"
+	record_restic_stats "$name"
+}
+
 # measure_restic_full PREFIX DISK_SIZE: restic's full backup of the export to a
-# fresh bucket on the running versitygw, unless BENCH_RESTIC=0; the repository
-# stays for an incremental.
+# fresh bucket on the running versitygw, unless BENCH_RESTIC=0, then with
+# BENCH_MINIO=1 to one on MinIO; versitygw's repository stays for an incremental.
 measure_restic_full() {
 	local p=$1 bucket=restic${1%.}
 	[ "$bench_restic" != 0 ] || return 0
-	make_bucket "$bucket"
+	restic_full_to "${p}restic_full" "$s3_endpoint" s3_pid "$bucket" "$2" "${p}nbdcopy_null"
 	export RESTIC_REPOSITORY=s3:$s3_endpoint/$bucket
-	log "restic init ($(restic version | cut -d' ' -f1-2); not measured)"
-	restic init >"$work/restic-init.log" 2>&1 || { cat "$work/restic-init.log" >&2; die "restic init failed"; }
-	measure "${p}restic_full" 1 "$2" "${p}nbdcopy_null" s3_pid "" -- "${restic_cmd[@]}"
-	record_restic_stats "${p}restic_full"
 	record restic_version "$(restic version | cut -d' ' -f2)"
+	[ "$bench_minio" != 1 ] ||
+		restic_full_to "${p}restic_full_minio" "$minio_endpoint" minio_pid "$bucket" "$2" "${p}nbdcopy_null"
 }
 
 # image_sha256 IMAGE RAW: the sha256 of IMAGE's disk, converted to the raw file RAW
@@ -594,6 +677,7 @@ standard_runs() {
 	measure_full_backups "" "$data_bytes"
 	stage_costs
 	measure_restic_full "" "$disk_size"
+	stop_minio # idle from here on: its background work stays out of the later runs
 	standard_incrementals
 	measure_restore restore_file nbdcopy_file "" "$file_repo" "$incr_id" "file://$work/restored.raw" reset_restore_file
 	record load_after "$(cut -d' ' -f1-3 /proc/loadavg)"
@@ -644,7 +728,7 @@ growth_runs() {
 # memory limit plus 192 MiB.
 run_worker_jobs() { # name parallel|sequential [memory limit in MiB]
 	local name=$1 how=$2 limit_mib=${3:-} port wdir=$work/worker-$1 i pids=() t0 t1 args=() rss
-	port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')
+	port=$(free_port)
 	[ -z "$limit_mib" ] || args=(--memory-limit "${limit_mib}MiB")
 	for i in 1 2 3 4; do
 		args+=(--named-repository "vd$i=file://$wdir/repository-vd$i")
@@ -675,7 +759,7 @@ run_worker_jobs() { # name parallel|sequential [memory limit in MiB]
 	rss=$(awk '/^VmHWM:/ { print $2 }' "/proc/$worker_pid/status")
 	stop_pid "$worker_pid"
 	worker_pid=""
-	printf '%s\t%s\t%s\t0\t0\t%s\t\n' "$name" "$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }')" "$rss" "$((4 * data_bytes))" >>"$results"
+	printf '%s\t%s\t%s\t0\t0\t%s\t\t0\n' "$name" "$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }')" "$rss" "$((4 * data_bytes))" >>"$results"
 	record "$name.limit_mib" "${limit_mib:-512}"
 	rm -rf "$wdir"
 }
@@ -712,6 +796,10 @@ mixed_runs() {
 	check_restored "${p}restore_file" "$work/restored.raw" "$want"
 	measure_restore "${p}restore_s3" "${p}nbdcopy_file" s3_pid "$s3_repo" "$s3_full_id" "file://$work/restored.raw" reset_restore_file
 	check_restored "${p}restore_s3" "$work/restored.raw" "$want"
+	if [ "$bench_minio" = 1 ]; then
+		measure_restore "${p}restore_minio" "${p}nbdcopy_file" minio_pid "$minio_repo" "$minio_full_id" "file://$work/restored.raw" reset_restore_file
+		check_restored "${p}restore_minio" "$work/restored.raw" "$want"
+	fi
 	reset_restore_file
 	stop_s3
 	# The image's raw file (sparse) to the writable export: nbdcopy's restore.
@@ -750,12 +838,12 @@ GiB = 1 << 30
 stats = dict(l.strip().split("=", 1) for l in open(stats_path) if "=" in l)
 all_runs, order = {}, []
 for line in open(results):
-    name, wall, rss, cpu, server, nbytes, base = line.rstrip("\n").split("\t")
+    name, wall, rss, cpu, server, nbytes, base, own = line.rstrip("\n").split("\t")
     if name not in all_runs:
         all_runs[name] = []
         order.append(name)
     all_runs[name].append(dict(wall=float(wall), rss=int(rss) / 1024, cpu=float(cpu),
-                               server=float(server), bytes=int(nbytes), base=base))
+                               server=float(server), bytes=int(nbytes), base=base, own=float(own)))
 rows = {}
 for name, rs in all_runs.items():
     best = dict(min(rs, key=lambda r: r["wall"]))  # the fastest run's figures...
@@ -776,9 +864,11 @@ labels = {
     "nbdcopy_file": "nbdcopy --flush SRC FILE (restore baseline)",
     "full_file": "blockferry full backup -> file://",
     "full_s3": "blockferry full backup -> s3:// (versitygw)",
+    "full_minio": "blockferry full backup -> s3:// (MinIO)",
     "incr_file": "blockferry incremental (1% rewritten) -> file://",
     "incr_s3": "blockferry incremental (1% rewritten) -> s3://",
     "restic_full": f"restic {restic_v} full (nbdcopy SRC - \\| restic backup --stdin) -> s3://",
+    "restic_full_minio": f"restic {restic_v} full (nbdcopy SRC - \\| restic backup --stdin) -> s3:// (MinIO)",
     "restic_incr": "restic incremental (1% rewritten) -> s3://",
     "restore_file": "blockferry restore of the incremental -> raw file",
     "worker4_default": "worker --jobs 4: 4 full backups at once (default --memory-limit 512MiB)",
@@ -786,6 +876,7 @@ labels = {
     "worker4_sequential": "worker --jobs 4: the same 4 full backups one after the other (default --memory-limit)",
     "mixed.restore_file": "blockferry restore of the full backup <- file:// -> raw file",
     "mixed.restore_s3": "blockferry restore of the full backup <- s3:// -> raw file",
+    "mixed.restore_minio": "blockferry restore of the full backup <- s3:// (MinIO) -> raw file",
     "mixed.nbdcopy_nbd": "nbdcopy --flush FILE NBD (writable qemu-nbd -e 4; restore baseline)",
     "mixed.restore_nbd": "blockferry restore of the full backup <- file:// -> writable NBD export",
 }
@@ -830,6 +921,33 @@ def restore_fmt(n):
             f"zero {int(stats[n + '.bytes_zero']) / MiB:.1f} MiB")
 
 
+def minio_stats(p):
+    # The S3 servers' own CPU in the fastest full backup, per GiB of objects PUT
+    # (the backup's bytes_written) and per GiB of the disk's data.
+    if p + "full_minio" not in rows:
+        return
+    print(f"- full -> MinIO:   {fmt(p + 'full_minio')} (bucket: {int(stats[p + 'minio_stored']) / MiB:.1f} MiB on disk)")
+    costs = []
+    for n, who in (("full_s3", "versitygw"), ("full_minio", "MinIO")):
+        r = rows[p + n]
+        put = int(stats[p + n + ".bytes_written"]) / GiB
+        costs.append(f"{who} {r['own']:.2f} s = {r['own'] / put:.2f} s per GiB stored, "
+                     f"{r['own'] / (r['bytes'] / GiB):.2f} per GiB of data")
+    print(f"- S3 server CPU in the fastest full backup ({int(stats[p + 'full_s3.bytes_written']) / MiB:.1f} MiB "
+          f"of objects PUT): {'; '.join(costs)}")
+
+
+def minio_bars(p, what, has_restic):
+    # What the MinIO rows add to the bars (what: "" or "mixed image: ").
+    if p + "full_minio" not in rows:
+        return
+    ratio_bar(14, f"{what}full backup to s3:// (MinIO) at most 1.3x the one to file://", p + "full_minio",
+              p + "full_file", 1.3)
+    if has_restic and p + "restic_full_minio" in rows:
+        ratio_bar(14, f"{what}full backup to MinIO at least 8x faster than restic's to MinIO", p + "restic_full_minio",
+                  p + "full_minio", 8, at_most=False)
+
+
 def sha_bar(issue, what, n):
     got = stats[n + ".sha256"]
     bar(issue, what, got == stats[n + ".sha256_want"], got[:16])
@@ -869,12 +987,13 @@ def standard():
               "peak RSS: the largest process of the pipeline (restic); CPU s (client): nbdcopy and restic.")
     print("- vs nbdcopy: wall time over that of nbdcopy SRC null: for backups, of nbdcopy --flush SRC FILE "
           "for the restore.")
-    print("- CPU s (servers): qemu-nbd's CPU time during the run, plus versitygw's for the S3 backups.")
+    print("- CPU s (servers): qemu-nbd's CPU time during the run, plus versitygw's (or MinIO's) for the S3 backups.")
     every_run(names)
     print()
     print("Backup stats (--json):")
     print(f"- full -> file://: {fmt('full_file')}")
     print(f"- full -> s3://:   {fmt('full_s3')} (bucket: {int(stats['s3_stored']) / MiB:.1f} MiB on disk)")
+    minio_stats("")
     print(f"- incremental:     {fmt('incr_file')} (repository after full + incremental: "
           f"{int(stats['file_stored']) / MiB:.1f} MiB on disk)")
     print(f"- incremental s3:  {fmt('incr_s3')}; verify --source against the disk: passed")
@@ -956,7 +1075,7 @@ def standard_bars(data_bytes, n_writes, has_restic, gs, gl, bounds):
         f"{read / MiB:.1f} MiB read; dirty {n_writes * 64 / 1024:.1f} MiB, in chunks {rounded / MiB:.0f} MiB")
     r = wall("restore_file") / wall("nbdcopy_file")
     bar(4, "restore to a raw file within 2x of nbdcopy SRC FILE", r <= 2, f"{r:.2f}x")
-    one_job = [n for n in ("full_file", "full_s3", "incr_file", "incr_s3", "restore_file")]
+    one_job = [n for n in ("full_file", "full_s3", "full_minio", "incr_file", "incr_s3", "restore_file") if n in rows]
     worst = max(one_job, key=lambda n: rows[n]["rss"])
     peak = rows[worst]["rss"]
     bar(2, "peak RSS of one job under 512 MiB", peak < 512, f"{peak:.0f} MiB ({worst})")
@@ -977,6 +1096,7 @@ def standard_bars(data_bytes, n_writes, has_restic, gs, gl, bounds):
     ratio_bar(4, f"incremental of the same changes: {gl} MiB sparse disk about as fast as {gs} MiB (within 1.5x)",
               "growth_large", "growth_small", 1.5)
     ratio_bar(14, "full backup to s3:// at most 1.3x the one to file://", "full_s3", "full_file", 1.3)
+    minio_bars("", "", has_restic)
     r = wall("full_file") / bounds["full_file"]
     bar(14, "full backup to file:// within 1.2x of the machine's bound", r <= 1.2,
         f"{r:.2f}x ({wall('full_file'):.2f} s / {bounds['full_file']:.2f} s)")
@@ -1005,7 +1125,8 @@ def mixed():
     table(names)
     print("- vs nbdcopy: backups over nbdcopy SRC null:, restores to a raw file over nbdcopy --flush SRC FILE, the "
           "restore to the NBD export over nbdcopy --flush FILE NBD (FILE: the image converted to a sparse raw file).")
-    print("- CPU s (servers): qemu-nbd's (the source's, or the target's for NBD restores), plus versitygw's for S3.")
+    print("- CPU s (servers): qemu-nbd's (the source's, or the target's for NBD restores), plus versitygw's (or "
+          "MinIO's) for S3.")
     if has_restic:
         print(f"- restic row: the whole {mixed_disk_size // MiB} MiB disk through a pipe, as for the standard image.")
     every_run(names)
@@ -1013,9 +1134,12 @@ def mixed():
     print("Backup stats (--json):")
     print(f"- full -> file://: {fmt('mixed.full_file')}")
     print(f"- full -> s3://:   {fmt('mixed.full_s3')} (bucket: {int(stats['mixed.s3_stored']) / MiB:.1f} MiB on disk)")
+    minio_stats("mixed.")
     if has_restic:
         print(f"- restic full:     {restic_fmt('mixed.restic_full')}")
-    restores = (("restore_file", "<- file://"), ("restore_s3", "<- s3://"), ("restore_nbd", "-> NBD export"))
+    restores = [("restore_file", "<- file://"), ("restore_s3", "<- s3://"), ("restore_nbd", "-> NBD export")]
+    if "mixed.restore_minio" in rows:
+        restores.insert(2, ("restore_minio", "<- MinIO"))
     for n, what in restores:
         print(f"- restore {what + ':':13} {restore_fmt('mixed.' + n)}")
     print()
@@ -1024,11 +1148,16 @@ def mixed():
     if has_restic:
         ratio_bar(14, "mixed image: full backup to S3 at least 8x faster than restic's", m("restic_full"), m("full_s3"),
                   8, at_most=False)
+    minio_bars("mixed.", "mixed image: ", has_restic)
     ratio_bar(14, "mixed image: restore <- file:// at most 1.25x nbdcopy SRC FILE", m("restore_file"), m("nbdcopy_file"), 1.25)
     ratio_bar(14, "mixed image: restore <- s3:// at most 1.15x the restore <- file://", m("restore_s3"), m("restore_file"), 1.15)
+    if m("restore_minio") in rows:
+        ratio_bar(14, "mixed image: restore <- s3:// (MinIO) at most 1.15x the restore <- file://", m("restore_minio"),
+                  m("restore_file"), 1.15)
     ratio_bar(14, "mixed image: restore to a writable NBD export at most 1.3x nbdcopy FILE NBD", m("restore_nbd"),
               m("nbdcopy_nbd"), 1.3)
-    peak = max(rows[m(n)]["rss"] for n in ("full_file", "full_s3", "restore_file", "restore_s3", "restore_nbd"))
+    peak = max(rows[m(n)]["rss"] for n in ("full_file", "full_s3", "full_minio", "restore_file", "restore_s3",
+                                            "restore_minio", "restore_nbd") if m(n) in rows)
     bar(4, "mixed image: peak RSS of one job with default settings at most 256 MiB", peak <= 256, f"{peak:.0f} MiB")
     for n, what in restores:
         sha_bar(14, f"mixed image: restore {what} matches the image (sha256)", m(n))
