@@ -133,10 +133,11 @@ func newRetryer() aws.Retryer {
 		o.RateLimiter = ratelimit.None
 		// 409 ConditionalRequestConflict means another conditional write of the
 		// same key was in flight; retrying settles whether it won (412) or not.
-		// 400 BadDigest means the body did not match its checksum: corrupted in
-		// transit, so sending it again may well succeed.
+		// 400 BadDigest (versitygw, AWS) and XAmzContentChecksumMismatch (MinIO)
+		// mean the body did not match its checksum: corrupted in transit, so
+		// sending it again may well succeed.
 		o.Retryables = append(o.Retryables, retry.RetryableErrorCode{
-			Codes: map[string]struct{}{"ConditionalRequestConflict": {}, "BadDigest": {}},
+			Codes: map[string]struct{}{"ConditionalRequestConflict": {}, "BadDigest": {}, "XAmzContentChecksumMismatch": {}},
 		})
 	})
 }
