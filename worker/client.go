@@ -42,7 +42,12 @@ func (c *Client) Submit(ctx context.Context, s jobs.Spec) (bool, error) {
 	}
 	msg := &nats.Msg{Subject: c.topo.JobSubject(s.Kind), Data: body, Header: nats.Header{}}
 	msg.Header.Set(jetstream.MsgIDHeader, s.ID)
-	ack, err := c.js.PublishMsg(ctx, msg)
+	pubCtx, stop := watchViolations(ctx, c.js.Conn(), msg.Subject)
+	ack, err := c.js.PublishMsg(pubCtx, msg)
+	stop()
+	if cause := context.Cause(pubCtx); err != nil && errors.Is(cause, nats.ErrPermissionViolation) {
+		err = cause // refused by the server, not timed out
+	}
 	if err != nil {
 		return false, fmt.Errorf("submit job %s: %w", s.ID, err)
 	}

@@ -55,10 +55,14 @@ func Connect(o ConnectOptions) (*nats.Conn, error) {
 	if o.CertFile != "" || o.KeyFile != "" {
 		opts = append(opts, nats.ClientCert(o.CertFile, o.KeyFile))
 	}
+	v := &violations{}
+	opts = append(opts, nats.ErrorHandler(v.handle))
 	nc, err := nats.Connect(o.URLs, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("connect to NATS at %s: %w", RedactURLs(o.URLs), err)
 	}
+	connViolations.Store(nc, v)
+	nc.SetClosedHandler(func(nc *nats.Conn) { connViolations.Delete(nc) })
 	return nc, nil
 }
 
