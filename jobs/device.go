@@ -202,13 +202,11 @@ func (d *BackupDevice) fetch(ctx context.Context, i int, wait bool) error {
 func (d *BackupDevice) readAheadFrom(ctx context.Context, i, n int) {
 	ctx = context.WithoutCancel(ctx)
 	for j := i; j < i+n && j < len(d.m.Chunks); j++ {
-		if d.cache.readLately(j) {
+		readLately, cached, unread := d.cache.aheadState(j)
+		if readLately {
 			break // another reader was here: what follows is its
 		}
-		if d.m.ReadsAsZero(j) || d.cache.contains(j) {
-			continue
-		}
-		if !d.ahead.start(j, d.readAhead-d.cache.unreadAhead()) {
+		if d.m.ReadsAsZero(j) || cached || !d.ahead.start(j, d.readAhead-unread) {
 			continue
 		}
 		go func() {
@@ -397,18 +395,14 @@ func (c *positionCache) follows(i int) (sequential bool, streams int) {
 	return i == 0 || c.ends.has(i-1), c.ends.streams()
 }
 
-// readLately reports whether position i was lately read to its end.
-func (c *positionCache) readLately(i int) bool {
+// aheadState is what read-ahead asks of position i, under one lock: whether it
+// was lately read to its end, whether it is cached, and how many positions
+// read ahead no reader has acquired yet.
+func (c *positionCache) aheadState(i int) (readLately, cached bool, unread int) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.ends.has(i)
-}
-
-// unreadAhead is the positions read ahead that no reader has acquired yet.
-func (c *positionCache) unreadAhead() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.unread
+	_, cached = c.entries[i]
+	return c.ends.has(i), cached, c.unread
 }
 
 func (c *positionCache) contains(i int) bool {
