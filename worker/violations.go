@@ -33,7 +33,8 @@ var connViolations sync.Map // *nats.Conn -> *violations
 // handle is the connection's asynchronous error handler: it prints the error as
 // nats.go's default handler does and ends the requests on the refused subject.
 func (v *violations) handle(nc *nats.Conn, _ *nats.Subscription, err error) {
-	fmt.Fprintf(os.Stderr, "%v on connection [%d]\n", err, connID(nc))
+	id, _ := nc.GetClientID()
+	fmt.Fprintf(os.Stderr, "%v on connection [%d]\n", err, id)
 	if !errors.Is(err, nats.ErrPermissionViolation) {
 		return
 	}
@@ -46,20 +47,12 @@ func (v *violations) handle(nc *nats.Conn, _ *nats.Subscription, err error) {
 	}
 }
 
-func connID(nc *nats.Conn) uint64 {
-	if nc == nil {
-		return 0
-	}
-	id, _ := nc.GetClientID()
-	return id
-}
-
 // watchViolations returns a context that ends, with the violation as its
 // cause, when the server refuses a publish on subject over nc; stop releases
 // it. Connections not made by Connect have no watch: ctx is returned as it is.
 func watchViolations(ctx context.Context, nc *nats.Conn, subject string) (watched context.Context, stop func()) {
 	value, ok := connViolations.Load(nc)
-	if !ok || nc == nil {
+	if !ok {
 		return ctx, func() {}
 	}
 	v := value.(*violations)

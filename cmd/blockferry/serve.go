@@ -118,7 +118,7 @@ func runServe(cmd *cobra.Command, g *globals, f serveFlags) error {
 	if tlsConfig != nil {
 		opts = append(opts, nbdserver.WithTLS(tlsConfig))
 	}
-	addr, err := jobs.ParseListen(f.listen, f.name, f.tlsCert != "")
+	addr, err := jobs.ParseListen(f.listen, f.name, tlsConfig != nil)
 	if err != nil {
 		return fmt.Errorf("--%w", err)
 	}
