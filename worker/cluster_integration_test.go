@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/blockferry/blockferry/internal/testutil"
 	"github.com/blockferry/blockferry/worker"
 )
 
@@ -109,7 +110,7 @@ type cli struct {
 func startCLI(t *testing.T, args ...string) *cli {
 	t.Helper()
 	c := &cli{name: "blockferry " + args[0], cmd: exec.Command(workerBinary(t), args...), out: &bytes.Buffer{}, exited: make(chan struct{})}
-	c.cmd.Env = cleanEnv()
+	c.cmd.Env = testutil.CleanEnv()
 	c.cmd.Stdout, c.cmd.Stderr = c.out, c.out
 	if err := c.cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -674,17 +674,6 @@ type proc struct {
 	exited  chan struct{}
 }
 
-// cleanEnv is this process's environment without blockferry settings.
-func cleanEnv() []string {
-	var out []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "BLOCKFERRY_") {
-			out = append(out, kv)
-		}
-	}
-	return out
-}
-
 // startWorkerProc runs `blockferry worker` against the env's NATS and repository
 // with extra flags, and waits until it takes jobs. Whatever is left running when
 // the test ends is killed.
@@ -704,7 +693,7 @@ func (e *env) startWorkerProc(name string, args ...string) *proc {
 		all = append(all, "--replicas", "3")
 	}
 	p.cmd = exec.Command(bin, all...)
-	p.cmd.Env = cleanEnv()
+	p.cmd.Env = testutil.CleanEnv()
 	p.cmd.Stdout, p.cmd.Stderr = logFile, logFile
 	if err := p.cmd.Start(); err != nil {
 		logFile.Close()

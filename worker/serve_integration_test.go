@@ -17,7 +17,7 @@ import (
 func (e *env) cli(args ...string) string {
 	e.t.Helper()
 	cmd := exec.Command(workerBinary(e.t), append(args, "--nats-url", e.url)...)
-	cmd.Env = append(cleanEnv(), "HOME="+e.dir)
+	cmd.Env = append(testutil.CleanEnv(), "HOME="+e.dir)
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()

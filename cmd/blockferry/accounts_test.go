@@ -116,7 +116,7 @@ func TestDocumentedNATSAccounts(t *testing.T) {
 	writeRandomDisk(t, disk, 3<<20)
 	w := exec.Command(binary, "worker", "--nats-url", url, "--data-dir", filepath.Join(dir, "data"),
 		"--repository", "file://"+filepath.Join(dir, "repo"), "--allow-source", "file://"+dir+"/*", "--log-level", "warn")
-	w.Env = append(cleanEnv(), wk.env()...)
+	w.Env = append(testutil.CleanEnv(), wk.env()...)
 	var log strings.Builder
 	w.Stdout, w.Stderr = &log, &log
 	if err := w.Start(); err != nil {
@@ -126,11 +126,11 @@ func TestDocumentedNATSAccounts(t *testing.T) {
 
 	submit := []string{"submit", "backup", "--nats-url", url, "--id", "job-1", "--source", "file://" + disk, "--disk", "vm1/vda"}
 	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
-		r := cli(t, cleanEnv(), submit...) // no credentials: refused
+		r := cli(t, testutil.CleanEnv(), submit...) // no credentials: refused
 		if r.code == 0 {
 			t.Fatal("an anonymous client submitted a job")
 		}
-		if r = cli(t, append(cleanEnv(), orch.env()...), submit...); r.code == 0 {
+		if r = cli(t, append(testutil.CleanEnv(), orch.env()...), submit...); r.code == 0 {
 			break // the worker made the streams, the orchestrator's job is in
 		}
 		if time.Now().After(deadline) {
@@ -138,10 +138,10 @@ func TestDocumentedNATSAccounts(t *testing.T) {
 		}
 	}
 	for _, u := range []natsUser{orch, mon} {
-		if r := cli(t, append(cleanEnv(), u.env()...), "watch", "--json", "--nats-url", url, "job-1"); r.code != 0 || !strings.Contains(r.stdout, "io.blockferry.job.completed") {
+		if r := cli(t, append(testutil.CleanEnv(), u.env()...), "watch", "--json", "--nats-url", url, "job-1"); r.code != 0 || !strings.Contains(r.stdout, "io.blockferry.job.completed") {
 			t.Fatalf("%s: watch: %+v\nserver log:\n%s", u.name, r, server.Output())
 		}
-		r := cli(t, append(cleanEnv(), u.env()...), "status", "--json", "--nats-url", url, "job-1")
+		r := cli(t, append(testutil.CleanEnv(), u.env()...), "status", "--json", "--nats-url", url, "job-1")
 		var st struct {
 			State string `json:"state"`
 		}
@@ -149,10 +149,10 @@ func TestDocumentedNATSAccounts(t *testing.T) {
 			t.Errorf("%s: status: %+v", u.name, r)
 		}
 	}
-	if r := cli(t, append(cleanEnv(), orch.env()...), "cancel", "--nats-url", url, "job-2"); r.code != 0 {
+	if r := cli(t, append(testutil.CleanEnv(), orch.env()...), "cancel", "--nats-url", url, "job-2"); r.code != 0 {
 		t.Errorf("orchestrator: cancel: %+v", r)
 	}
-	monEnv := append(cleanEnv(), mon.env()...)
+	monEnv := append(testutil.CleanEnv(), mon.env()...)
 	for _, args := range [][]string{
 		{"submit", "backup", "--nats-url", url, "--source", "file://" + disk, "--disk", "vm1/vdb"},
 		{"cancel", "--nats-url", url, "job-1"},

@@ -60,7 +60,7 @@ func TestRepositoryCredentialsFiles(t *testing.T) {
 	dataDir := filepath.Join(dir, "data")
 	url := fmt.Sprintf("nats://127.0.0.1:%d", testutil.FreePort(t))
 	w := exec.Command(binary, "worker", "--config", config, "--listen", strings.TrimPrefix(url, "nats://"), "--log-level", "warn")
-	w.Env = append(append(cleanEnv(), awsEnv...), "BLOCKFERRY_DATA_DIR="+dataDir)
+	w.Env = append(append(testutil.CleanEnv(), awsEnv...), "BLOCKFERRY_DATA_DIR="+dataDir)
 	var log strings.Builder
 	w.Stdout, w.Stderr = &log, &log
 	if err := w.Start(); err != nil {
@@ -68,7 +68,7 @@ func TestRepositoryCredentialsFiles(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = w.Process.Kill(); _ = w.Wait() })
 
-	env := append(append(cleanEnv(), awsEnv...), "BLOCKFERRY_DATA_DIR="+dataDir)
+	env := append(append(testutil.CleanEnv(), awsEnv...), "BLOCKFERRY_DATA_DIR="+dataDir)
 	submit := func(repo string) result {
 		args := []string{"submit", "backup", "--nats-url", url, "--id", "job-" + repo, "--repository", repo,
 			"--source", "file://" + disk, "--disk", "vm1/vda", "--wait"}
@@ -92,7 +92,7 @@ func TestRepositoryCredentialsFiles(t *testing.T) {
 	}
 	// The command line takes the same parameter: each repository holds its backup.
 	for _, repo := range []string{uri(a, "a") + "&credentials_file=" + aEnv, uri(b, "b") + "&credentials_file=" + bEnv} {
-		if ids := backupIDs(t, cleanEnv(), repo); len(ids) != 1 {
+		if ids := backupIDs(t, testutil.CleanEnv(), repo); len(ids) != 1 {
 			t.Errorf("%s holds %v, want one backup", repo, ids)
 		}
 	}

@@ -24,7 +24,7 @@ func TestEmbeddedNATSRequiresCredentials(t *testing.T) {
 	dataDir := t.TempDir()
 	url := fmt.Sprintf("nats://127.0.0.1:%d", testutil.FreePort(t))
 	worker := exec.Command(binary, "worker", "--listen", strings.TrimPrefix(url, "nats://"), "--log-level", "warn")
-	worker.Env = append(cleanEnv(), "BLOCKFERRY_DATA_DIR="+dataDir)
+	worker.Env = append(testutil.CleanEnv(), "BLOCKFERRY_DATA_DIR="+dataDir)
 	var log strings.Builder
 	worker.Stdout, worker.Stderr = &log, &log
 	if err := worker.Start(); err != nil {
@@ -80,16 +80,6 @@ func TestSecretsStaySecret(t *testing.T) {
 	if r := cli(t, nil, "init", "--repository", repo, "--key-file", keyFile); r.code != 0 {
 		t.Errorf("init with a private key file: %+v", r)
 	}
-}
-
-func cleanEnv() []string {
-	var out []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "BLOCKFERRY_") {
-			out = append(out, kv)
-		}
-	}
-	return out
 }
 
 func TestPrintable(t *testing.T) {

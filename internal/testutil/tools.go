@@ -7,11 +7,24 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"testing"
 )
 
 // InCI reports whether the tests run in CI, where a missing tool is a failure.
 func InCI() bool { return os.Getenv("CI") != "" }
+
+// CleanEnv is this process's environment without blockferry settings
+// (BLOCKFERRY_*), for the blockferry processes a test starts.
+func CleanEnv() []string {
+	var out []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "BLOCKFERRY_") {
+			out = append(out, kv)
+		}
+	}
+	return out
+}
 
 // RequireTool returns the path of a program the test needs. It looks on PATH and in
 // the repository's .cache/bin (where `make setup` builds versitygw and nats-server).
