@@ -15,10 +15,12 @@ runs it against repositories blockferry writes.
 
 import argparse
 import base64
+import errno
 import hashlib
 import json
 import os
 import re
+import stat
 import subprocess
 import sys
 import tempfile
@@ -29,6 +31,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 MAX_CHUNK = 64 << 20  # largest chunk plaintext
 MAX_METADATA = 8 << 30  # largest manifest plaintext
+# Largest stored objects, checked before reading ("Size limits").
+STORED_MAX = {"chunk": MAX_CHUNK + 64, "manifest": 1 << 30, "config": 64 << 10}
 BACKUP_ID = re.compile(r"[0-9A-Za-z][0-9A-Za-z._-]{0,127}")
 CHUNK_ID = re.compile(r"[0-9a-f]{64}")
 NONCE = 12
@@ -106,8 +110,7 @@ def blake3_hex(data, key):
 class Repository:
     def __init__(self, root, key):
         self.root = root
-        with open(os.path.join(root, "config"), "rb") as f:
-            cfg = json.load(f)
+        cfg = json.loads(self.read_stored("config", STORED_MAX["config"]))
         if cfg["version"] != 1 or cfg["chunk_hash"] != "blake3-256":
             sys.exit(f"unsupported repository: version {cfg['version']}, hash {cfg['chunk_hash']}")
         self.aead = self.id_key = None
@@ -117,9 +120,22 @@ class Repository:
             self.aead, self.id_key = unwrap(cfg["encryption"], key)
         self.patch_chunks = {}  # id -> plaintext, oldest first
 
-    def open_object(self, name, aad, limit):
-        with open(os.path.join(self.root, name), "rb") as f:
-            obj = f.read()
+    def read_stored(self, name, stored_max):
+        """The stored bytes of object name: a regular file of at most stored_max bytes."""
+        try:
+            fd = os.open(os.path.join(self.root, name), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError as e:
+            if e.errno != errno.ELOOP:
+                raise
+            raise Corrupt(f"{name}: a symbolic link") from None
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_size > stored_max:
+                raise Corrupt(f"{name}: not a regular file of at most {stored_max} bytes")
+            return f.read()
+
+    def open_object(self, name, aad, limit, stored_max):
+        obj = self.read_stored(name, stored_max)
         if len(obj) < 2:
             raise Corrupt(f"{name}: {len(obj)} bytes")
         if obj[0] == 1 and self.aead is None:
@@ -145,7 +161,7 @@ class Repository:
     def chunk(self, cid):
         if not CHUNK_ID.fullmatch(cid):
             raise Corrupt(f"chunk id {cid!r}")
-        data = self.open_object(f"chunks/{cid[:2]}/{cid}", "chunk:" + cid, MAX_CHUNK)
+        data = self.open_object(f"chunks/{cid[:2]}/{cid}", "chunk:" + cid, MAX_CHUNK, STORED_MAX["chunk"])
         if blake3_hex(data, self.id_key) != cid:
             raise Corrupt(f"chunk {cid}: content does not match its id")
         return data
@@ -166,7 +182,7 @@ class Repository:
     def manifest(self, bid):
         if not BACKUP_ID.fullmatch(bid):
             sys.exit(f"backup id {bid!r} is not valid")
-        m = json.loads(self.open_object("backups/" + bid, "manifest:" + bid, MAX_METADATA))
+        m = json.loads(self.open_object("backups/" + bid, "manifest:" + bid, MAX_METADATA, STORED_MAX["manifest"]))
         size, cs, chunks = m["size"], m["chunk_size"], m["chunks"]
         if m["version"] != 1 or m["id"] != bid or cs <= 0 or size < 0 or len(chunks) != -(-size // cs):
             raise Corrupt(f"manifest {bid}: version, id or chunk count wrong")

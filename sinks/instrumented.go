@@ -52,16 +52,16 @@ func (s *instrumentedStore) PutIfAbsent(ctx context.Context, name string, data [
 	return err
 }
 
-func (s *instrumentedStore) Get(ctx context.Context, name string) ([]byte, error) {
+func (s *instrumentedStore) Get(ctx context.Context, name string, limit int64) ([]byte, error) {
 	start := time.Now()
-	b, err := s.Store.Get(ctx, name)
+	b, err := s.Store.Get(ctx, name, limit)
 	s.done("get", start, err)
 	return b, err
 }
 
-func (s *instrumentedStore) GetInto(ctx context.Context, name string, buf []byte) ([]byte, error) {
+func (s *instrumentedStore) GetInto(ctx context.Context, name string, buf []byte, limit int64) ([]byte, error) {
 	start := time.Now()
-	b, err := GetInto(ctx, s.Store, name, buf)
+	b, err := GetInto(ctx, s.Store, name, buf, limit)
 	s.done("get", start, err)
 	return b, err
 }

@@ -21,8 +21,11 @@ type Store interface {
 	// ErrExists otherwise. Manifests and the config are written this way.
 	PutIfAbsent(ctx context.Context, name string, data []byte) error
 	// Get returns the whole object in a new slice the caller owns (it may modify
-	// it); ErrNotFound if there is none.
-	Get(ctx context.Context, name string) ([]byte, error)
+	// it); ErrNotFound if there is none. An object of more than limit bytes is
+	// not read: Get returns ErrInvalidObject having allocated no more than limit
+	// bytes for it, so that an object planted in a store, or a size a server
+	// claims, cannot make the reader allocate what it likes.
+	Get(ctx context.Context, name string, limit int64) ([]byte, error)
 	// Exists reports whether an object is stored under name.
 	Exists(ctx context.Context, name string) (bool, error)
 	// List calls fn with the name of every object whose name starts with prefix, in
@@ -43,19 +46,19 @@ type Store interface {
 
 // BufferGetter is implemented by stores that can read an object into the
 // caller's buffer, which saves a fresh allocation (and its page faults) per
-// object read: GetInto returns the object in buf's capacity when it fits, else
-// in a new slice.
+// object read: GetInto is Get returning the object in buf's capacity when it
+// fits, else in a new slice.
 type BufferGetter interface {
-	GetInto(ctx context.Context, name string, buf []byte) ([]byte, error)
+	GetInto(ctx context.Context, name string, buf []byte, limit int64) ([]byte, error)
 }
 
-// GetInto reads object name from s into buf's capacity when s can, else with
-// Get.
-func GetInto(ctx context.Context, s Store, name string, buf []byte) ([]byte, error) {
+// GetInto reads object name, of at most limit bytes, from s into buf's capacity
+// when s can, else with Get.
+func GetInto(ctx context.Context, s Store, name string, buf []byte, limit int64) ([]byte, error) {
 	if bg, ok := s.(BufferGetter); ok {
-		return bg.GetInto(ctx, name, buf)
+		return bg.GetInto(ctx, name, buf, limit)
 	}
-	return s.Get(ctx, name)
+	return s.Get(ctx, name, limit)
 }
 
 // ObjectInfo describes a stored object, as ListInfo reports it.
@@ -79,4 +82,7 @@ var (
 	// scheme or parameter, credentials in the URI, a file that is no directory,
 	// or a store configuration that lacks what it needs (an S3 region).
 	ErrInvalidLocation = errors.New("invalid repository location")
+	// ErrInvalidObject: what is stored under a name cannot be an object a writer
+	// made: larger than its reader's limit, or (file store) not a regular file.
+	ErrInvalidObject = errors.New("invalid stored object")
 )

@@ -247,12 +247,12 @@ func syncDir(dir string) error {
 }
 
 // Get returns the object's contents, or an error wrapping sinks.ErrNotFound.
-func (s *Store) Get(ctx context.Context, name string) ([]byte, error) {
-	return s.GetInto(ctx, name, nil)
+func (s *Store) Get(ctx context.Context, name string, limit int64) ([]byte, error) {
+	return s.GetInto(ctx, name, nil, limit)
 }
 
 // GetInto is Get into buf's capacity when the object fits.
-func (s *Store) GetInto(ctx context.Context, name string, buf []byte) ([]byte, error) {
+func (s *Store) GetInto(ctx context.Context, name string, buf []byte, limit int64) ([]byte, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -260,7 +260,7 @@ func (s *Store) GetInto(ctx context.Context, name string, buf []byte) ([]byte, e
 	if err != nil {
 		return nil, err
 	}
-	data, err := readFileInto(p, buf)
+	data, err := readFileInto(p, buf, limit)
 	if err != nil {
 		if notFound(err) {
 			return nil, fmt.Errorf("%s: get %q: %w", s.Location(), name, sinks.ErrNotFound)
@@ -272,9 +272,15 @@ func (s *Store) GetInto(ctx context.Context, name string, buf []byte) ([]byte, e
 
 // readFileInto reads file p whole, into buf when it fits. Objects are never
 // written in place (put renames a complete file over the name), so the size
-// fstat reports is the object's.
-func readFileInto(p string, buf []byte) ([]byte, error) {
-	f, err := os.Open(p)
+// fstat reports is the object's. What put never makes is refused before a byte
+// is read: a file larger than limit, and anything but a regular file. The open
+// neither follows a symbolic link (one planted in the directory could point
+// anywhere) nor waits for a named pipe's writer.
+func readFileInto(p string, buf []byte, limit int64) ([]byte, error) {
+	f, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
+	if errors.Is(err, syscall.ELOOP) {
+		return nil, fmt.Errorf("%w: a symbolic link", sinks.ErrInvalidObject)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -284,6 +290,12 @@ func readFileInto(p string, buf []byte) ([]byte, error) {
 		return nil, err
 	}
 	n := st.Size()
+	switch {
+	case !st.Mode().IsRegular():
+		return nil, fmt.Errorf("%w: not a regular file (%s)", sinks.ErrInvalidObject, st.Mode().Type())
+	case n > limit:
+		return nil, fmt.Errorf("%w: %d bytes, more than the %d its reader allows", sinks.ErrInvalidObject, n, limit)
+	}
 	if int64(cap(buf)) < n {
 		buf = make([]byte, n)
 	}

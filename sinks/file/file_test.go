@@ -34,7 +34,7 @@ func TestRoundTrip(t *testing.T) {
 	ctx := context.Background()
 	s, dir := newStore(t)
 
-	if _, err := s.Get(ctx, "config"); !errors.Is(err, sinks.ErrNotFound) {
+	if _, err := s.Get(ctx, "config", 1<<30); !errors.Is(err, sinks.ErrNotFound) {
 		t.Fatalf("Get before any Put: err = %v, want ErrNotFound", err)
 	}
 	if err := s.List(ctx, "", func(string) error { return errors.New("called") }); err != nil {
@@ -52,7 +52,7 @@ func TestRoundTrip(t *testing.T) {
 	if err := s.Put(ctx, "file", nil); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.Get(ctx, "file/x"); !errors.Is(err, sinks.ErrNotFound) {
+	if _, err := s.Get(ctx, "file/x", 1<<30); !errors.Is(err, sinks.ErrNotFound) {
 		t.Fatalf("Get below a file: %v", err)
 	}
 	if ok, err := s.Exists(ctx, "chunks"); err != nil || ok {
@@ -67,7 +67,7 @@ func TestInvalidNames(t *testing.T) {
 		if err := s.Put(ctx, name, []byte("x")); err == nil {
 			t.Errorf("Put %q succeeded", name)
 		}
-		if _, err := s.Get(ctx, name); err == nil || errors.Is(err, sinks.ErrNotFound) {
+		if _, err := s.Get(ctx, name, 1<<30); err == nil || errors.Is(err, sinks.ErrNotFound) {
 			t.Errorf("Get %q: err = %v, want an invalid-name error", name, err)
 		}
 	}
@@ -83,7 +83,7 @@ func TestPutIfAbsent(t *testing.T) {
 	if !errors.Is(err, sinks.ErrExists) {
 		t.Fatalf("second PutIfAbsent: err = %v, want ErrExists", err)
 	}
-	if got, _ := s.Get(ctx, "manifests/m1"); string(got) != "first" {
+	if got, _ := s.Get(ctx, "manifests/m1", 1<<30); string(got) != "first" {
 		t.Fatalf("object changed to %q", got)
 	}
 	assertNoTemp(t, dir)
@@ -118,7 +118,7 @@ func TestConcurrentWriters(t *testing.T) {
 	if winner < 0 {
 		t.Fatal("no PutIfAbsent won")
 	}
-	if got, _ := s.Get(ctx, "config"); !bytes.Equal(got, payload(winner)) {
+	if got, _ := s.Get(ctx, "config", 1<<30); !bytes.Equal(got, payload(winner)) {
 		t.Fatal("config does not hold the winner's data")
 	}
 
@@ -130,7 +130,7 @@ func TestConcurrentWriters(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	got, err := s.Get(ctx, "chunks/00/same")
+	got, err := s.Get(ctx, "chunks/00/same", 1<<30)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -274,11 +274,47 @@ func directWrites(t *testing.T, dir string) {
 			if err := s.Put(ctx, obj, data); err != nil {
 				t.Fatalf("%s: put %s: %v", dir, obj, err)
 			}
-			got, err := s.Get(ctx, obj)
+			got, err := s.Get(ctx, obj, 1<<30)
 			if err != nil || !bytes.Equal(got, data) {
 				t.Fatalf("%s: %s: got %d bytes (%v), want %d", dir, obj, len(got), err, n)
 			}
 		}
 	}
 	assertNoTemp(t, dir)
+}
+
+// TestGetRefusesWhatPutNeverMakes: what is planted in a repository directory
+// where an object should be is refused before it is read, with ErrInvalidObject:
+// a file larger than the reader's limit (sparse, 1 TiB: reading it would take the
+// process down), a symbolic link (it could point anywhere), a named pipe (opening
+// it would wait for a writer forever) and a directory.
+func TestGetRefusesWhatPutNeverMakes(t *testing.T) {
+	ctx := context.Background()
+	s, dir := newStore(t)
+	if err := s.Put(ctx, "chunks/aa/outside", []byte("secret")); err != nil {
+		t.Fatal(err)
+	}
+	plant := map[string]func(p string) error{
+		"chunks/aa/huge": func(p string) error {
+			f, err := os.Create(p)
+			if err == nil {
+				err = errors.Join(f.Truncate(1<<40), f.Close())
+			}
+			return err
+		},
+		"chunks/aa/link": func(p string) error { return os.Symlink(filepath.Join(dir, "chunks/aa/outside"), p) },
+		"chunks/aa/fifo": func(p string) error { return syscall.Mkfifo(p, 0o600) },
+		"chunks/aa/dir":  func(p string) error { return os.Mkdir(p, 0o700) },
+	}
+	for name, create := range plant {
+		if err := create(filepath.Join(dir, name)); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := s.Get(ctx, name, 64<<20); !errors.Is(err, sinks.ErrInvalidObject) {
+			t.Errorf("Get %s: %d bytes, %v; want ErrInvalidObject", name, len(got), err)
+		}
+		if got, err := s.GetInto(ctx, name, make([]byte, 0, 1<<20), 64<<20); !errors.Is(err, sinks.ErrInvalidObject) {
+			t.Errorf("GetInto %s: %d bytes, %v; want ErrInvalidObject", name, len(got), err)
+		}
+	}
 }

@@ -54,6 +54,9 @@ func (r *Repository) PutCheckpoint(ctx context.Context, cp *Checkpoint) error {
 		return err
 	}
 	obj := r.codec.Seal(nil, data, checkpointAAD(cp.JobID), true)
+	if err := checkObjectSize("checkpoint of job "+cp.JobID, obj, MaxMetadataObject); err != nil {
+		return err
+	}
 	return r.store.Put(ctx, checkpointName(cp.JobID), obj)
 }
 
@@ -64,7 +67,7 @@ func (r *Repository) LoadCheckpoint(ctx context.Context, jobID string) (*Checkpo
 	if !ValidID(jobID) {
 		return nil, nil
 	}
-	obj, err := r.store.Get(ctx, checkpointName(jobID))
+	obj, err := getObject(ctx, r.store, checkpointName(jobID), nil, MaxMetadataObject)
 	if errors.Is(err, sinks.ErrNotFound) {
 		return nil, nil
 	}

@@ -45,7 +45,7 @@ type gcSettings struct {
 
 // Grace returns the repository's grace period: DefaultGrace unless set.
 func (r *Repository) Grace(ctx context.Context) (time.Duration, error) {
-	data, err := r.store.Get(ctx, gcSettingsName)
+	data, err := getObject(ctx, r.store, gcSettingsName, nil, MaxSmallObject)
 	if errors.Is(err, sinks.ErrNotFound) {
 		return DefaultGrace, nil
 	}
@@ -78,12 +78,15 @@ func newULID() string { return ulid.MustNew(ulid.Timestamp(time.Now()), rand.Rea
 // putIDs writes a condemned list or a pin: the ids, sealed like every object.
 func (r *Repository) putIDs(ctx context.Context, name string, ids []ChunkID) error {
 	obj := r.codec.Seal(nil, marshalIDs(ids), idListAADPrefix+name, false)
+	if err := checkObjectSize(name, obj, MaxMetadataObject); err != nil {
+		return err
+	}
 	return r.store.Put(ctx, name, obj)
 }
 
 // loadIDs reads a condemned list or a pin into a set.
 func (r *Repository) loadIDs(ctx context.Context, name string) (*idSet, error) {
-	obj, err := r.store.Get(ctx, name)
+	obj, err := getObject(ctx, r.store, name, nil, MaxMetadataObject)
 	if err != nil {
 		return nil, err
 	}

@@ -54,7 +54,7 @@ func (r *Repository) putIndexEntry(ctx context.Context, m *Manifest) error {
 // chunk index. An entry that does not decode, or names another backup or a
 // disk of another key, is an error (the caller reads the manifest instead).
 func (r *Repository) readIndexEntry(ctx context.Context, name, id string) (*Manifest, error) {
-	obj, err := r.store.Get(ctx, name)
+	obj, err := getObject(ctx, r.store, name, nil, MaxIndexObject)
 	if err != nil {
 		return nil, err
 	}

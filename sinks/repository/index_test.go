@@ -15,14 +15,14 @@ type countingStore struct {
 	manifests, entries atomic.Int64
 }
 
-func (s *countingStore) Get(ctx context.Context, name string) ([]byte, error) {
+func (s *countingStore) Get(ctx context.Context, name string, limit int64) ([]byte, error) {
 	switch {
 	case strings.HasPrefix(name, backupsPrefix):
 		s.manifests.Add(1)
 	case strings.HasPrefix(name, indexPrefix):
 		s.entries.Add(1)
 	}
-	return s.Store.Get(ctx, name)
+	return s.Store.Get(ctx, name, limit)
 }
 
 func commitDisk(t *testing.T, r *Repository, id, disk, chunk string) {

@@ -1,8 +1,11 @@
 package repository
 
 import (
+	"context"
 	"errors"
 	"fmt"
+
+	"github.com/blockferry/blockferry/sinks"
 )
 
 // Size limits of the format (docs/FORMAT.md). A disk's size and chunk size bound
@@ -53,4 +56,42 @@ func minChunkSizeFor(size int64) int64 {
 		c *= 2
 	}
 	return c
+}
+
+// Largest stored objects, by kind (docs/FORMAT.md, "Size limits"). A reader
+// refuses a larger object before reading it, so what is planted in a store (or
+// what a server claims) costs at most what a genuine object of the kind does;
+// writers refuse to write one.
+const (
+	// MaxChunkObject: a chunk of MaxChunkSize stored as it is, in the encrypted
+	// envelope (1 + 12 bytes of header, 1 of compression, 16 of tag), with room.
+	MaxChunkObject = MaxChunkSize + 64
+	// MaxMetadataObject bounds manifests, checkpoints, condemned lists and pins.
+	// The largest manifest blockferry writes, MaxChunkPositions chunk ids, is
+	// about 1.1 GiB of JSON and stored compressed to about half that.
+	MaxMetadataObject = 1 << 30
+	// MaxIndexObject: an index entry is a manifest's header fields, at most
+	// headerBudget of JSON, stored uncompressed.
+	MaxIndexObject = headerBudget + 64
+	// MaxSmallObject bounds the config and the garbage collector's settings.
+	MaxSmallObject = 64 << 10
+)
+
+// getObject reads object name of at most limit bytes from store, into buf's
+// capacity when it fits. An object the store calls invalid (larger than limit,
+// or not a file) is corrupt repository content: a permanent error.
+func getObject(ctx context.Context, store sinks.Store, name string, buf []byte, limit int64) ([]byte, error) {
+	obj, err := sinks.GetInto(ctx, store, name, buf, limit)
+	if errors.Is(err, sinks.ErrInvalidObject) {
+		return nil, fmt.Errorf("%w: %w", ErrCorrupt, err)
+	}
+	return obj, err
+}
+
+// checkObjectSize refuses to write an object its readers would refuse.
+func checkObjectSize(name string, obj []byte, limit int64) error {
+	if int64(len(obj)) > limit {
+		return fmt.Errorf("%s: %d bytes stored, more than the %d a reader accepts", name, len(obj), limit)
+	}
+	return nil
 }

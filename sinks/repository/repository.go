@@ -103,7 +103,7 @@ func Init(ctx context.Context, store sinks.Store, o InitOptions) (*Repository, e
 // Open opens the repository on store. key is needed when it is encrypted and
 // ignored otherwise.
 func Open(ctx context.Context, store sinks.Store, key []byte) (*Repository, error) {
-	data, err := store.Get(ctx, configName)
+	data, err := getObject(ctx, store, configName, nil, MaxSmallObject)
 	if errors.Is(err, sinks.ErrNotFound) {
 		return nil, fmt.Errorf("%s: %w (no config object)", store.Location(), sinks.ErrNoRepository)
 	}
@@ -242,7 +242,7 @@ func (r *Repository) putChunk(ctx context.Context, id ChunkID, data []byte, comp
 // buf's capacity when it fits (it may be nil).
 func (r *Repository) GetChunk(ctx context.Context, id ChunkID, buf []byte) ([]byte, error) {
 	enc := getObjectBuffer()
-	obj, err := sinks.GetInto(ctx, r.store, chunkName(id), (*enc)[:0])
+	obj, err := getObject(ctx, r.store, chunkName(id), (*enc)[:0], MaxChunkObject)
 	if err != nil {
 		objectBuffers.Put(enc)
 		return nil, fmt.Errorf("chunk %s: %w", id, err)
@@ -297,6 +297,9 @@ func (r *Repository) PutManifest(ctx context.Context, m *Manifest) error {
 		return err
 	}
 	obj := r.codec.Seal(nil, data, manifestAAD(m.ID), true)
+	if err := checkObjectSize("manifest "+m.ID, obj, MaxMetadataObject); err != nil {
+		return err
+	}
 	if err := r.gc.beforeCommit(ctx); err != nil {
 		return fmt.Errorf("write manifest %s: %w", m.ID, err)
 	}
@@ -323,7 +326,7 @@ func (r *Repository) Manifest(ctx context.Context, id string) (*Manifest, error)
 	if !ValidID(id) {
 		return nil, fmt.Errorf("backup id %q is not valid", id)
 	}
-	obj, err := r.store.Get(ctx, manifestName(id))
+	obj, err := getObject(ctx, r.store, manifestName(id), nil, MaxMetadataObject)
 	if errors.Is(err, sinks.ErrNotFound) {
 		return nil, fmt.Errorf("backup %s in %s: %w", id, r.Location(), ErrBackupNotFound)
 	}

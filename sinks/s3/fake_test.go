@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"testing"
 
@@ -106,7 +107,7 @@ func TestPutIfAbsentWithoutConditionalSupport(t *testing.T) {
 	if err := s.PutIfAbsent(ctx, "config", []byte("b")); !errors.Is(err, sinks.ErrExists) {
 		t.Fatalf("second PutIfAbsent: err = %v, want ErrExists", err)
 	}
-	if got, _ := s.Get(ctx, "config"); string(got) != "a" {
+	if got, _ := s.Get(ctx, "config", 1<<30); string(got) != "a" {
 		t.Fatalf("config = %q", got)
 	}
 	if f.conditional != 1 {
@@ -121,7 +122,7 @@ func TestPutRetriesSlowDown(t *testing.T) {
 	if err := s.Put(ctx, "chunks/x", []byte("data")); err != nil {
 		t.Fatalf("Put after two 503s: %v", err)
 	}
-	if got, err := s.Get(ctx, "chunks/x"); err != nil || string(got) != "data" {
+	if got, err := s.Get(ctx, "chunks/x", 1<<30); err != nil || string(got) != "data" {
 		t.Fatalf("Get = %q, %v", got, err)
 	}
 	if f.puts != 3 {
@@ -161,7 +162,53 @@ func TestPayloadSigning(t *testing.T) {
 	if tf.payloadHash != "UNSIGNED-PAYLOAD" {
 		t.Errorf("https: X-Amz-Content-Sha256 = %q, want UNSIGNED-PAYLOAD", tf.payloadHash)
 	}
-	if got, err := s.Get(ctx, "b"); err != nil || string(got) != "data" {
+	if got, err := s.Get(ctx, "b", 1<<30); err != nil || string(got) != "data" {
 		t.Fatalf("Get = %q, %v", got, err)
 	}
+}
+
+// TestGetBoundsWhatTheServerSends: a server that claims, or sends, more than the
+// reader's limit gets ErrInvalidObject, and the client allocates no more than
+// the limit for it: a hostile or broken server cannot make a worker allocate
+// what it likes.
+func TestGetBoundsWhatTheServerSends(t *testing.T) {
+	const limit = 4 << 20
+	for _, tc := range []struct {
+		name string
+		body http.HandlerFunc
+	}{
+		{"a Content-Length of 1 TiB", func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Content-Length", fmt.Sprint(int64(1)<<40))
+			_, _ = w.Write(make([]byte, 1<<20))
+		}},
+		{"an endless body without a length", func(w http.ResponseWriter, r *http.Request) {
+			block := make([]byte, 64<<10)
+			for r.Context().Err() == nil {
+				if _, err := w.Write(block); err != nil {
+					return
+				}
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := startFakeServer(t, &fakeS3{}, httptest.NewServer(tc.body))
+			var err error
+			n := allocated(func() { _, err = s.Get(context.Background(), "chunks/x", limit) })
+			if !errors.Is(err, sinks.ErrInvalidObject) {
+				t.Fatalf("Get: %v, want ErrInvalidObject", err)
+			}
+			if n > 4*limit {
+				t.Errorf("Get allocated %d MiB for an object limited to %d MiB", n>>20, limit>>20)
+			}
+		})
+	}
+}
+
+// allocated runs f and returns the bytes it allocated.
+func allocated(f func()) uint64 {
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	f()
+	runtime.ReadMemStats(&after)
+	return after.TotalAlloc - before.TotalAlloc
 }

@@ -47,7 +47,7 @@ func TestRidesOutOutage(t *testing.T) {
 		}
 	}
 	for i := range 6 {
-		got, err := s.Get(ctx, fmt.Sprintf("obj-%d", i))
+		got, err := s.Get(ctx, fmt.Sprintf("obj-%d", i), 1<<30)
 		if err != nil || !bytes.Equal(got, data(i)) {
 			t.Errorf("obj-%d: %d bytes, %v", i, len(got), err)
 		}

@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"io"
 	"net/http"
 	"net/url"
 	"strings"
@@ -229,30 +230,70 @@ func (s *Store) PutIfAbsent(ctx context.Context, name string, data []byte) error
 }
 
 // Get returns the whole object, or an error wrapping sinks.ErrNotFound.
-func (s *Store) Get(ctx context.Context, name string) ([]byte, error) {
-	return s.GetInto(ctx, name, nil)
+func (s *Store) Get(ctx context.Context, name string, limit int64) ([]byte, error) {
+	return s.GetInto(ctx, name, nil, limit)
 }
 
 // readBody reads a GetObject answer's body into buf's memory when it has the
-// capacity (a new slice otherwise). A connection dropped mid-body shows up as
-// io.ErrUnexpectedEOF (net/http checks Content-Length), so a truncated object is
-// never returned as whole.
-func (s *Store) readBody(out *s3.GetObjectOutput, name string, buf []byte) ([]byte, error) {
+// capacity (a new slice otherwise). The server's Content-Length is checked
+// against limit before anything is allocated for it; net/http then delivers
+// exactly that many bytes, and a connection dropped mid-body shows up as
+// io.ErrUnexpectedEOF, so a truncated object is never returned as whole. A body
+// without a length is read through a limit instead.
+func (s *Store) readBody(out *s3.GetObjectOutput, name string, buf []byte, limit int64) ([]byte, error) {
 	defer out.Body.Close()
-	b := bytes.NewBuffer(buf[:0])
-	if n := aws.ToInt64(out.ContentLength); n > 0 {
-		// ReadFrom wants MinRead bytes free to see the end of the body: without
-		// them it would copy the whole object into a bigger buffer first.
-		b.Grow(int(n) + bytes.MinRead)
+	n := aws.ToInt64(out.ContentLength)
+	if out.ContentLength == nil || n < 0 {
+		return s.readUnsized(out.Body, name, buf, limit)
 	}
-	if _, err := b.ReadFrom(out.Body); err != nil {
+	if n > limit {
+		return nil, s.tooLarge(name, n, limit)
+	}
+	if int64(cap(buf)) < n {
+		buf = make([]byte, n)
+	}
+	buf = buf[:n]
+	if _, err := io.ReadFull(out.Body, buf); err != nil {
 		return nil, fmt.Errorf("%s: get %q: reading body: %w", s.name, name, err)
 	}
-	return b.Bytes(), nil
+	return buf, nil
+}
+
+// readUnsized reads a body of unknown length, growing buf (by doubling, never
+// past limit+1 bytes) until the body ends or is found to exceed limit.
+func (s *Store) readUnsized(body io.Reader, name string, buf []byte, limit int64) ([]byte, error) {
+	buf = buf[:0]
+	for {
+		if len(buf) == cap(buf) {
+			if int64(len(buf)) > limit {
+				return nil, s.tooLarge(name, int64(len(buf)), limit)
+			}
+			grown := make([]byte, len(buf), min(max(2*int64(cap(buf)), 64<<10), limit+1))
+			buf = grown[:copy(grown, buf)]
+		}
+		m, err := body.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+m]
+		switch {
+		case errors.Is(err, io.EOF):
+			if int64(len(buf)) > limit {
+				return nil, s.tooLarge(name, int64(len(buf)), limit)
+			}
+			return buf, nil
+		case err != nil:
+			return nil, fmt.Errorf("%s: get %q: reading body: %w", s.name, name, err)
+		}
+	}
+}
+
+func (s *Store) tooLarge(name string, n, limit int64) error {
+	return &storeError{
+		msg:  fmt.Sprintf("%s: get %q: object of at least %d bytes, more than the %d its reader allows", s.name, name, n, limit),
+		kind: sinks.ErrInvalidObject,
+	}
 }
 
 // GetInto is Get into buf's memory when it has the capacity.
-func (s *Store) GetInto(ctx context.Context, name string, buf []byte) ([]byte, error) {
+func (s *Store) GetInto(ctx context.Context, name string, buf []byte, limit int64) ([]byte, error) {
 	key, err := s.key(name)
 	if err != nil {
 		return nil, err
@@ -261,7 +302,7 @@ func (s *Store) GetInto(ctx context.Context, name string, buf []byte) ([]byte, e
 	if err != nil {
 		return nil, s.wrap("get", name, err)
 	}
-	return s.readBody(out, name, buf)
+	return s.readBody(out, name, buf, limit)
 }
 
 // Exists reports whether an object is stored under name (HeadObject).

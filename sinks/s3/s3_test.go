@@ -61,7 +61,7 @@ func TestVersity(t *testing.T) {
 
 	t.Run("GetMissing", func(t *testing.T) {
 		s := open(t, uri("missing"))
-		_, err := s.Get(ctx, "nope")
+		_, err := s.Get(ctx, "nope", 1<<30)
 		if !errors.Is(err, sinks.ErrNotFound) {
 			t.Fatalf("Get missing: err = %v, want ErrNotFound", err)
 		}
@@ -88,7 +88,7 @@ func TestVersity(t *testing.T) {
 		if err := s.Put(ctx, "second", want); err != nil {
 			t.Fatal(err)
 		}
-		if got, err := s.Get(ctx, "second"); err != nil || string(got) != string(want) {
+		if got, err := s.Get(ctx, "second", 1<<30); err != nil || string(got) != string(want) {
 			t.Fatalf("Get after a corrupted PUT: %d bytes, %v; want the %d bytes put", len(got), err, len(want))
 		}
 		if n := corrupt.puts.Load(); n != 2 {
@@ -106,7 +106,7 @@ func TestVersity(t *testing.T) {
 			t.Fatalf("second PutIfAbsent: err = %v, want ErrExists", err)
 		}
 		t.Logf("message: %v", err)
-		if got, _ := s.Get(ctx, "manifests/m1"); string(got) != "first" {
+		if got, _ := s.Get(ctx, "manifests/m1", 1<<30); string(got) != "first" {
 			t.Fatalf("object changed to %q", got)
 		}
 		if s.noConditionalPut.Load() {
@@ -206,7 +206,7 @@ func TestVersity(t *testing.T) {
 		if want := `s3://nobucket/p: bucket "nobucket" does not exist`; err.Error() != want {
 			t.Errorf("message %q, want %q", err, want)
 		}
-		if _, err := s.Get(ctx, "config"); !errors.Is(err, sinks.ErrNoRepository) {
+		if _, err := s.Get(ctx, "config", 1<<30); !errors.Is(err, sinks.ErrNoRepository) {
 			t.Fatalf("Get: err = %v, want ErrNoRepository", err)
 		}
 		if err := s.Put(ctx, "config", []byte("x")); !errors.Is(err, sinks.ErrNoRepository) {
@@ -225,7 +225,7 @@ func TestVersity(t *testing.T) {
 			t.Fatalf("Check: err = %v, want ErrAccessDenied", err)
 		}
 		t.Logf("message: %v", err)
-		if _, err := s.Get(ctx, "empty"); !errors.Is(err, sinks.ErrAccessDenied) {
+		if _, err := s.Get(ctx, "empty", 1<<30); !errors.Is(err, sinks.ErrAccessDenied) {
 			t.Fatalf("Get: err = %v, want ErrAccessDenied", err)
 		}
 		err = s.Put(ctx, "x", []byte("x"))
@@ -241,7 +241,7 @@ func TestVersity(t *testing.T) {
 	t.Run("UnknownKey", func(t *testing.T) {
 		testutil.S3Env(t, "nosuchkey", sk)
 		s := open(t, uri("rt"))
-		_, err := s.Get(ctx, "empty")
+		_, err := s.Get(ctx, "empty", 1<<30)
 		if !errors.Is(err, sinks.ErrAccessDenied) {
 			t.Fatalf("Get: err = %v, want ErrAccessDenied", err)
 		}

@@ -15,13 +15,16 @@ import (
 	"github.com/blockferry/blockferry/sinks"
 )
 
+// anySize is a read limit no object of the checks reaches.
+const anySize = 1 << 30
+
 // Run checks s, which must be empty: round trips of small, empty and 4 MB objects,
-// replacing, deleting, conditional puts, listing by prefix with sizes and
-// modification times, and batched deletes.
+// reads refused past their limit, replacing, deleting, conditional puts, listing
+// by prefix with sizes and modification times, and batched deletes.
 func Run(t *testing.T, s sinks.Store) {
 	t.Helper()
 	ctx := context.Background()
-	if _, err := s.Get(ctx, "config"); !errors.Is(err, sinks.ErrNotFound) {
+	if _, err := s.Get(ctx, "config", anySize); !errors.Is(err, sinks.ErrNotFound) {
 		t.Fatalf("Get of a missing object: %v, want ErrNotFound", err)
 	}
 	objects := map[string][]byte{
@@ -34,7 +37,7 @@ func Run(t *testing.T, s sinks.Store) {
 		if err := s.Put(ctx, name, data); err != nil {
 			t.Fatalf("Put %s: %v", name, err)
 		}
-		got, err := s.Get(ctx, name)
+		got, err := s.Get(ctx, name, anySize)
 		if err != nil || !bytes.Equal(got, data) {
 			t.Fatalf("Get %s: %d bytes, %v; want %d bytes", name, len(got), err, len(data))
 		}
@@ -54,11 +57,12 @@ func Run(t *testing.T, s sinks.Store) {
 
 	checkListInfo(t, s, objects)
 	checkGetInto(t, s, objects)
+	checkLimit(t, s, "chunks/ab/abcdef01", objects["chunks/ab/abcdef01"])
 
 	if err := s.Put(ctx, "config", []byte("cfg2")); err != nil {
 		t.Fatal(err)
 	}
-	if got, _ := s.Get(ctx, "config"); string(got) != "cfg2" {
+	if got, _ := s.Get(ctx, "config", anySize); string(got) != "cfg2" {
 		t.Fatalf("after a replacing Put: %q", got)
 	}
 
@@ -68,7 +72,7 @@ func Run(t *testing.T, s sinks.Store) {
 	if err := s.PutIfAbsent(ctx, "backups/b1", []byte("second")); !errors.Is(err, sinks.ErrExists) {
 		t.Fatalf("second PutIfAbsent: %v, want ErrExists", err)
 	}
-	if got, _ := s.Get(ctx, "backups/b1"); string(got) != "first" {
+	if got, _ := s.Get(ctx, "backups/b1", anySize); string(got) != "first" {
 		t.Fatalf("a refused PutIfAbsent changed the object to %q", got)
 	}
 
@@ -95,12 +99,12 @@ func checkGetInto(t *testing.T, s sinks.Store, objects map[string][]byte) {
 		return
 	}
 	ctx := context.Background()
-	if _, err := bg.GetInto(ctx, "missing", nil); !errors.Is(err, sinks.ErrNotFound) {
+	if _, err := bg.GetInto(ctx, "missing", nil, anySize); !errors.Is(err, sinks.ErrNotFound) {
 		t.Fatalf("GetInto of a missing object: %v, want ErrNotFound", err)
 	}
 	buf := make([]byte, 0, 8<<20)
 	for _, name := range []string{"chunks/ab/abcdef01", "chunks/cd/cdef0123", "empty", "config"} {
-		got, err := bg.GetInto(ctx, name, buf)
+		got, err := bg.GetInto(ctx, name, buf, anySize)
 		if err != nil || !bytes.Equal(got, objects[name]) {
 			t.Fatalf("GetInto %s: %d bytes, %v; want %d bytes", name, len(got), err, len(objects[name]))
 		}
@@ -109,8 +113,30 @@ func checkGetInto(t *testing.T, s sinks.Store, objects map[string][]byte) {
 		}
 	}
 	small := make([]byte, 0, 10)
-	if got, err := bg.GetInto(ctx, "chunks/ab/abcdef01", small); err != nil || !bytes.Equal(got, objects["chunks/ab/abcdef01"]) {
+	if got, err := bg.GetInto(ctx, "chunks/ab/abcdef01", small, anySize); err != nil || !bytes.Equal(got, objects["chunks/ab/abcdef01"]) {
 		t.Fatalf("GetInto into a small buffer: %d bytes, %v", len(got), err)
+	}
+}
+
+// checkLimit checks that an object of exactly the limit is read, and that one
+// byte more is refused with ErrInvalidObject, by Get and GetInto alike.
+func checkLimit(t *testing.T, s sinks.Store, name string, data []byte) {
+	t.Helper()
+	ctx := context.Background()
+	n := int64(len(data))
+	get := map[string]func(limit int64) ([]byte, error){
+		"Get": func(limit int64) ([]byte, error) { return s.Get(ctx, name, limit) },
+	}
+	if bg, ok := s.(sinks.BufferGetter); ok {
+		get["GetInto"] = func(limit int64) ([]byte, error) { return bg.GetInto(ctx, name, make([]byte, 0, 8<<20), limit) }
+	}
+	for op, f := range get {
+		if got, err := f(n); err != nil || !bytes.Equal(got, data) {
+			t.Fatalf("%s %s with a limit of its own size: %d bytes, %v", op, name, len(got), err)
+		}
+		if got, err := f(n - 1); !errors.Is(err, sinks.ErrInvalidObject) {
+			t.Fatalf("%s %s of %d bytes with a limit of %d: %d bytes, %v; want ErrInvalidObject", op, name, n, n-1, len(got), err)
+		}
 	}
 }
 

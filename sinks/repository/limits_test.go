@@ -1,0 +1,79 @@
+package repository
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/blockferry/blockferry/sinks"
+	"github.com/blockferry/blockferry/sinks/file"
+)
+
+// TestOversizedObjectsAreRefusedUnread: an object one byte larger than its kind
+// may be, planted in the store (a sparse file: it costs nothing on disk), is
+// refused as corrupt before it is read, by every reader of that kind. Reading
+// it would have allocated its size: a 1 GiB manifest, a 64 MiB chunk.
+func TestOversizedObjectsAreRefusedUnread(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	store, err := file.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	repo, err := Init(ctx, store, InitOptions{ChunkSize: 4 << 20, Compression: "zstd"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var id ChunkID
+	id[0] = 0xab
+	index := repo.indexName("d", "b1")
+	for _, tc := range []struct {
+		name  string
+		limit int64
+		read  func() error
+	}{
+		{chunkName(id), MaxChunkObject, func() error { _, err := repo.GetChunk(ctx, id, nil); return err }},
+		{manifestName("b1"), MaxMetadataObject, func() error { _, err := repo.Manifest(ctx, "b1"); return err }},
+		{checkpointName("j1"), MaxMetadataObject, func() error { _, err := repo.LoadCheckpoint(ctx, "j1"); return err }},
+		{condemnedPrefix + "l1", MaxMetadataObject, func() error { _, err := repo.loadIDs(ctx, condemnedPrefix+"l1"); return err }},
+		{index, MaxIndexObject, func() error { _, err := repo.readIndexEntry(ctx, index, "b1"); return err }},
+		{gcSettingsName, MaxSmallObject, func() error { _, err := repo.Grace(ctx); return err }},
+		{configName, MaxSmallObject, func() error { _, err := Open(ctx, store, nil); return err }},
+	} {
+		t.Run(strings.ReplaceAll(tc.name, "/", "_"), func(t *testing.T) {
+			p := filepath.Join(dir, filepath.FromSlash(tc.name))
+			if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+				t.Fatal(err)
+			}
+			f, err := os.OpenFile(p, os.O_CREATE|os.O_WRONLY, 0o600)
+			if err == nil {
+				err = errors.Join(f.Truncate(tc.limit+1), f.Close())
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			var readErr error
+			n := allocated(func() { readErr = tc.read() })
+			if !errors.Is(readErr, ErrCorrupt) || !errors.Is(readErr, sinks.ErrInvalidObject) {
+				t.Errorf("reading %s of %d bytes: %v; want corrupt, an invalid stored object", tc.name, tc.limit+1, readErr)
+			}
+			if n > 1<<20 {
+				t.Errorf("reading %s of %d bytes allocated %d KiB", tc.name, tc.limit+1, n>>10)
+			}
+		})
+	}
+}
+
+// TestWritersRefuseWhatReadersWould: an object its readers would refuse is not
+// written.
+func TestWritersRefuseWhatReadersWould(t *testing.T) {
+	if err := checkObjectSize("manifest b1", make([]byte, 10), 9); err == nil || !strings.Contains(err.Error(), "more than the 9 a reader accepts") {
+		t.Errorf("checkObjectSize of 10 bytes against 9: %v", err)
+	}
+	if err := checkObjectSize("manifest b1", make([]byte, 9), 9); err != nil {
+		t.Errorf("checkObjectSize of 9 bytes against 9: %v", err)
+	}
+}
