@@ -40,6 +40,8 @@ func (c *Config) validate() error {
 		return fmt.Errorf("repository compression %q is not supported", c.Compression)
 	case !ValidChunkSize(c.ChunkSize):
 		return fmt.Errorf("repository chunk size %d is not supported", c.ChunkSize)
+	case c.Encryption != nil:
+		return c.Encryption.validate()
 	}
 	return nil
 }

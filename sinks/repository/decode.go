@@ -164,6 +164,9 @@ func (d *indexDecoder) headerField(key string, raw json.RawMessage) error {
 	if err := json.Unmarshal(raw, dst); err != nil {
 		return fmt.Errorf("%s: %w", key, err)
 	}
+	if key == "chunk_size" && !ValidChunkSize(d.chunkSize) {
+		return fmt.Errorf("chunk_size %d: not a power of two from %d to %d", d.chunkSize, MinChunkSize, MaxChunkSize)
+	}
 	if d.size < 0 || d.chunkSize < 0 {
 		return nil
 	}

@@ -167,8 +167,8 @@ func TestIndexFieldOrder(t *testing.T) {
 	repo := testRepo(t)
 	ctx := context.Background()
 	for name, obj := range map[string]string{
-		"b1": `{"patches":{"1":[{"offset":10,"length":5}]},"chunks":["` + id + `",""],"id":"b1","version":1,"size":5000,"chunk_size":4096}`,
-		"b2": `{"version":1,"id":"b2","size":5000,"chunk_size":4096,"chunks":["` + id + `",""],"patches":{"1":[{"offset":10,"length":5}]}}`,
+		"b1": `{"patches":{"1":[{"offset":10,"length":5}]},"chunks":["` + id + `",""],"id":"b1","version":1,"size":80000,"chunk_size":65536}`,
+		"b2": `{"version":1,"id":"b2","size":80000,"chunk_size":65536,"chunks":["` + id + `",""],"patches":{"1":[{"offset":10,"length":5}]}}`,
 	} {
 		if err := repo.store.Put(ctx, manifestName(name), zstdObject(t, obj)); err != nil {
 			t.Fatal(err)
@@ -177,11 +177,11 @@ func TestIndexFieldOrder(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)
 		}
-		if len(m.Chunks) != 2 || m.Chunks[0] != id || len(m.Patches[1]) != 1 || m.Patches[1][0].End() != 15 || m.Size != 5000 {
+		if len(m.Chunks) != 2 || m.Chunks[0] != id || len(m.Patches[1]) != 1 || m.Patches[1][0].End() != 15 || m.Size != 80000 {
 			t.Errorf("%s: read %+v", name, m)
 		}
 	}
-	if err := repo.store.Put(ctx, manifestName("b3"), zstdObject(t, `{"version":1,"id":"b3","size":0,"chunk_size":4096,"chunks":null,"patches":null}`)); err != nil {
+	if err := repo.store.Put(ctx, manifestName("b3"), zstdObject(t, `{"version":1,"id":"b3","size":0,"chunk_size":65536,"chunks":null,"patches":null}`)); err != nil {
 		t.Fatal(err)
 	}
 	if m, err := repo.Manifest(ctx, "b3"); err != nil || len(m.Chunks) != 0 || len(m.Patches) != 0 {

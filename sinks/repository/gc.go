@@ -31,6 +31,13 @@ const (
 // half of it (see GCView), so it must be well above the longest backup.
 const DefaultGrace = 24 * time.Hour
 
+// The grace periods a repository may set: at least a second, at most ten years
+// (a longer one could only mean that nothing is ever collected).
+const (
+	minGrace = time.Second
+	maxGrace = 10 * 365 * 24 * time.Hour
+)
+
 // ErrCollected: a chunk a backup attempt relies on was, or may have been,
 // collected by a concurrent prune. The attempt fails and a retry starts over
 // with what is stored then; it is transient.
@@ -53,8 +60,10 @@ func (r *Repository) Grace(ctx context.Context) (time.Duration, error) {
 		return 0, fmt.Errorf("gc settings: %w", err)
 	}
 	var s gcSettings
-	if err := json.Unmarshal(data, &s); err != nil || s.GraceMillis <= 0 {
-		return 0, fmt.Errorf("gc settings: %w: %q", ErrCorrupt, data)
+	if err := json.Unmarshal(data, &s); err != nil || s.GraceMillis < minGrace.Milliseconds() || s.GraceMillis > maxGrace.Milliseconds() {
+		// Out of range is corrupt, not clamped: a grace that overflowed into a
+		// millisecond would let a prune delete the pins of running backups.
+		return 0, fmt.Errorf("gc settings: %w: %q (the grace period is from %v to %v)", ErrCorrupt, data, minGrace, maxGrace)
 	}
 	return time.Duration(s.GraceMillis) * time.Millisecond, nil
 }
@@ -63,8 +72,8 @@ func (r *Repository) Grace(ctx context.Context) (time.Duration, error) {
 // use. Raising it is always safe; lowering it is safe only while no backup runs
 // (an attempt bounds itself by the grace it read when it began).
 func (r *Repository) SetGrace(ctx context.Context, d time.Duration) error {
-	if d < time.Second {
-		return fmt.Errorf("grace period %v: at least one second", d)
+	if d < minGrace || d > maxGrace {
+		return fmt.Errorf("grace period %v: from %v to %v", d, minGrace, maxGrace)
 	}
 	data, err := json.Marshal(gcSettings{GraceMillis: d.Milliseconds()})
 	if err != nil {

@@ -34,7 +34,11 @@ const (
 	// Key material is usually a random key file, but may be a passphrase; the KDF
 	// makes guessing a weak one expensive. It runs once per repository open.
 	kdfIterations = 300_000
-	minKeyLength  = 8
+	// maxKDFIterations bounds what a config may ask for: the KDF cannot be
+	// interrupted, so a config asking for 2^40 iterations would hold every job
+	// that opens the repository for days. Ten million take a few seconds.
+	maxKDFIterations = 10_000_000
+	minKeyLength     = 8
 )
 
 func newEncryption(secret []byte) (*Encryption, *dataKeys, error) {
@@ -60,9 +64,21 @@ func newEncryption(secret []byte) (*Encryption, *dataKeys, error) {
 	return e, &keys, nil
 }
 
+// validate checks what can be checked without the key: the cipher, the KDF and
+// its work factor.
+func (e *Encryption) validate() error {
+	switch {
+	case e.Cipher != cipherAES256GCM || e.KDF != kdfPBKDF2:
+		return fmt.Errorf("unsupported encryption %s/%s", e.Cipher, e.KDF)
+	case e.Iterations < 1 || e.Iterations > maxKDFIterations:
+		return fmt.Errorf("key derivation with %d iterations: from 1 to %d are supported", e.Iterations, maxKDFIterations)
+	}
+	return nil
+}
+
 func (e *Encryption) keyEncryptionCipher(secret []byte) (cipher.AEAD, error) {
-	if e.Cipher != cipherAES256GCM || e.KDF != kdfPBKDF2 {
-		return nil, fmt.Errorf("unsupported encryption %s/%s", e.Cipher, e.KDF)
+	if err := e.validate(); err != nil {
+		return nil, err
 	}
 	kek, err := pbkdf2.Key(sha256.New, string(secret), e.Salt, e.Iterations, 32)
 	if err != nil {

@@ -173,7 +173,7 @@ func (m *Manifest) validate() error {
 	switch {
 	case m.Version != ManifestVersion:
 		return fmt.Errorf("manifest %s: unsupported version %d", m.ID, m.Version)
-	case m.ChunkSize <= 0 || m.Size < 0:
+	case !ValidChunkSize(m.ChunkSize) || m.Size < 0:
 		return fmt.Errorf("manifest %s: bad size %d or chunk size %d", m.ID, m.Size, m.ChunkSize)
 	}
 	if err := CheckDiskSize(m.Size, m.ChunkSize); err != nil {

@@ -41,7 +41,7 @@ func TestOverlayPatches(t *testing.T) {
 
 func TestManifestPatchesValidated(t *testing.T) {
 	id := strings.Repeat("ab", 32)
-	m := &Manifest{Version: ManifestVersion, ID: "x", Size: 3000, ChunkSize: 1024, Chunks: []string{id, "", ""}}
+	m := &Manifest{Version: ManifestVersion, ID: "x", Size: 2<<16 + 952, ChunkSize: 1 << 16, Chunks: []string{id, "", ""}}
 	for _, tc := range []struct {
 		name    string
 		patches map[int][]Patch
@@ -56,6 +56,7 @@ func TestManifestPatchesValidated(t *testing.T) {
 		{"empty", map[int][]Patch{0: {{Offset: 0, Length: 0}}}, false},
 		{"empty list", map[int][]Patch{0: {}}, false},
 		{"bad chunk id", map[int][]Patch{0: {{Offset: 0, Length: 10, Chunk: "xyz"}}}, false},
+		{"past a whole chunk", map[int][]Patch{0: {{Offset: 1<<16 - 5, Length: 6}}}, false},
 		{"negative chunk offset", map[int][]Patch{0: {{Offset: 0, Length: 10, Chunk: id, ChunkOffset: -1}}}, false},
 	} {
 		m.Patches = tc.patches
