@@ -5,12 +5,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"runtime"
 	"strings"
 	"testing"
 
 	"github.com/klauspost/compress/zstd"
 
+	"github.com/blockferry/blockferry/internal/testutil"
 	"github.com/blockferry/blockferry/sinks/file"
 )
 
@@ -62,15 +62,6 @@ func testRepo(t *testing.T) *Repository {
 	return repo
 }
 
-// allocated runs f and returns the bytes it allocated.
-func allocated(f func()) uint64 {
-	var before, after runtime.MemStats
-	runtime.ReadMemStats(&before)
-	f()
-	runtime.ReadMemStats(&after)
-	return after.TotalAlloc - before.TotalAlloc
-}
-
 // decodeLimit is what reading one crafted object may allocate: its budget of a few
 // MiB, decoder buffers and a margin; the bombs inflate to 256 MiB and more.
 const decodeLimit = 32 << 20
@@ -119,7 +110,7 @@ func TestManifestBombsFailWithinBudget(t *testing.T) {
 				t.Fatal(err)
 			}
 			var err error
-			n := allocated(func() { _, err = repo.Manifest(context.Background(), "b1") })
+			n := testutil.Allocated(func() { _, err = repo.Manifest(context.Background(), "b1") })
 			if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), tc.want) || errors.Is(err, ErrDiskTooLarge) != tc.large {
 				t.Errorf("%d-byte object: error %v; want corrupt, %q", len(obj), err, tc.want)
 			}
@@ -149,7 +140,7 @@ func TestCheckpointBombsFailWithinBudget(t *testing.T) {
 				t.Fatal(err)
 			}
 			var err error
-			n := allocated(func() { _, err = repo.LoadCheckpoint(context.Background(), "j1") })
+			n := testutil.Allocated(func() { _, err = repo.LoadCheckpoint(context.Background(), "j1") })
 			if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("error %v; want corrupt, %q", err, tc.want)
 			}

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/blockferry/blockferry/internal/testutil"
 	"github.com/blockferry/blockferry/sinks"
 	"github.com/blockferry/blockferry/sinks/file"
 )
@@ -60,7 +61,7 @@ func TestOversizedObjectsAreRefusedUnread(t *testing.T) {
 				t.Fatal(err)
 			}
 			var readErr error
-			n := allocated(func() { readErr = tc.read() })
+			n := testutil.Allocated(func() { readErr = tc.read() })
 			if !errors.Is(readErr, ErrCorrupt) || !errors.Is(readErr, sinks.ErrInvalidObject) {
 				t.Errorf("reading %s of %d bytes: %v; want corrupt, an invalid stored object", tc.name, tc.limit+1, readErr)
 			}

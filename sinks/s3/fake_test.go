@@ -11,10 +11,10 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"runtime"
 	"sync"
 	"testing"
 
+	"github.com/blockferry/blockferry/internal/testutil"
 	"github.com/blockferry/blockferry/sinks"
 )
 
@@ -193,7 +193,7 @@ func TestGetBoundsWhatTheServerSends(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			s := startFakeServer(t, &fakeS3{}, httptest.NewServer(tc.body))
 			var err error
-			n := allocated(func() { _, err = s.Get(context.Background(), "chunks/x", limit) })
+			n := testutil.Allocated(func() { _, err = s.Get(context.Background(), "chunks/x", limit) })
 			if !errors.Is(err, sinks.ErrInvalidObject) {
 				t.Fatalf("Get: %v, want ErrInvalidObject", err)
 			}
@@ -202,13 +202,4 @@ func TestGetBoundsWhatTheServerSends(t *testing.T) {
 			}
 		})
 	}
-}
-
-// allocated runs f and returns the bytes it allocated.
-func allocated(f func()) uint64 {
-	var before, after runtime.MemStats
-	runtime.ReadMemStats(&before)
-	f()
-	runtime.ReadMemStats(&after)
-	return after.TotalAlloc - before.TotalAlloc
 }
