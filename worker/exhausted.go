@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
 
 	"github.com/nats-io/nats.go"
 	"go.uber.org/zap"
@@ -29,17 +30,63 @@ type maxDeliveriesAdvisory struct {
 func (w *Worker) watchExhausted(ctx context.Context, nc *nats.Conn) (func(), error) {
 	t := w.cfg.topo
 	subject := "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES." + t.JobsStream + "." + t.Consumer
+	checks := &advisoryChecks{running: map[uint64]bool{}}
 	sub, err := nc.Subscribe(subject, func(m *nats.Msg) {
 		var adv maxDeliveriesAdvisory
 		if err := json.Unmarshal(m.Data, &adv); err != nil || adv.StreamSeq == 0 {
 			return
 		}
-		go w.failExhausted(ctx, adv.StreamSeq)
+		switch checks.start(adv.StreamSeq) {
+		case errAdvisoryBusy:
+			w.cfg.log.Warn("max deliveries advisory dropped: too many being checked", zap.Uint64("stream_seq", adv.StreamSeq), zap.Int("checks", maxAdvisoryChecks))
+		case nil:
+			go func() {
+				defer checks.done(adv.StreamSeq)
+				w.failExhausted(ctx, adv.StreamSeq)
+			}()
+		}
 	})
 	if err != nil {
 		return nil, fmt.Errorf("subscribe to %s: %w", subject, err)
 	}
 	return func() { _ = sub.Unsubscribe() }, nil
+}
+
+// maxAdvisoryChecks bounds the advisories checked at once. Each check waits
+// stillFor; JetStream sends one advisory per exhausted message, but anyone who may
+// publish on the advisory subject could send thousands a second.
+const maxAdvisoryChecks = 64
+
+var (
+	errAdvisoryBusy      = errors.New("too many advisories being checked")
+	errAdvisoryDuplicate = errors.New("advisory already being checked")
+)
+
+// advisoryChecks is the set of job messages whose advisory is being checked.
+type advisoryChecks struct {
+	mu      sync.Mutex
+	running map[uint64]bool
+}
+
+// start claims seq for one check: errAdvisoryDuplicate when one runs already,
+// errAdvisoryBusy when maxAdvisoryChecks do.
+func (c *advisoryChecks) start(seq uint64) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch {
+	case c.running[seq]:
+		return errAdvisoryDuplicate
+	case len(c.running) >= maxAdvisoryChecks:
+		return errAdvisoryBusy
+	}
+	c.running[seq] = true
+	return nil
+}
+
+func (c *advisoryChecks) done(seq uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.running, seq)
 }
 
 // stillFor is how long the status of a job said to be exhausted must stay

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/url"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -86,6 +87,7 @@ func TestForgedAdvisory(t *testing.T) {
 	if err := e.nc.Flush(); err != nil {
 		t.Fatal(err)
 	}
+	floodAdvisories(t, e, seqs["forged-running"])
 	for id := range seqs {
 		done := terminalOnly(t, e.waitEnd(id, 90*time.Second), typeCompleted)
 		if st := e.status(id); st.State != worker.StateCompleted || st.Backup != done.Data.Backup {
@@ -94,6 +96,34 @@ func TestForgedAdvisory(t *testing.T) {
 		e.restoreAndCheck(id+"-restore", done.Data.Backup, want)
 	}
 	e.waitDrained()
+}
+
+// floodAdvisories forges 5000 advisories for job message seq and 5000 for
+// messages that do not exist, and checks that the worker's goroutines stay
+// bounded meanwhile: each check of an advisory waits seconds, and one goroutine
+// per advisory would be 10000.
+func floodAdvisories(t *testing.T, e *env, seq uint64) {
+	t.Helper()
+	base := runtime.NumGoroutine()
+	subject := "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES." + jobsStream + "." + consumerName
+	for i := range uint64(5000) {
+		for _, s := range []uint64{seq, 1_000_000 + i} {
+			body := fmt.Sprintf(`{"stream":%q,"consumer":%q,"stream_seq":%d}`, jobsStream, consumerName, s)
+			if err := e.nc.Publish(subject, []byte(body)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := e.nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	peak := 0
+	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		peak = max(peak, runtime.NumGoroutine())
+	}
+	if peak > base+500 {
+		t.Errorf("10000 forged advisories: %d goroutines at the peak, %d before", peak, base)
+	}
 }
 
 // TestReadyFollowsFetching: a worker that cannot fetch jobs (its consumer is
