@@ -4,10 +4,12 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
 	"syscall"
+	"unicode/utf8"
 
 	"github.com/blockferry/blockferry/backends"
 	"github.com/blockferry/blockferry/internal/safe"
@@ -165,11 +167,32 @@ func Classify(err error) Failure {
 	if err == nil {
 		return Failure{}
 	}
-	f := Failure{Code: CodeInternal, Message: err.Error(), Retryable: true}
+	f := Failure{Code: CodeInternal, Message: cutMessage(err.Error()), Retryable: true}
 	if c := classify(err); c >= 0 {
 		f.Code, f.Retryable = classes[c].code, classes[c].retryable
 	}
 	return f
+}
+
+// maxMessageBytes bounds a Failure's message. Errors can quote what a server,
+// a device or a stored object said (an S3 error body, a name from a listing),
+// and the message is copied into events and the job's status, whose messages
+// NATS limits: a long message would cost memory at each copy and could make
+// the outcome unpublishable. The start of a message says what failed.
+const maxMessageBytes = 4 << 10
+
+// cutMessage is msg cut to at most maxMessageBytes, at a character boundary,
+// with a marker that says how much was cut.
+func cutMessage(msg string) string {
+	if len(msg) <= maxMessageBytes {
+		return msg
+	}
+	const room = 40 // for the marker
+	cut := maxMessageBytes - room
+	for cut > 0 && !utf8.RuneStart(msg[cut]) {
+		cut--
+	}
+	return fmt.Sprintf("%s… [%d more bytes cut]", msg[:cut], len(msg)-cut)
 }
 
 // transient says whether a failed request to a device may succeed when sent

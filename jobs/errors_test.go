@@ -11,8 +11,10 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/blockferry/blockferry/backends"
 	_ "github.com/blockferry/blockferry/backends/file"
@@ -165,5 +167,26 @@ func TestTransient(t *testing.T) {
 		if got := transient(c.err); got != c.want {
 			t.Errorf("transient(%v) = %v, want %v", c.err, got, c.want)
 		}
+	}
+}
+
+// TestClassifyCutsLongMessages: an error quoting a long server answer becomes a
+// Failure whose message is at most maxMessageBytes of valid UTF-8, keeps its
+// start (what failed) and says that it was cut; short messages stay whole.
+func TestClassifyCutsLongMessages(t *testing.T) {
+	const start = "s3://bkt/p: get \"chunks/ab\": operation error S3: GetObject: "
+	for _, filler := range []string{"A", "é", "€", "😀"} {
+		long := start + strings.Repeat(filler, 1<<20)
+		f := Classify(errors.New(long))
+		if len(f.Message) > maxMessageBytes || !utf8.ValidString(f.Message) {
+			t.Errorf("filler %q: message of %d bytes (valid UTF-8: %v), want at most %d", filler, len(f.Message), utf8.ValidString(f.Message), maxMessageBytes)
+		}
+		if !strings.HasPrefix(f.Message, start) || !strings.Contains(f.Message, "more bytes cut]") {
+			t.Errorf("filler %q: message %q…%q lacks the start or the marker", filler, f.Message[:80], f.Message[len(f.Message)-40:])
+		}
+	}
+	exact := strings.Repeat("x", maxMessageBytes)
+	if f := Classify(errors.New(exact)); f.Message != exact {
+		t.Errorf("a message of exactly %d bytes was changed to %d bytes", maxMessageBytes, len(f.Message))
 	}
 }

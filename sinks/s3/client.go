@@ -93,6 +93,9 @@ func newClient(ctx context.Context, c uriConfig) (*s3.Client, error) {
 			o.BaseEndpoint = aws.String(c.endpoint)
 		}
 		o.UsePathStyle = c.pathStyle
+		// Wrapped here, after the SDK configured it (a CA bundle, timeouts): it
+		// configures only a client of its own type.
+		o.HTTPClient = boundedBodies{next: o.HTTPClient}
 		// Since early 2025 the SDK adds CRC checksums (and aws-chunked trailers) to
 		// every upload and validates them on download by default; many
 		// S3-compatible servers reject or mangle those. Checksums only where an API

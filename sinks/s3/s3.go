@@ -11,6 +11,7 @@ package s3
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/base64"
 	"encoding/binary"
 	"errors"
@@ -330,17 +331,35 @@ func (s *Store) List(ctx context.Context, prefix string, fn func(name string) er
 
 // ListInfo is List with each object's size and LastModified (the server's clock,
 // to the second).
+//
+// A page the server says is truncated must carry a continuation token not seen
+// before in this listing; otherwise ListInfo fails. Stopping there instead would
+// hand out an incomplete listing as whole (and garbage collection would condemn
+// chunks that unlisted backups reference), and following a token again would
+// never end.
 func (s *Store) ListInfo(ctx context.Context, prefix string, fn func(sinks.ObjectInfo) error) error {
-	p := s3.NewListObjectsV2Paginator(s.client, &s3.ListObjectsV2Input{
+	in := &s3.ListObjectsV2Input{
 		Bucket: aws.String(s.bucket),
 		Prefix: aws.String(s.prefix + prefix),
-	})
-	for p.HasMorePages() {
-		page, err := p.NextPage(ctx)
+	}
+	// Digests of the tokens followed: the server chooses their length.
+	followed := map[[sha256.Size]byte]bool{}
+	for page := 1; ; page++ {
+		out, err := s.client.ListObjectsV2(ctx, in)
 		if err != nil {
 			return s.wrap("list", prefix, err)
 		}
-		for _, obj := range page.Contents {
+		token := aws.ToString(out.NextContinuationToken)
+		truncated := aws.ToBool(out.IsTruncated)
+		switch digest := sha256.Sum256([]byte(token)); {
+		case truncated && token == "":
+			return fmt.Errorf("%s: list %q: the server said page %d is truncated but gave no continuation token: the listing cannot go on, and would be incomplete", s.name, prefix, page)
+		case truncated && followed[digest]:
+			return fmt.Errorf("%s: list %q: page %d gave a continuation token the listing followed before: the listing would never end", s.name, prefix, page)
+		default:
+			followed[digest] = true
+		}
+		for _, obj := range out.Contents {
 			key := aws.ToString(obj.Key)
 			// Keys ending in "/" are directory markers (some servers, and consoles,
 			// create them); they are never objects of ours.
@@ -352,8 +371,11 @@ func (s *Store) ListInfo(ctx context.Context, prefix string, fn func(sinks.Objec
 				return err
 			}
 		}
+		if !truncated {
+			return nil
+		}
+		in.ContinuationToken = out.NextContinuationToken
 	}
-	return nil
 }
 
 // Delete removes the object; a missing object is not an error.
