@@ -111,6 +111,9 @@ var classes = []class{
 	{is(repository.ErrKeyRequired), CodeKey, false},
 	{is(ErrVerifyFailed), CodeVerifyFailed, false},
 	{is(repository.ErrCorrupt), CodeCorrupt, false},
+	{is(sinks.ErrInvalidObject), CodeCorrupt, false},
+	// A store server that broke its protocol breaks it again on a retry.
+	{is(sinks.ErrBadAnswer), CodeRepositoryInvalid, false},
 	// Not wrapped in ErrCorrupt, a disk too large is a source's (a manifest that
 	// claims one is corrupt, above).
 	{is(repository.ErrDiskTooLarge), CodeSourceInvalid, false},

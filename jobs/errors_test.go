@@ -96,6 +96,8 @@ func TestClassify(t *testing.T) {
 		{"key required", open(fmt.Errorf("backup b1: manifest: %w", repository.ErrKeyRequired)), CodeKey, false},
 		{"verify failed on a corrupt chunk", open(fmt.Errorf("%w: %w", ErrVerifyFailed, repository.ErrCorrupt)), CodeVerifyFailed, false},
 		{"corrupt chunk", open(fmt.Errorf("%s: %w: content does not match its id", chunk, repository.ErrCorrupt)), CodeCorrupt, false},
+		{"an object larger than its reader allows", open(fmt.Errorf("get %q: %w: 1099511627776 bytes", chunk, sinks.ErrInvalidObject)), CodeCorrupt, false},
+		{"a listing that would never end", open(fmt.Errorf("list: %w: a continuation token followed before", sinks.ErrBadAnswer)), CodeRepositoryInvalid, false},
 		{"a manifest claiming an absurd disk", open(fmt.Errorf("backup b1: manifest: %w: %w", repository.ErrCorrupt, repository.CheckDiskSize(1<<62, 4<<20))), CodeCorrupt, false},
 		{"a disk too large", open(repository.CheckDiskSize(2<<40, 64<<10)), CodeSourceInvalid, false},
 		{"missing chunk", open(fmt.Errorf("%s: file:///r: get %q: %w", chunk, "chunks/9f/9f86d0", sinks.ErrNotFound)), CodeChunkMissing, false},

@@ -85,4 +85,8 @@ var (
 	// ErrInvalidObject: what is stored under a name cannot be an object a writer
 	// made: larger than its reader's limit, or (file store) not a regular file.
 	ErrInvalidObject = errors.New("invalid stored object")
+	// ErrBadAnswer: the store's server answered outside its protocol (an answer
+	// larger than any it may send, a listing that would never end). The same
+	// request would get the same answer: nothing to retry.
+	ErrBadAnswer = errors.New("store server answered outside its protocol")
 )

@@ -10,6 +10,8 @@ import (
 
 	awsmiddleware "github.com/aws/aws-sdk-go-v2/aws/middleware"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
+
+	"github.com/blockferry/blockferry/sinks"
 )
 
 // What the client reads of an answer's body, at most. The SDK copies an error
@@ -169,3 +171,5 @@ type answerTooLongError struct{ op string }
 func (e *answerTooLongError) Error() string {
 	return fmt.Sprintf("%s answer longer than %d MiB, not read further", e.op, answerBodyLimit>>20)
 }
+
+func (e *answerTooLongError) Unwrap() error { return sinks.ErrBadAnswer }

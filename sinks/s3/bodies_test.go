@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/blockferry/blockferry/internal/testutil"
 	"github.com/blockferry/blockferry/sinks"
 )
 
@@ -62,7 +63,7 @@ func TestErrorAnswersBounded(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			defer cancel()
 			var err error
-			n := allocated(func() { _, err = s.Get(ctx, "chunks/x", 4<<20) })
+			n := testutil.Allocated(func() { _, err = s.Get(ctx, "chunks/x", 4<<20) })
 			if err == nil || !tc.check(err) {
 				t.Fatalf("Get: %v", err)
 			}
@@ -89,8 +90,8 @@ func TestListAnswerBounded(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	var err error
-	n := allocated(func() { err = s.List(ctx, "", func(string) error { return nil }) })
-	if err == nil || !strings.Contains(err.Error(), "ListObjectsV2 answer longer than 16 MiB") {
+	n := testutil.Allocated(func() { err = s.List(ctx, "", func(string) error { return nil }) })
+	if !errors.Is(err, sinks.ErrBadAnswer) || !strings.Contains(err.Error(), "ListObjectsV2 answer longer than 16 MiB") {
 		t.Fatalf("List: %v", err)
 	}
 	if n > 4*answerBodyLimit {

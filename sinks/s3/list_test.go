@@ -2,6 +2,7 @@ package s3
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -10,6 +11,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/blockferry/blockferry/sinks"
 )
 
 // pagingServer answers ListObjectsV2 with one key per page. next maps the
@@ -63,7 +66,7 @@ func TestListFollowsTokensOnce(t *testing.T) {
 			switch {
 			case tc.failure == "" && err != nil:
 				t.Fatalf("List: %v", err)
-			case tc.failure != "" && (err == nil || !strings.Contains(err.Error(), tc.failure)):
+			case tc.failure != "" && (!errors.Is(err, sinks.ErrBadAnswer) || !strings.Contains(err.Error(), tc.failure)):
 				t.Fatalf("List: %v, want an error saying %q", err, tc.failure)
 			}
 			if want := tc.keys; len(keys) != want || !slices.IsSorted(keys) {

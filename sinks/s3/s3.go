@@ -353,9 +353,9 @@ func (s *Store) ListInfo(ctx context.Context, prefix string, fn func(sinks.Objec
 		truncated := aws.ToBool(out.IsTruncated)
 		switch digest := sha256.Sum256([]byte(token)); {
 		case truncated && token == "":
-			return fmt.Errorf("%s: list %q: the server said page %d is truncated but gave no continuation token: the listing cannot go on, and would be incomplete", s.name, prefix, page)
+			return fmt.Errorf("%s: list %q: %w: the server said page %d is truncated but gave no continuation token: the listing cannot go on, and would be incomplete", s.name, prefix, sinks.ErrBadAnswer, page)
 		case truncated && followed[digest]:
-			return fmt.Errorf("%s: list %q: page %d gave a continuation token the listing followed before: the listing would never end", s.name, prefix, page)
+			return fmt.Errorf("%s: list %q: %w: page %d gave a continuation token the listing followed before: the listing would never end", s.name, prefix, sinks.ErrBadAnswer, page)
 		default:
 			followed[digest] = true
 		}
