@@ -146,7 +146,8 @@ var (
 	// ErrTooSmall: a target is smaller than the image to restore.
 	ErrTooSmall = errors.New("target too small")
 	// ErrInvalidSource: what the source URI names is no disk image to back up (a
-	// directory, a character device, a size beyond what a backup may hold).
+	// directory, a character device, a size beyond what a backup may hold, a
+	// server whose replies break its protocol).
 	ErrInvalidSource = errors.New("not a disk image to back up")
 	// ErrInvalidTarget: what the target URI names is no disk image to restore to
 	// (a directory, a character device).

@@ -64,7 +64,10 @@ func planChunks(ctx context.Context, src backends.Source, m *repository.Manifest
 			n := min(e.End(), end) - start
 			dirty = dirty || e.Dirty
 			data = data || !e.Zero
-			if e.Dirty {
+			// More than maxPatches dirty extents make a position no patch
+			// (patchable needs one patch for each), so no more are kept: a source
+			// may describe a chunk byte by byte, millions of extents.
+			if e.Dirty && len(dirtyExtents) <= maxPatches {
 				dirtyExtents = append(dirtyExtents, backends.Extent{Start: start, Length: n, Dirty: true, Zero: e.Zero})
 			}
 			start += n

@@ -46,8 +46,11 @@ type request struct {
 	// ctx, when set, lets the loop drop the request if it ends before the command
 	// is started. Requests without one are always answered.
 	ctx context.Context
-	// extents collects block status replies by meta context name.
+	// extents collects block status replies by meta context name (see addStatus).
 	extents map[string][]uint32
+	// broke is how the server's reply to this request broke the protocol. It
+	// belongs to the loop goroutine, like extents.
+	broke error
 	// done receives exactly one result; it is buffered so that the loop never
 	// blocks on a submitter that gave up.
 	done chan error
@@ -84,6 +87,9 @@ type conn struct {
 	inflight      map[*request]struct{}
 	inflightBytes int64
 	loopDone      chan struct{}
+	// cut is why the connection was cut: a reply broke the protocol. It belongs to
+	// the loop goroutine.
+	cut error
 }
 
 func newConn(h *libnbd.Libnbd, maxInFlight int64) (*conn, error) {
@@ -147,7 +153,12 @@ func (c *conn) loop() {
 		}
 		pending = c.start(pending)
 		if err := c.wait(); err != nil {
-			c.stop(pending, fmt.Errorf("nbd connection failed: %w", err))
+			if c.cut != nil {
+				err = fmt.Errorf("connection cut: %w", c.cut)
+			} else {
+				err = fmt.Errorf("nbd connection failed: %w", err)
+			}
+			c.stop(pending, err)
 			return
 		}
 	}
@@ -216,14 +227,33 @@ func (c *conn) issue(r *request) error {
 			CompletionCallbackSet: true, CompletionCallback: complete})
 	case opBlockStatus:
 		r.extents = map[string][]uint32{}
-		extent := func(name string, _ uint64, entries []uint32, _ *int) int {
-			r.extents[name] = append(r.extents[name], entries...)
+		extent := func(name string, _ uint64, entries []uint32, errno *int) int {
+			if err := r.addStatus(name, entries); err != nil {
+				c.cutFor(r, err)
+				*errno = int(syscall.EPROTO)
+				return -1
+			}
 			return 0
 		}
 		_, err = c.h.AioBlockStatus(r.count, r.off, extent, &libnbd.AioBlockStatusOptargs{
 			CompletionCallbackSet: true, CompletionCallback: complete})
 	}
 	return err
+}
+
+// cutFor cuts the connection because the server's reply to r broke the protocol.
+// libnbd takes any number of reply chunks for a command, and a server that never
+// sends the last one would have the loop read (and the extent callback copy) for
+// ever: shutting the socket down leaves libnbd what is already received, after
+// which it finds the connection dead and fails every command in flight.
+func (c *conn) cutFor(r *request, err error) {
+	if r.broke == nil {
+		r.broke = err
+	}
+	if c.cut == nil {
+		c.cut = err
+		_ = unix.Shutdown(c.fd, unix.SHUT_RDWR)
+	}
 }
 
 // complete runs in a completion callback, or when close gives up on a command.
@@ -233,9 +263,18 @@ func (c *conn) complete(r *request, errno int) {
 	}
 	delete(c.inflight, r)
 	c.inflightBytes -= r.cost()
+	var cause error
+	switch {
+	case r.broke != nil:
+		cause = r.broke
+	case errno != 0 && c.cut != nil:
+		cause = fmt.Errorf("connection cut: %w", c.cut)
+	case errno != 0:
+		cause = syscall.Errno(errno)
+	}
 	var err error
-	if errno != 0 {
-		err = fmt.Errorf("nbd %s of %d bytes at offset %d: %w", r.kind, r.count, r.off, syscall.Errno(errno))
+	if cause != nil {
+		err = fmt.Errorf("nbd %s of %d bytes at offset %d: %w", r.kind, r.count, r.off, cause)
 	}
 	c.finish(r, err)
 }

@@ -2,6 +2,7 @@ package nbd
 
 import (
 	"fmt"
+	"slices"
 
 	"libguestfs.org/libnbd"
 
@@ -10,6 +11,28 @@ import (
 
 // bitmapDirty is the flag a qemu:dirty-bitmap context sets on changed ranges.
 const bitmapDirty = 1
+
+// maxStatusDescriptors bounds the descriptors kept of one meta context's block
+// status reply: 512 KiB of them, which describe at least 64 KiB. A server may
+// describe less than was asked (NBD allows it), and a window that ends early is
+// asked again from where it stops, so only the number of round trips depends on
+// how finely the server describes the disk, never what one holds.
+const maxStatusDescriptors = 1 << 16
+
+// addStatus keeps the reply for one meta context to the block status request r,
+// at most maxStatusDescriptors descriptors of it. NBD allows one reply per meta
+// context and request, while libnbd passes on any number: a second one is the
+// server's fault, as is every further one.
+func (r *request) addStatus(name string, entries []uint32) error {
+	if _, ok := r.extents[name]; ok {
+		return fmt.Errorf("%w: more than one block status reply for %s to one request", errProtocol, name)
+	}
+	if len(entries) > 2*maxStatusDescriptors {
+		entries = slices.Clone(entries[:2*maxStatusDescriptors]) // and let the rest go
+	}
+	r.extents[name] = entries
+	return nil
+}
 
 // run is one block status extent, ending (exclusive) at end.
 type run struct {
@@ -21,7 +44,7 @@ type run struct {
 // to end. A server may describe less than was asked, never nothing.
 func runs(name string, start, end int64, entries []uint32) ([]run, error) {
 	if len(entries) == 0 || len(entries)%2 != 0 {
-		return nil, fmt.Errorf("nbd block status: bad reply for %s (%d entries)", name, len(entries))
+		return nil, fmt.Errorf("nbd block status: %w: %d entries in the reply for %s", errProtocol, len(entries), name)
 	}
 	out := make([]run, 0, len(entries)/2)
 	pos := start
@@ -33,7 +56,7 @@ func runs(name string, start, end int64, entries []uint32) ([]run, error) {
 		out = append(out, run{end: pos, flags: entries[i+1]})
 	}
 	if len(out) == 0 {
-		return nil, fmt.Errorf("nbd block status: empty reply for %s", name)
+		return nil, fmt.Errorf("nbd block status: %w: the reply for %s describes nothing", errProtocol, name)
 	}
 	return out, nil
 }

@@ -218,6 +218,11 @@ func unreachable(err error) bool {
 // backends.ErrInvalidSource or ErrInvalidTarget: asking again does not change it.
 var errNotNBD = errors.New("the server does not speak NBD")
 
+// errProtocol: the server's reply broke the NBD protocol in a way libnbd lets
+// through. Sources wrap it in backends.ErrInvalidSource: the same server answers
+// the same way when asked again.
+var errProtocol = errors.New("the NBD server broke the protocol")
+
 // notNBD tells a server that answered with something else than the NBD greeting
 // (an HTTP or SSH server on the port) from one that failed the handshake.
 func notNBD(err error) bool {

@@ -437,8 +437,10 @@ func TestMergeExtents(t *testing.T) {
 			}
 		})
 	}
-	if _, err := mergeExtents(0, 10, []uint32{}, nil, "a", "b"); err == nil {
-		t.Error("empty reply accepted")
+	for _, reply := range [][]uint32{{}, {0, 0, 0, 1}} {
+		if _, err := mergeExtents(0, 10, reply, nil, "a", "b"); !errors.Is(err, errProtocol) {
+			t.Errorf("reply %v: %v, want %v", reply, err, errProtocol)
+		}
 	}
 }
 

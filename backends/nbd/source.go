@@ -76,7 +76,7 @@ func (s *source) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
 		if err == ctx.Err() {
 			return n, err
 		}
-		return n, fmt.Errorf("nbd %s: %w", s.exp.uri, err)
+		return n, s.failed(err)
 	}
 	return n, eof
 }
@@ -102,7 +102,7 @@ func (s *source) Extents(ctx context.Context, start, length int64) ([]backends.E
 		if err == ctx.Err() {
 			return nil, err
 		}
-		return nil, fmt.Errorf("nbd %s: %w", s.exp.uri, err)
+		return nil, s.failed(err)
 	}
 	// Receiving from r.done orders the callback's writes to r.extents before this.
 	var alloc, bitmap []uint32
@@ -120,9 +120,18 @@ func (s *source) Extents(ctx context.Context, start, length int64) ([]backends.E
 	}
 	ext, err := mergeExtents(start, length, alloc, bitmap, contextAllocation, s.bitmap)
 	if err != nil {
-		return nil, fmt.Errorf("nbd %s: %w", s.exp.uri, err)
+		return nil, s.failed(err)
 	}
 	return ext, nil
+}
+
+// failed names the export in err. A server that broke the protocol makes the
+// source invalid: asking again gets the same answer.
+func (s *source) failed(err error) error {
+	if errors.Is(err, errProtocol) {
+		return fmt.Errorf("nbd %s: %w: %w", s.exp.uri, backends.ErrInvalidSource, err)
+	}
+	return fmt.Errorf("nbd %s: %w", s.exp.uri, err)
 }
 
 // Close waits for reads in flight, then disconnects every connection.
