@@ -7,11 +7,11 @@ import (
 	"io"
 	"net"
 	"path/filepath"
-	"runtime"
 	"testing"
 	"time"
 
 	"github.com/blockferry/blockferry/backends"
+	"github.com/blockferry/blockferry/internal/testutil"
 )
 
 // hostileServer is a fixed newstyle NBD server of a read-only 1 GiB export that
@@ -211,15 +211,6 @@ func (s hostileServer) blockStatus(c net.Conn, cookie uint64) error {
 	return chunk(1) // NBD_REPLY_FLAG_DONE
 }
 
-// allocated is what the process allocated while f ran.
-func allocated(f func()) uint64 {
-	var before, after runtime.MemStats
-	runtime.ReadMemStats(&before)
-	f()
-	runtime.ReadMemStats(&after)
-	return after.TotalAlloc - before.TotalAlloc
-}
-
 // TestBlockStatusRepliesAreBounded: libnbd passes on any number of block status
 // chunks for one request, where NBD allows one per meta context. A server that
 // sends 1 MiB chunk after chunk (which made the client keep 3.6 GiB for 400 of
@@ -247,7 +238,7 @@ func TestBlockStatusRepliesAreBounded(t *testing.T) {
 			defer cancel()
 			var ext []backends.Extent
 			began := time.Now()
-			n := allocated(func() { ext, err = src.Extents(ctx, 0, 1<<20) })
+			n := testutil.Allocated(func() { ext, err = src.Extents(ctx, 0, 1<<20) })
 			if !errors.Is(err, errProtocol) || !errors.Is(err, backends.ErrInvalidSource) {
 				t.Fatalf("%d extents, error %v; want %v and %v", len(ext), err, errProtocol, backends.ErrInvalidSource)
 			}
