@@ -8,6 +8,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 	"libguestfs.org/libnbd"
@@ -54,6 +55,8 @@ type request struct {
 	// done receives exactly one result; it is buffered so that the loop never
 	// blocks on a submitter that gave up.
 	done chan error
+	// conn is the connection the request was submitted to.
+	conn *conn
 }
 
 func newRequest(kind opKind, off, count int64) *request {
@@ -81,6 +84,10 @@ type conn struct {
 	queue   []*request
 	closing bool
 	err     error // set once the connection takes no more requests
+	// aborted is why abort cut the socket; freed is set once close has freed the
+	// handle, after which the socket's number may belong to another file.
+	aborted error
+	freed   bool
 
 	// inflight and inflightBytes belong to the loop goroutine while it runs and to
 	// close after it returned.
@@ -115,6 +122,7 @@ func newConn(h *libnbd.Libnbd, maxInFlight int64) (*conn, error) {
 
 // submit queues r; its result arrives on r.done.
 func (c *conn) submit(r *request) {
+	r.conn = c
 	c.mu.Lock()
 	if c.err != nil {
 		err := c.err
@@ -153,9 +161,12 @@ func (c *conn) loop() {
 		}
 		pending = c.start(pending)
 		if err := c.wait(); err != nil {
-			if c.cut != nil {
+			switch aborted := c.abortCause(); {
+			case c.cut != nil:
 				err = fmt.Errorf("connection cut: %w", c.cut)
-			} else {
+			case aborted != nil:
+				err = fmt.Errorf("connection cut: %w", aborted)
+			default:
 				err = fmt.Errorf("nbd connection failed: %w", err)
 			}
 			c.stop(pending, err)
@@ -256,6 +267,26 @@ func (c *conn) cutFor(r *request, err error) {
 	}
 }
 
+// abort cuts the connection from any goroutine, for a server that stopped
+// answering: libnbd then finds the socket shut down and fails the commands in
+// flight at once, where it would otherwise wait for their replies for ever (and
+// so would whoever waits for them, and close). Later requests are refused.
+func (c *conn) abort(cause error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.freed || c.aborted != nil {
+		return
+	}
+	c.aborted = cause
+	_ = unix.Shutdown(c.fd, unix.SHUT_RDWR)
+}
+
+func (c *conn) abortCause() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.aborted
+}
+
 // complete runs in a completion callback, or when close gives up on a command.
 func (c *conn) complete(r *request, errno int) {
 	if _, ok := c.inflight[r]; !ok {
@@ -350,8 +381,14 @@ func (c *conn) close() error {
 
 	// This goroutine owns the handle now. Shutdown sends the commands still queued
 	// in libnbd, waits for all replies (running their callbacks here) and
-	// disconnects; on a dead handle it returns at once.
+	// disconnects; on a dead handle it returns at once. A server that does not
+	// answer within abandonGrace has the socket cut under it.
+	giveUp := time.AfterFunc(abandonGrace, func() { c.abort(errNoAnswer) })
 	err := c.h.Shutdown(nil)
+	giveUp.Stop()
+	c.mu.Lock()
+	c.freed = true
+	c.mu.Unlock()
 	c.h.Close()
 	// Commands libnbd dropped without a callback; their buffers are no longer used.
 	for r := range c.inflight {

@@ -10,7 +10,9 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -658,4 +660,80 @@ func TestReadEndsWithItsContext(t *testing.T) {
 	if n, err := s.ReadAt(context.Background(), buf[:mib], 0); err != nil || n != int(mib) {
 		t.Errorf("read after the dropped ones = %d, %v", n, err)
 	}
+}
+
+// TestStoppedServerReleasesAbandonedRequests: a server that stops answering (the
+// qemu-nbd process paused with SIGSTOP, as a wedged hypervisor export would be)
+// holds no request, and no Close, past the grace its context's end gives it: a
+// read whose context ends returns that end, a block status request too, and Close
+// cuts the connections instead of waiting for answers that never come.
+func TestStoppedServerReleasesAbandonedRequests(t *testing.T) {
+	defer func(g time.Duration) { abandonGrace = g }(abandonGrace)
+	abandonGrace = 300 * time.Millisecond
+	dir := t.TempDir()
+	img := filepath.Join(dir, "disk.qcow2")
+	testutil.MakeQcow2(t, img, 64*mib)
+	testutil.QemuIO(t, img, "write -P 7 0 32M")
+	uri, _ := testutil.ServeQemuNBD(t, img, "")
+	s, err := backends.OpenSource(context.Background(), uri, backends.WithConnections(2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	server := processServing(t, strings.TrimPrefix(uri, "nbd+unix:///?socket="))
+	if err := server.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = server.Signal(syscall.SIGCONT) }()
+
+	within := func(what string, limit time.Duration, f func() error, want error) {
+		t.Helper()
+		start := time.Now()
+		if err := f(); !errors.Is(err, want) {
+			t.Errorf("%s on a stopped server: %v, want %v", what, err, want)
+		}
+		if d := time.Since(start); d > limit {
+			t.Errorf("%s on a stopped server took %v, want at most %v", what, d, limit)
+		}
+	}
+	within("block status whose context ends after 200ms", time.Second, func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		defer cancel()
+		_, err := s.Extents(ctx, 32*mib, 32*mib)
+		return err
+	}, context.DeadlineExceeded)
+	buf := make([]byte, 16*mib)
+	within("a read whose context ends after 200ms", 2*time.Second, func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		defer cancel()
+		_, err := s.ReadAt(ctx, buf, 0)
+		return err
+	}, context.DeadlineExceeded)
+	within("a read after the connections were cut", time.Second, func() error {
+		_, err := s.ReadAt(context.Background(), buf, 0)
+		return err
+	}, errNoAnswer)
+	within("Close", 2*time.Second, s.Close, nil)
+}
+
+// processServing is the process that listens on the Unix socket sock.
+func processServing(t *testing.T, sock string) *os.Process {
+	t.Helper()
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		cmdline, err := os.ReadFile(p)
+		if err != nil || !bytes.Contains(cmdline, []byte("--socket="+sock+"\x00")) {
+			continue
+		}
+		var pid int
+		if _, err := fmt.Sscanf(p, "/proc/%d/cmdline", &pid); err != nil {
+			t.Fatal(err)
+		}
+		proc, err := os.FindProcess(pid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return proc
+	}
+	t.Fatalf("no process serves %s", sock)
+	return nil
 }

@@ -2,10 +2,12 @@ package nbd
 
 import (
 	"context"
+	"errors"
 	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 	"unsafe"
 
 	"libguestfs.org/libnbd"
@@ -118,13 +120,47 @@ func (p *pool) transfer(ctx context.Context, kind opKind, buf []byte, off, maxRe
 		p.submit(r)
 		reqs = append(reqs, r)
 	}
+	return collect(ctx, reqs)
+}
+
+// abandonGrace is how long requests whose context ended may still take to be
+// answered before their connection is cut (and how long close waits for a
+// server's answers). A server that answers nothing for that long has stopped (a
+// paused or wedged process, a dead host behind a live socket): without the cut,
+// a cancelled job would wait for it for ever. A variable for tests.
+var abandonGrace = 5 * time.Second
+
+// errNoAnswer is why a connection was cut when its server stopped answering.
+var errNoAnswer = errors.New("the server stopped answering")
+
+// collect waits for every request of a transfer, whose buffer libnbd may use
+// until then, and returns the bytes before the first failure. When ctx ends, the
+// requests in flight get abandonGrace to be answered; then their connections are
+// cut, which fails them at once.
+func collect(ctx context.Context, reqs []*request) (int, error) {
 	n, failed := 0, error(nil)
-	for _, r := range reqs {
-		if err := <-r.done; err != nil && failed == nil {
-			failed = err
-		} else if failed == nil {
-			n += int(r.count)
+	ended := ctx.Done()
+	var grace <-chan time.Time
+	for i := 0; i < len(reqs); {
+		select {
+		case err := <-reqs[i].done:
+			if err != nil && failed == nil {
+				failed = err
+			} else if failed == nil {
+				n += int(reqs[i].count)
+			}
+			i++
+		case <-ended:
+			ended, grace = nil, time.After(abandonGrace)
+		case <-grace:
+			grace = nil
+			for _, r := range reqs[i:] {
+				r.conn.abort(errNoAnswer)
+			}
 		}
+	}
+	if failed != nil && ctx.Err() != nil {
+		failed = ctx.Err() // the requests failed because they were abandoned
 	}
 	return n, failed
 }
