@@ -100,6 +100,9 @@ func (d *BackupDevice) ReadAt(ctx context.Context, p []byte, off int64) error {
 	return nil
 }
 
+// LendUnit is the chunk size: a lend holds every chunk position it touches.
+func (d *BackupDevice) LendUnit() int64 { return d.m.ChunkSize }
+
 // zeroes is lent for the positions that read as zeroes; nobody writes to it.
 var zeroes = make([]byte, 1<<20)
 
@@ -242,10 +245,11 @@ func (p *pendingSet) done(i int) {
 	delete(p.m, i)
 }
 
-// Extents describes the disk from off on for up to length bytes: positions that
-// read as zeroes by construction (no chunk, or only zero patches) are holes,
-// everything else is data, as the manifest says without reading any chunk.
-func (d *BackupDevice) Extents(_ context.Context, off, length int64) ([]Extent, error) {
+// Extents describes the disk from off on for up to length bytes, in at most
+// limit extents (at least 1): positions that read as zeroes by construction (no
+// chunk, or only zero patches) are holes, everything else is data, as the
+// manifest says without reading any chunk.
+func (d *BackupDevice) Extents(_ context.Context, off, length int64, limit int) ([]Extent, error) {
 	if off < 0 || off >= d.m.Size {
 		return nil, fmt.Errorf("extents at %d: beyond the disk's %d bytes", off, d.m.Size)
 	}
@@ -257,8 +261,10 @@ func (d *BackupDevice) Extents(_ context.Context, off, length int64) ([]Extent, 
 		zero := d.m.ReadsAsZero(i)
 		if n := len(out); n > 0 && out[n-1].Zero == zero {
 			out[n-1].Length += next - at
-		} else {
+		} else if n < max(limit, 1) {
 			out = append(out, Extent{Length: next - at, Zero: zero})
+		} else {
+			break
 		}
 		at = next
 	}

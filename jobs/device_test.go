@@ -163,7 +163,7 @@ func TestBackupDeviceSequentialReadersShareTheCache(t *testing.T) {
 func TestBackupDeviceExtentsFromTheManifest(t *testing.T) {
 	repo, m, disk, gets := servedBackup(t)
 	dev := jobs.NewBackupDevice(repo, m)
-	extents, err := dev.Extents(context.Background(), 100, int64(len(disk)))
+	extents, err := dev.Extents(context.Background(), 100, int64(len(disk)), 1<<16)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -187,5 +187,11 @@ func TestBackupDeviceExtentsFromTheManifest(t *testing.T) {
 	// rawDisk: data at 1-3 MiB, zeroes, data in the last 3 MiB.
 	if want := "zero data zero data"; strings.Join(got, " ") != want {
 		t.Errorf("extents %v, want %s", got, want)
+	}
+	// A limit stops the list early (an NBD reply takes 65536 descriptors, a
+	// client may ask about 4 GiB): the first extents, whole.
+	first, err := dev.Extents(context.Background(), 100, int64(len(disk)), 2)
+	if err != nil || len(first) != 2 || first[0] != extents[0] || first[1] != extents[1] {
+		t.Errorf("the first 2 extents: %v, %v; want %v", first, err, extents[:2])
 	}
 }

@@ -100,9 +100,12 @@ func (e ExportDevice) Lend(ctx context.Context, off, n int64) ([][]byte, func(),
 	return e.Dev.Lend(ctx, off, n)
 }
 
-// Extents are the base:allocation states from off on.
-func (e ExportDevice) Extents(ctx context.Context, off, length int64) ([]nbdserver.Extent, error) {
-	extents, err := e.Dev.Extents(ctx, off, length)
+// LendUnit is the chunk size (BackupDevice.LendUnit).
+func (e ExportDevice) LendUnit() int64 { return e.Dev.LendUnit() }
+
+// Extents are the base:allocation states from off on, at most limit of them.
+func (e ExportDevice) Extents(ctx context.Context, off, length int64, limit int) ([]nbdserver.Extent, error) {
+	extents, err := e.Dev.Extents(ctx, off, length, limit)
 	out := make([]nbdserver.Extent, len(extents))
 	for i, x := range extents {
 		out[i].Length = x.Length

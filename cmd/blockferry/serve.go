@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
@@ -22,11 +23,12 @@ type serveFlags struct {
 	tlsCert, tlsKey, tlsClientCA            string
 	cache                                   jobs.ByteSize
 	concurrency, maxClients, readAhead      int
+	idleTimeout                             time.Duration
 	writable                                bool
 }
 
 func newServeCommand(g *globals) *cobra.Command {
-	f := serveFlags{cache: jobs.DefaultDeviceCache}
+	f := serveFlags{cache: jobs.DefaultDeviceCache, idleTimeout: nbdserver.DefaultIdleTimeout}
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Serve a backup over NBD until interrupted, read-only or writable into a local overlay (mount it, copy files out, boot from it)",
@@ -66,6 +68,7 @@ tls-certificates directory); others are refused during the TLS handshake.`,
 	fl.IntVar(&f.concurrency, "concurrency", 8, "chunks fetched at once")
 	fl.IntVar(&f.readAhead, "read-ahead", 8, "chunks fetched ahead of a sequential reader (at most half the cache; 0: none)")
 	fl.IntVar(&f.maxClients, "max-clients", 16, "connections served at once")
+	fl.DurationVar(&f.idleTimeout, "idle-timeout", f.idleTimeout, "close a connection that sends no request for this long while none of its requests is in progress (0: never)")
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fl.BoolVar(&f.writable, "writable", false, "accept writes, into a local overlay (never into the repository)")
 	fl.StringVar(&f.overlay, "overlay", "", "overlay file for --writable (kept, with FILE.map; reopened if it exists)")
@@ -75,6 +78,9 @@ tls-certificates directory); others are refused during the TLS handshake.`,
 func runServe(cmd *cobra.Command, g *globals, f serveFlags) error {
 	ctx := cmd.Context()
 	cacheBytes := int64(f.cache)
+	if f.idleTimeout < 0 {
+		return fmt.Errorf("--idle-timeout %v: want 0 (never) or a duration", f.idleTimeout)
+	}
 	log, err := newLogger(f.logLevel)
 	if err != nil {
 		return err
@@ -113,6 +119,7 @@ func runServe(cmd *cobra.Command, g *globals, f serveFlags) error {
 		dev = ov
 	}
 	opts := []nbdserver.Option{nbdserver.WithExportName(f.name), nbdserver.WithMaxConnections(f.maxClients),
+		nbdserver.WithIdleTimeout(f.idleTimeout),
 		nbdserver.WithPreferredBlockSize(uint32(min(m.ChunkSize, nbdserver.MaxRequest))),
 		nbdserver.WithLogger(log.With(zap.String("backup", m.ID)))}
 	if tlsConfig != nil {

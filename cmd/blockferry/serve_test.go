@@ -405,6 +405,8 @@ func TestServeWritableOverlay(t *testing.T) {
 	}
 	mustFail(t, cli(t, nil, "serve", "--repository", repo, "--backup", full, "--listen", "unix://"+filepath.Join(dir, "x.sock"),
 		"--overlay", ov), "--overlay needs --writable")
+	mustFail(t, cli(t, nil, "serve", "--repository", repo, "--backup", full, "--listen", "unix://"+filepath.Join(dir, "x.sock"),
+		"--idle-timeout", "-1s"), "--idle-timeout -1s")
 }
 
 // TestServeTLS: with a certificate, the export on TCP takes nbds:// clients only.

@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"time"
 
 	"go.uber.org/zap"
 )
@@ -37,16 +38,25 @@ type Extent struct {
 
 // ExtentLister is implemented by devices that know which ranges read as zeroes;
 // their exports answer base:allocation block status. Extents describes the range
-// from off on, covering at least one byte and at most length bytes.
+// from off on, covering at least one byte and at most length bytes, in at most
+// limit extents (at least 1): a device stops there, since a client asking for
+// 4 GiB of 4 KiB runs must not make it build a million of them.
 type ExtentLister interface {
-	Extents(ctx context.Context, off, length int64) ([]Extent, error)
+	Extents(ctx context.Context, off, length int64, limit int) ([]Extent, error)
 }
 
 // Lender is implemented by devices that can lend the bytes of a range instead
 // of copying them: Lend returns slices that together hold the n bytes at off,
 // valid until release is called, which the server does once it has sent them.
+//
+// A lend keeps whole units of LendUnit bytes in memory (a backup device's chunk
+// positions): every unit the range touches, from offset k*LendUnit on, until
+// release. The server charges each connection for the units its replies hold,
+// and copies small reads instead of lending them, so that a client that reads
+// no replies holds a bounded number of units.
 type Lender interface {
 	Lend(ctx context.Context, off, n int64) (slices [][]byte, release func(), err error)
+	LendUnit() int64
 }
 
 // Writer is implemented by writable devices; other exports are read-only.
@@ -68,12 +78,37 @@ const (
 	maxOptionLength = 64 << 10
 	// maxOptions bounds the options of one handshake.
 	maxOptions = 128
-	// maxInFlightBytes bounds the bytes of requests one connection has in
-	// progress (at least MaxRequest): the server stops reading requests until
-	// earlier ones are answered.
+	// maxInFlightBytes bounds the memory the requests of one connection hold
+	// until they are answered (at least MaxRequest): request and reply buffers,
+	// block status replies and the lend units of lent reads. Past it the server
+	// stops reading requests until earlier ones are answered; a device whose
+	// lend unit is large raises it to what one READ can hold (lendBudget).
 	maxInFlightBytes = 64 << 20
+	// maxInFlightRequests bounds the requests of one connection in progress
+	// (each is a goroutine): qemu keeps 16 in flight, nbdcopy 64, Linux's nbd
+	// driver 128.
+	maxInFlightRequests = 256
+	// minLentRead is the smallest READ lent rather than copied: a smaller read
+	// would hold a whole lend unit (4-64 MiB) for a few bytes, and copying it
+	// costs less than the unit it would hold. Sequential readers (nbdcopy reads
+	// 256 KiB at a time) are lent.
+	minLentRead = 128 << 10
 	// maxBlockStatusExtents bounds the descriptors of one block status reply.
 	maxBlockStatusExtents = 1 << 16
+)
+
+// Timeouts of the transmission phase, by default.
+const (
+	// DefaultIdleTimeout is how long a connection may send no request while
+	// none of its requests is in progress. Idle clients are legitimate (a VM
+	// whose reads its page cache answers, a mounted file system), so it is long:
+	// it frees the slots of clients that vanished without closing (a crashed
+	// host, a cut network).
+	DefaultIdleTimeout = time.Hour
+	// DefaultReplyTimeout is how long a client may take to receive one reply
+	// (at most MaxRequest bytes): a client that stops reading its replies would
+	// otherwise hold its slot, and what its requests hold, for ever.
+	DefaultReplyTimeout = time.Minute
 )
 
 type config struct {
@@ -82,6 +117,8 @@ type config struct {
 	maxConns       int
 	preferredBlock uint32
 	tls            *tls.Config
+	idleTimeout    time.Duration
+	replyTimeout   time.Duration
 }
 
 // Option configures a Server.
@@ -108,6 +145,19 @@ func WithPreferredBlockSize(n uint32) Option { return func(c *config) { c.prefer
 // client whose TLS handshake fails is logged as a warning and disconnected.
 func WithTLS(cfg *tls.Config) Option { return func(c *config) { c.tls = cfg } }
 
+// WithIdleTimeout sets how long a client may send no request while it has none
+// in progress before its connection is closed (default DefaultIdleTimeout;
+// 0: no limit).
+func WithIdleTimeout(d time.Duration) Option {
+	return func(c *config) { c.idleTimeout = max(d, 0) }
+}
+
+// WithReplyTimeout sets how long a client may take to receive one reply before
+// its connection is closed (default DefaultReplyTimeout; 0: no limit).
+func WithReplyTimeout(d time.Duration) Option {
+	return func(c *config) { c.replyTimeout = max(d, 0) }
+}
+
 // Server serves one device as one export.
 type Server struct {
 	dev    Device
@@ -120,7 +170,8 @@ type Server struct {
 // New returns a server of dev. The export is writable when dev implements Writer
 // and answers block status when it implements ExtentLister.
 func New(dev Device, opts ...Option) *Server {
-	cfg := config{log: zap.NewNop(), maxConns: 16, preferredBlock: 4096}
+	cfg := config{log: zap.NewNop(), maxConns: 16, preferredBlock: 4096,
+		idleTimeout: DefaultIdleTimeout, replyTimeout: DefaultReplyTimeout}
 	for _, o := range opts {
 		o(&cfg)
 	}
@@ -130,7 +181,11 @@ func New(dev Device, opts ...Option) *Server {
 	s := &Server{dev: dev, cfg: cfg}
 	s.ext, _ = dev.(ExtentLister)
 	s.writer, _ = dev.(Writer)
-	s.lender, _ = dev.(Lender)
+	// A unit larger than a connection's budget is not lent: one READ could
+	// hold two of them.
+	if l, ok := dev.(Lender); ok && l.LendUnit() > 0 && l.LendUnit() <= maxInFlightBytes {
+		s.lender = l
+	}
 	return s
 }
 

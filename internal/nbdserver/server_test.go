@@ -41,7 +41,7 @@ func (d *memDevice) ReadAt(_ context.Context, p []byte, off int64) error {
 	return nil
 }
 
-func (d *memDevice) Extents(_ context.Context, off, length int64) ([]Extent, error) {
+func (d *memDevice) Extents(_ context.Context, off, length int64, limit int) ([]Extent, error) {
 	var out []Extent
 	for at := off; at < off+length && at < d.Size(); {
 		end := min((at/d.blockSize+1)*d.blockSize, d.Size())
@@ -51,8 +51,10 @@ func (d *memDevice) Extents(_ context.Context, off, length int64) ([]Extent, err
 		}
 		if n := len(out); n > 0 && out[n-1].Flags == flags {
 			out[n-1].Length += end - at
-		} else {
+		} else if n < limit {
 			out = append(out, Extent{Length: end - at, Flags: flags})
+		} else {
+			break
 		}
 		at = end
 	}

@@ -9,10 +9,11 @@ import (
 	"math"
 	"math/bits"
 	"net"
+	"slices"
 	"sync"
+	"time"
 
 	"go.uber.org/zap"
-	"golang.org/x/sync/semaphore"
 )
 
 // request is one command of the transmission phase.
@@ -23,72 +24,162 @@ type request struct {
 	off     uint64
 	length  uint32
 	payload []byte // of a WRITE
+
+	inBounds bool  // off and length are within the device
+	lent     bool  // a READ answered with the device's lent bytes
+	weight   int64 // the bytes it holds until answered, lends aside
 }
 
 // transmit reads requests and answers each in a goroutine of its own, so that
-// clients can keep many in flight; the bytes in progress are bounded by
-// maxInFlightBytes, beyond which the next request waits.
+// clients can keep many in flight; what they hold is bounded by the
+// connection's budget, beyond which the next request waits. A reply the client
+// does not take within the reply timeout, or no request within the idle
+// timeout while none is in progress, ends the connection.
 func (c *connection) transmit(ctx context.Context) error {
-	inFlight := semaphore.NewWeighted(maxInFlightBytes)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var unit int64
+	if c.srv.lender != nil {
+		unit = c.srv.lender.LendUnit()
+	}
+	b := newBudget(unit)
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	var hdr [28]byte
 	for {
-		if _, err := io.ReadFull(c.r, hdr[:]); err != nil {
-			if errors.Is(err, io.EOF) {
-				return nil
-			}
+		req, err := c.nextRequest(b)
+		if err != nil || req.typ == cmdDisc {
 			return err
 		}
-		if m := binary.BigEndian.Uint32(hdr[0:]); m != magicRequest {
-			return fmt.Errorf("bad request magic %#x", m)
-		}
-		req := request{
-			flags: binary.BigEndian.Uint16(hdr[4:]), typ: binary.BigEndian.Uint16(hdr[6:]),
-			cookie: binary.BigEndian.Uint64(hdr[8:]), off: binary.BigEndian.Uint64(hdr[16:]),
-			length: binary.BigEndian.Uint32(hdr[24:]),
-		}
-		if req.typ == cmdDisc {
-			return nil
-		}
-		if req.typ == cmdWrite && req.length > MaxRequest {
-			return fmt.Errorf("write of %d bytes: more than %d", req.length, MaxRequest)
-		}
-		weight := int64(4096)
-		if (req.typ == cmdRead && req.length <= MaxRequest) || req.typ == cmdWrite {
-			weight = max(weight, int64(req.length))
-		}
-		if err := inFlight.Acquire(ctx, weight); err != nil {
+		if err := b.admit(ctx, req); err != nil {
 			return nil
 		}
 		if req.typ == cmdWrite {
 			req.payload = getBuffer(int(req.length))
-			if _, err := io.ReadFull(c.r, req.payload); err != nil {
-				inFlight.Release(weight)
+			if err := c.readPayload(req.payload); err != nil {
+				b.done(req)
 				return fmt.Errorf("write payload: %w", err)
 			}
 		}
 		wg.Go(func() {
-			defer inFlight.Release(weight)
+			defer b.done(req)
 			defer putBuffer(req.payload)
 			if err := c.handle(ctx, req); err != nil && ctx.Err() == nil {
 				c.log.Info("nbd reply failed", zap.Error(err))
+				// The device's work for the other requests is of no use now.
+				cancel()
 				c.conn.Close()
 			}
 		})
 	}
 }
 
+// nextRequest reads the next request's header; the client leaving between
+// requests is the zero request with cmdDisc.
+func (c *connection) nextRequest(b *budget) (request, error) {
+	var hdr [28]byte
+	if err := c.readHeader(hdr[:], b); err != nil {
+		if errors.Is(err, io.EOF) {
+			return request{typ: cmdDisc}, nil
+		}
+		return request{}, err
+	}
+	if m := binary.BigEndian.Uint32(hdr[0:]); m != magicRequest {
+		return request{}, fmt.Errorf("bad request magic %#x", m)
+	}
+	req := request{
+		flags: binary.BigEndian.Uint16(hdr[4:]), typ: binary.BigEndian.Uint16(hdr[6:]),
+		cookie: binary.BigEndian.Uint64(hdr[8:]), off: binary.BigEndian.Uint64(hdr[16:]),
+		length: binary.BigEndian.Uint32(hdr[24:]),
+	}
+	if req.typ == cmdWrite && req.length > MaxRequest {
+		return request{}, fmt.Errorf("write of %d bytes: more than %d", req.length, MaxRequest)
+	}
+	size := uint64(c.srv.dev.Size())
+	req.inBounds = req.off <= size && uint64(req.length) <= size-req.off
+	c.weigh(&req)
+	return req, nil
+}
+
+// weigh sets what req holds until it is answered: the buffer of a WRITE or of
+// a copied READ, the largest block status reply, or 4096 bytes of bookkeeping;
+// a READ long enough is lent, and holds its lend units instead (charged by the
+// budget, once for all the replies that hold one).
+func (c *connection) weigh(req *request) {
+	req.weight = 4096
+	switch req.typ {
+	case cmdRead:
+		req.lent = c.srv.lender != nil && req.inBounds && req.length >= minLentRead && req.length <= MaxRequest
+		switch {
+		case req.lent:
+			// What it holds is its units: the budget is just large enough for
+			// those of one READ, and nothing besides.
+			req.weight = 0
+		case req.length <= MaxRequest:
+			req.weight = max(req.weight, int64(req.length))
+		}
+	case cmdWrite:
+		req.weight = max(req.weight, int64(req.length))
+	case cmdBlockStatus:
+		req.weight = blockStatusWeight
+	}
+}
+
+// blockStatusWeight is what one BLOCK_STATUS holds at most: the extents the
+// device lists (16 bytes each) and the reply built from them.
+const blockStatusWeight = maxBlockStatusExtents*(16+8) + 64
+
+// readHeader reads a request header, waiting at most the idle timeout for it
+// from the moment the last request was answered: while requests are in
+// progress the client waits for their replies, and is not idle.
+func (c *connection) readHeader(hdr []byte, b *budget) error {
+	idle := c.srv.cfg.idleTimeout
+	deadline := time.Now().Add(idle)
+	for {
+		if err := c.readDeadline(deadline); err != nil {
+			return err
+		}
+		n, err := io.ReadFull(c.r, hdr)
+		if ne, ok := errors.AsType[net.Error](err); n != 0 || !ok || !ne.Timeout() {
+			return err
+		}
+		switch {
+		case b.busy():
+			deadline = time.Now().Add(idle)
+		case time.Since(b.lastDoneAt()) < idle:
+			deadline = b.lastDoneAt().Add(idle)
+		default:
+			return fmt.Errorf("no request for %v: %w", idle, err)
+		}
+	}
+}
+
+// readPayload reads a WRITE's data, which is to follow its header at once.
+func (c *connection) readPayload(p []byte) error {
+	if err := c.readDeadline(time.Now().Add(c.srv.cfg.idleTimeout)); err != nil {
+		return err
+	}
+	_, err := io.ReadFull(c.r, p)
+	return err
+}
+
+// readDeadline sets the deadline of the reads to come: none without an idle
+// timeout.
+func (c *connection) readDeadline(t time.Time) error {
+	if c.srv.cfg.idleTimeout == 0 {
+		t = time.Time{}
+	}
+	return c.conn.SetReadDeadline(t)
+}
+
 // handle answers one request; an error is a failure to send the reply.
 func (c *connection) handle(ctx context.Context, req request) error {
 	s := c.srv
-	inBounds := req.off <= uint64(s.dev.Size()) && uint64(req.length) <= uint64(s.dev.Size())-req.off
 	writable := s.writer != nil
 	switch {
 	case req.typ == cmdRead:
-		return c.read(ctx, req, inBounds)
+		return c.read(ctx, req)
 	case req.typ == cmdBlockStatus:
-		return c.blockStatus(ctx, req, inBounds)
+		return c.blockStatus(ctx, req)
 	case req.typ == cmdFlush:
 		if writable {
 			return c.simpleReply(req.cookie, c.deviceErrno(req, s.writer.Flush(ctx)))
@@ -98,7 +189,7 @@ func (c *connection) handle(ctx context.Context, req request) error {
 		return c.simpleReply(req.cookie, errInval)
 	case !writable:
 		return c.simpleReply(req.cookie, errPerm)
-	case !inBounds:
+	case !req.inBounds:
 		return c.simpleReply(req.cookie, errNoSpc)
 	}
 	var err error
@@ -130,11 +221,11 @@ func (c *connection) deviceErrno(req request, err error) uint32 {
 	return errIO
 }
 
-func (c *connection) read(ctx context.Context, req request, inBounds bool) error {
+func (c *connection) read(ctx context.Context, req request) error {
 	switch {
 	case req.length > MaxRequest:
 		return c.errorReply(req, errOverflow, "read larger than the maximum block size")
-	case !inBounds || req.length == 0:
+	case !req.inBounds || req.length == 0:
 		return c.errorReply(req, errInval, "read out of bounds")
 	}
 	data, release, err := c.readData(ctx, req)
@@ -149,10 +240,10 @@ func (c *connection) read(ctx context.Context, req request, inBounds bool) error
 	return c.send(binary.BigEndian.AppendUint64(hdr, req.off), data...)
 }
 
-// readData gets the bytes a READ asks for: lent by the device when it can, or
-// read into a recycled buffer.
+// readData gets the bytes a READ asks for: lent by the device when the budget
+// took the read as lent, or read into a recycled buffer.
 func (c *connection) readData(ctx context.Context, req request) (data [][]byte, release func(), err error) {
-	if c.srv.lender != nil {
+	if req.lent {
 		return c.srv.lender.Lend(ctx, int64(req.off), int64(req.length))
 	}
 	buf := getBuffer(int(req.length))
@@ -163,38 +254,40 @@ func (c *connection) readData(ctx context.Context, req request) (data [][]byte, 
 	return [][]byte{buf}, func() { putBuffer(buf) }, nil
 }
 
-func (c *connection) blockStatus(ctx context.Context, req request, inBounds bool) error {
+func (c *connection) blockStatus(ctx context.Context, req request) error {
 	switch {
 	case !c.metaAllocation:
 		return c.errorReply(req, errInval, "no meta context was negotiated")
-	case !inBounds || req.length == 0:
+	case !req.inBounds || req.length == 0:
 		return c.errorReply(req, errInval, "block status out of bounds")
 	}
-	extents, err := c.srv.ext.Extents(ctx, int64(req.off), int64(req.length))
+	limit := maxBlockStatusExtents
+	if req.flags&cmdFlagReqOne != 0 {
+		limit = 1
+	}
+	extents, err := c.srv.ext.Extents(ctx, int64(req.off), int64(req.length), limit)
 	if errno := c.deviceErrno(req, err); errno != 0 {
 		return c.errorReply(req, errno, "block status failed")
 	}
-	payload := binary.BigEndian.AppendUint32(nil, metaBaseAllocationID)
+	// The reply is built in one buffer, its length filled in last.
+	reply := structuredHeader(req.cookie, replyBlockStatus, 0)
+	reply = binary.BigEndian.AppendUint32(slices.Grow(reply, 4+8*min(len(extents), limit)), metaBaseAllocationID)
 	left := int64(req.length)
-	for _, e := range extents {
-		if left <= 0 || len(payload) >= 4+8*maxBlockStatusExtents {
-			break
-		}
+	for _, e := range extents[:min(len(extents), limit)] {
 		n := min(e.Length, left, math.MaxUint32)
 		if n <= 0 {
 			break
 		}
-		payload = binary.BigEndian.AppendUint32(payload, uint32(n))
-		payload = binary.BigEndian.AppendUint32(payload, e.Flags&(StateHole|StateZero))
+		reply = binary.BigEndian.AppendUint32(reply, uint32(n))
+		reply = binary.BigEndian.AppendUint32(reply, e.Flags&(StateHole|StateZero))
 		left -= n
-		if req.flags&cmdFlagReqOne != 0 {
-			break
-		}
 	}
-	if len(payload) == 4 {
+	payload := len(reply) - structuredHeaderLen
+	if payload == 4 {
 		return c.errorReply(req, errIO, "no extents")
 	}
-	return c.send(append(structuredHeader(req.cookie, replyBlockStatus, len(payload)), payload...))
+	binary.BigEndian.PutUint32(reply[structuredHeaderLen-4:], uint32(payload))
+	return c.send(reply)
 }
 
 // errorReply answers a failed request: a structured error chunk for the replies
@@ -219,6 +312,10 @@ func simpleHeader(cookie uint64, errno uint32) []byte {
 	return binary.BigEndian.AppendUint64(b, cookie)
 }
 
+// structuredHeaderLen is the length of a structured reply chunk's header, of
+// which the last 4 bytes are the length of its payload.
+const structuredHeaderLen = 20
+
 // structuredHeader starts the one (final) chunk of a structured reply.
 func structuredHeader(cookie uint64, typ uint16, length int) []byte {
 	b := binary.BigEndian.AppendUint32(make([]byte, 0, 32), magicStructured)
@@ -229,13 +326,24 @@ func structuredHeader(cookie uint64, typ uint16, length int) []byte {
 }
 
 // send writes one reply whole (in one writev where the connection allows), so
-// replies of concurrent requests never interleave.
+// replies of concurrent requests never interleave. The client has the reply
+// timeout to take it, from the moment it is its turn.
 func (c *connection) send(hdr []byte, data ...[]byte) error {
 	bufs := append(make(net.Buffers, 0, 1+len(data)), hdr)
 	bufs = append(bufs, data...)
 	c.writeMu.Lock()
 	defer c.writeMu.Unlock()
+	var deadline time.Time
+	if t := c.srv.cfg.replyTimeout; t > 0 {
+		deadline = time.Now().Add(t)
+	}
+	if err := c.conn.SetWriteDeadline(deadline); err != nil {
+		return err
+	}
 	_, err := bufs.WriteTo(c.conn)
+	if ne, ok := errors.AsType[net.Error](err); ok && ne.Timeout() {
+		return fmt.Errorf("the client took no reply for %v: %w", c.srv.cfg.replyTimeout, err)
+	}
 	return err
 }
 

@@ -262,13 +262,14 @@ func (o *Overlay) Close() error {
 	return errors.Join(o.Flush(context.Background()), o.data.Close())
 }
 
-// Extents are the base's, with the written blocks as data.
-func (o *Overlay) Extents(ctx context.Context, off, length int64) ([]nbdserver.Extent, error) {
+// Extents are the base's, with the written blocks as data, in at most limit
+// extents.
+func (o *Overlay) Extents(ctx context.Context, off, length int64, limit int) ([]nbdserver.Extent, error) {
 	o.mu.RLock()
 	defer o.mu.RUnlock()
 	lister, _ := o.base.(nbdserver.ExtentLister)
 	var out []nbdserver.Extent
-	for end := min(off+length, o.hdr.Size); off < end; {
+	for end := min(off+length, o.hdr.Size); off < end && len(out) < limit; {
 		inFile := o.isWritten(off / BlockSize)
 		n := o.run(off, end-off, inFile)
 		if inFile || lister == nil {
@@ -276,14 +277,14 @@ func (o *Overlay) Extents(ctx context.Context, off, length int64) ([]nbdserver.E
 			off += n
 			continue
 		}
-		base, err := lister.Extents(ctx, off, n)
+		base, err := lister.Extents(ctx, off, n, limit-len(out))
 		if err != nil {
 			return nil, err
 		}
 		// What the base leaves of the run is asked for again next round.
 		progressed := false
 		for _, e := range base {
-			if e.Length <= 0 || n == 0 {
+			if e.Length <= 0 || n == 0 || len(out) == limit {
 				break
 			}
 			e.Length = min(e.Length, n)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"math/rand/v2"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -21,7 +22,7 @@ func (m memBase) ReadAt(_ context.Context, p []byte, off int64) error {
 	return nil
 }
 
-func (m memBase) Extents(_ context.Context, off, length int64) ([]nbdserver.Extent, error) {
+func (m memBase) Extents(_ context.Context, off, length int64, _ int) ([]nbdserver.Extent, error) {
 	half := m.Size() / 2
 	if off < half {
 		return []nbdserver.Extent{{Length: min(half-off, length)}}, nil
@@ -115,7 +116,7 @@ func TestOverlayExtents(t *testing.T) {
 	if err := o.WriteAt(ctx, []byte{1}, 40*BlockSize+5); err != nil {
 		t.Fatal(err)
 	}
-	got, err := o.Extents(ctx, 0, o.Size())
+	got, err := o.Extents(ctx, 0, o.Size(), 1<<16)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -127,6 +128,13 @@ func TestOverlayExtents(t *testing.T) {
 	for i := range want {
 		if got[i] != want[i] {
 			t.Fatalf("extents %v, want %v", got, want)
+		}
+	}
+	// A limit stops the list at as many extents, from the base and the file.
+	for limit := 1; limit <= len(want); limit++ {
+		got, err := o.Extents(ctx, 0, o.Size(), limit)
+		if err != nil || !slices.Equal(got, want[:limit]) {
+			t.Errorf("at most %d extents: %v, %v; want %v", limit, got, err, want[:limit])
 		}
 	}
 }
