@@ -93,7 +93,10 @@ type conn struct {
 	// close after it returned.
 	inflight      map[*request]struct{}
 	inflightBytes int64
-	loopDone      chan struct{}
+	// progressed is when a command last completed, or was started with none in
+	// flight: the stall clock (see stallTimeout).
+	progressed time.Time
+	loopDone   chan struct{}
 	// cut is why the connection was cut: a reply broke the protocol. It belongs to
 	// the loop goroutine.
 	cut error
@@ -204,6 +207,9 @@ func (c *conn) start(pending []*request) []*request {
 			continue
 		}
 		// Recorded before the Aio call, which may already run the callback.
+		if len(c.inflight) == 0 {
+			c.progressed = time.Now()
+		}
 		c.inflight[r] = struct{}{}
 		c.inflightBytes += r.cost()
 		if err := c.issue(r); err != nil {
@@ -294,12 +300,15 @@ func (c *conn) complete(r *request, errno int) {
 	}
 	delete(c.inflight, r)
 	c.inflightBytes -= r.cost()
+	c.progressed = time.Now()
 	var cause error
 	switch {
 	case r.broke != nil:
 		cause = r.broke
 	case errno != 0 && c.cut != nil:
 		cause = fmt.Errorf("connection cut: %w", c.cut)
+	case errno != 0 && c.abortCause() != nil:
+		cause = fmt.Errorf("connection cut: %w", c.abortCause())
 	case errno != 0:
 		cause = syscall.Errno(errno)
 	}
@@ -339,14 +348,8 @@ func (c *conn) wait() error {
 	if events == 0 {
 		fds = fds[:1]
 	}
-	for {
-		_, err := unix.Poll(fds, -1)
-		if err == nil {
-			break
-		}
-		if err != unix.EINTR {
-			return fmt.Errorf("poll: %w", err)
-		}
+	if err := c.poll(fds); err != nil {
+		return err
 	}
 	if fds[0].Revents&unix.POLLIN != 0 {
 		var buf [8]byte
@@ -367,6 +370,44 @@ func (c *conn) wait() error {
 		return errors.New("socket closed unexpectedly")
 	}
 	return nil
+}
+
+// poll waits for fds. With commands in flight it waits no longer than the stall
+// clock allows, and cuts the connection when a server has answered none of them
+// for stallTimeout: the cut fails them, and the next poll finds the socket shut.
+func (c *conn) poll(fds []unix.PollFd) error {
+	for {
+		timeout := -1
+		if c.stallable() && c.abortCause() == nil {
+			left := stallTimeout - time.Since(c.progressed)
+			if left > 0 {
+				timeout = int(left.Milliseconds()) + 1
+			} else {
+				// The socket is shut down now: the poll below returns at once.
+				c.abort(fmt.Errorf("%w for %v", errStalled, stallTimeout))
+			}
+		}
+		n, err := unix.Poll(fds, timeout)
+		switch {
+		case err == unix.EINTR:
+		case err != nil:
+			return fmt.Errorf("poll: %w", err)
+		case n > 0 || !c.stallable():
+			return nil
+		}
+	}
+}
+
+// stallable reports whether a command the stall clock applies to is in flight:
+// any but a flush, which may legitimately take minutes to write a server's cache
+// back to slow storage.
+func (c *conn) stallable() bool {
+	for r := range c.inflight {
+		if r.kind != opFlush {
+			return true
+		}
+	}
+	return false
 }
 
 // close stops the loop, waits for the commands in flight, disconnects and frees

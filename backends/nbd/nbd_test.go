@@ -737,3 +737,39 @@ func processServing(t *testing.T, sock string) *os.Process {
 	t.Fatalf("no process serves %s", sock)
 	return nil
 }
+
+// TestStalledServerIsCut: a server that answers none of the commands in flight
+// for stallTimeout (qemu-nbd paused) has its connection cut although nobody gave
+// up on them: the read fails with a timeout, which a job retries, instead of
+// holding the job until somebody cancels it.
+func TestStalledServerIsCut(t *testing.T) {
+	defer func(d time.Duration) { stallTimeout = d }(stallTimeout)
+	stallTimeout = 500 * time.Millisecond
+	dir := t.TempDir()
+	img := filepath.Join(dir, "disk.qcow2")
+	testutil.MakeQcow2(t, img, 64*mib)
+	uri, _ := testutil.ServeQemuNBD(t, img, "")
+	s, err := backends.OpenSource(context.Background(), uri, backends.WithConnections(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	buf := make([]byte, 16*mib)
+	if _, err := s.ReadAt(context.Background(), buf, 0); err != nil {
+		t.Fatalf("read from the running server: %v", err)
+	}
+	time.Sleep(2 * stallTimeout) // idle is not stalled: nothing is in flight
+	server := processServing(t, strings.TrimPrefix(uri, "nbd+unix:///?socket="))
+	if err := server.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = server.Signal(syscall.SIGCONT) }()
+	start := time.Now()
+	_, err = s.ReadAt(context.Background(), buf, 0)
+	if !errors.Is(err, os.ErrDeadlineExceeded) || !errors.Is(err, errStalled) {
+		t.Errorf("read from the stopped server: %v, want a stall (os.ErrDeadlineExceeded)", err)
+	}
+	if d := time.Since(start); d < stallTimeout || d > stallTimeout+3*time.Second {
+		t.Errorf("the read failed after %v, want about %v", d, stallTimeout)
+	}
+}
