@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -47,6 +48,53 @@ func TestStreamLeaderKilled(t *testing.T) {
 			t.Errorf("status of %s: %+v; its completed event: %v backup %s", id, st, done, done.Data.Backup)
 		}
 		e.restoreAndCheck(id+"-restore", done.Data.Backup, sum)
+	}
+	e.waitDrained()
+}
+
+// TestClusterWorkerKilledAndCancel: what the single-node fault tests show holds
+// on the 3-node cluster with R3 streams and buckets too. A worker process killed
+// (SIGKILL) in the middle of a backup costs that attempt only: the job is
+// redelivered to the other worker, resumes from its checkpoint, completes once and
+// restores bit for bit. A running job cancelled through the client ends
+// cancelled, once, and leaves no backup.
+func TestClusterWorkerKilledAndCancel(t *testing.T) {
+	e := newClusterEnv(t)
+	uri, want := randomDisk(t, filepath.Join(e.dir, "disk.raw"), 32*mib, 31)
+	a := e.startWorkerProc("wa", "--ack-wait", "2s", "--jobs", "1")
+	e.waitProvisioned()
+	const killed, cancelled = "cluster-killed", "cluster-cancelled"
+	e.submit("backup", killed, backupJob(killed, "vm-31/vda", uri, slowJob))
+	checkpointed := e.waitCheckpoint(killed)
+	a.signal(syscall.SIGKILL)
+	if code := a.wait(10 * time.Second); code != -1 {
+		t.Fatalf("worker wa exited with %d, want killed", code)
+	}
+	e.startWorkerProc("wb", "--ack-wait", "2s", "--jobs", "2")
+	done := terminalOnly(t, e.waitEnd(killed, 90*time.Second), typeCompleted)
+	if done.Data.Attempt != 2 || done.Data.Worker != "wb" {
+		t.Errorf("completed %v, want attempt 2 on wb", done)
+	}
+	if r := statInt(t, done, "chunks_resumed"); r < int64(checkpointed) {
+		t.Errorf("second attempt resumed %d chunks, the checkpoint had %d", r, checkpointed)
+	}
+	e.restoreAndCheck(killed+"-restore", done.Data.Backup, want)
+
+	e.submit("backup", cancelled, backupJob(cancelled, "vm-31/vdb", uri, slowJob))
+	e.waitProgress(cancelled, 30*time.Second)
+	ctx, cancel := ctxTimeout(10 * time.Second)
+	defer cancel()
+	if err := e.client().Cancel(ctx, cancelled); err != nil {
+		t.Fatal(err)
+	}
+	terminalOnly(t, e.waitEnd(cancelled, 30*time.Second), typeCancelled)
+	if st := e.status(cancelled); st.State != worker.StateCancelled {
+		t.Errorf("status of %s: %+v, want cancelled", cancelled, st)
+	}
+	for _, m := range e.backups() {
+		if m.JobID == cancelled {
+			t.Errorf("the cancelled job left backup %s", m.ID)
+		}
 	}
 	e.waitDrained()
 }
