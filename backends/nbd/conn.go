@@ -73,8 +73,12 @@ func (r *request) cost() int64 {
 
 // conn is one NBD connection and the goroutine that drives it.
 type conn struct {
-	h           *libnbd.Libnbd
-	fd          int // the socket; libnbd owns it
+	h  *libnbd.Libnbd
+	fd int // the socket; libnbd owns it, and closes it when the connection dies
+	// sock is a duplicate of fd, ours, for shutting the socket down (cutFor,
+	// abort) from any goroutine: once libnbd has closed fd, its number may be
+	// another file's. Closed by close, after freed is set.
+	sock        int
 	wake        int // eventfd that submitters write to
 	maxInFlight int64
 	// load is the payload queued or in flight, for picking the least busy conn.
@@ -107,13 +111,19 @@ func newConn(h *libnbd.Libnbd, maxInFlight int64) (*conn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("socket: %w", err)
 	}
+	sock, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("socket: %w", err)
+	}
 	wake, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
 	if err != nil {
+		_ = unix.Close(sock)
 		return nil, fmt.Errorf("eventfd: %w", err)
 	}
 	c := &conn{
 		h:           h,
 		fd:          fd,
+		sock:        sock,
 		wake:        wake,
 		maxInFlight: maxInFlight,
 		inflight:    map[*request]struct{}{},
@@ -172,6 +182,8 @@ func (c *conn) loop() {
 			default:
 				err = fmt.Errorf("nbd connection failed: %w", err)
 			}
+			// libnbd has closed its descriptor; ours would keep the socket open.
+			_ = unix.Shutdown(c.sock, unix.SHUT_RDWR)
 			c.stop(pending, err)
 			return
 		}
@@ -207,8 +219,8 @@ func (c *conn) start(pending []*request) []*request {
 			continue
 		}
 		// Recorded before the Aio call, which may already run the callback.
-		if len(c.inflight) == 0 {
-			c.progressed = time.Now()
+		if !c.stallable() {
+			c.progressed = time.Now() // the stall clock starts with its first command
 		}
 		c.inflight[r] = struct{}{}
 		c.inflightBytes += r.cost()
@@ -269,7 +281,7 @@ func (c *conn) cutFor(r *request, err error) {
 	}
 	if c.cut == nil {
 		c.cut = err
-		_ = unix.Shutdown(c.fd, unix.SHUT_RDWR)
+		_ = unix.Shutdown(c.sock, unix.SHUT_RDWR)
 	}
 }
 
@@ -284,7 +296,7 @@ func (c *conn) abort(cause error) {
 		return
 	}
 	c.aborted = cause
-	_ = unix.Shutdown(c.fd, unix.SHUT_RDWR)
+	_ = unix.Shutdown(c.sock, unix.SHUT_RDWR)
 }
 
 func (c *conn) abortCause() error {
@@ -399,11 +411,12 @@ func (c *conn) poll(fds []unix.PollFd) error {
 }
 
 // stallable reports whether a command the stall clock applies to is in flight:
-// any but a flush, which may legitimately take minutes to write a server's cache
-// back to slow storage.
+// a read, a write or a block status request. A flush may legitimately take
+// minutes to write a server's cache back to slow storage, and a zero of up to 1
+// GiB as long on a device that cannot zero fast.
 func (c *conn) stallable() bool {
 	for r := range c.inflight {
-		if r.kind != opFlush {
+		if r.kind != opFlush && r.kind != opZero {
 			return true
 		}
 	}
@@ -430,6 +443,7 @@ func (c *conn) close() error {
 	c.mu.Lock()
 	c.freed = true
 	c.mu.Unlock()
+	_ = unix.Close(c.sock)
 	c.h.Close()
 	// Commands libnbd dropped without a callback; their buffers are no longer used.
 	for r := range c.inflight {

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/blockferry/blockferry/backends"
 	"github.com/blockferry/blockferry/internal/testutil"
 )
@@ -285,6 +287,43 @@ func TestBlockStatusKeepsAPrefix(t *testing.T) {
 		}
 		if ext[0].Zero || !ext[1].Zero || !ext[0].Dirty {
 			t.Errorf("from %d: first extents %+v", start, ext[:2])
+		}
+	}
+}
+
+// TestAbortTouchesOnlyItsSocket: libnbd closes a connection's socket itself when
+// the connection dies, and the descriptor's number goes to the next file opened.
+// An abort after that (a transfer's grace ending, close giving up) must not shut
+// down that other file, as it did when it used libnbd's descriptor.
+func TestAbortTouchesOnlyItsSocket(t *testing.T) {
+	hold := make(chan struct{})
+	uri := hostileServer{status: statusPayload(1, 512), final: false, hold: hold}.start(t)
+	src, err := backends.OpenSource(context.Background(), uri)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	c := src.(*source).pool.all()[0]
+	go func() { time.Sleep(100 * time.Millisecond); close(hold) }() // the server drops the connection
+	if _, err := src.Extents(context.Background(), 0, 1<<20); err == nil {
+		t.Fatal("block status on a dropped connection succeeded")
+	}
+	<-c.loopDone
+	// New sockets take the lowest free numbers, among them the one libnbd freed.
+	var others [][2]int
+	for range 16 {
+		p, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Close(p[0])
+		defer unix.Close(p[1])
+		others = append(others, p)
+	}
+	c.abort(errNoAnswer)
+	for _, p := range others {
+		if _, err := unix.Write(p[0], []byte("x")); err != nil {
+			t.Errorf("socket %d, opened after the connection died, was shut down by its abort: %v", p[0], err)
 		}
 	}
 }

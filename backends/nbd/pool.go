@@ -139,9 +139,9 @@ var errNoAnswer = errors.New("the server stopped answering")
 // unanswered before its connection is cut, whether or not anybody gave up on
 // them: a wedged export, or a dead host behind a live socket, would otherwise
 // hold a job (and its worker's slot) until somebody cancels it. Reads and writes
-// are at most 256 KiB, which a working server answers in milliseconds; a flush
-// alone in flight is left to take its time. The error is a timeout, so the
-// attempt ends and the job is retried. A variable for tests.
+// are at most 256 KiB, which a working server answers in milliseconds; flushes
+// and zeroes are left to take their time (see stallable). The error is a
+// timeout, so the attempt ends and the job is retried. A variable for tests.
 var stallTimeout = 2 * time.Minute
 
 // errStalled is why a connection was cut when its server stalled.
@@ -169,7 +169,9 @@ func collect(ctx context.Context, reqs []*request) (int, error) {
 		case <-grace:
 			grace = nil
 			for _, r := range reqs[i:] {
-				r.conn.abort(errNoAnswer)
+				if len(r.done) == 0 { // not answered yet
+					r.conn.abort(errNoAnswer)
+				}
 			}
 		}
 	}
