@@ -129,6 +129,48 @@ func TestPruneCollectsOnlyUnreferenced(t *testing.T) {
 	})
 }
 
+// TestPruneSplitsCondemnedLists: a prune that condemns more chunks than one list
+// holds writes several lists, and the next prune sweeps them all. One list for
+// all could grow past what a reader accepts, and then nothing would ever be
+// condemned again.
+func TestPruneSplitsCondemnedLists(t *testing.T) {
+	defer func(n int) { maxListIDs = n }(maxListIDs)
+	maxListIDs = 2
+	store, err := file.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := newGCRepo(t, store)
+	ctx := context.Background()
+	var ids []string
+	for i := range 5 {
+		id := fmt.Sprintf("b%d", i)
+		if err := commit(t, r, id, put(t, r, fmt.Sprintf("chunk %d", i)), ""); err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	if err := r.Forget(ctx, ids); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1100 * time.Millisecond)
+	if rep := prune(t, r); rep.ChunksCondemned != 5 {
+		t.Fatalf("first prune: %+v, want 5 chunks condemned", rep)
+	}
+	lists := 0
+	if err := r.store.List(ctx, condemnedPrefix, func(string) error { lists++; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if lists != 3 {
+		t.Errorf("5 chunks condemned in %d lists, want 3 of at most 2", lists)
+	}
+	afterGrace()
+	if rep := prune(t, r); rep.ChunksDeleted != 5 || rep.ListsSwept != 3 {
+		t.Fatalf("second prune: %+v, want 5 chunks deleted from 3 lists", rep)
+	}
+	mustCheck(t, r)
+}
+
 func mustID(h string) ChunkID { id, _ := ParseChunkID(h); return id }
 
 // condemned makes a chunk that a due list condemns: stored, named by no manifest.

@@ -81,13 +81,24 @@ func (r *Repository) Prune(ctx context.Context, o PruneOptions) (*PruneReport, e
 	if err := p.collectStale(ctx); err != nil {
 		return nil, err
 	}
-	if len(condemn) > 0 && !p.dry {
-		if err := r.putIDs(ctx, condemnedPrefix+newULID(), condemn); err != nil {
-			return nil, fmt.Errorf("prune: write condemned list: %w", err)
+	if !p.dry {
+		// In lists of at most maxListIDs: one object for all could pass what a
+		// reader accepts (MaxMetadataObject) in a large repository, and no prune
+		// would ever condemn anything again.
+		for len(condemn) > 0 {
+			n := min(len(condemn), maxListIDs)
+			if err := r.putIDs(ctx, condemnedPrefix+newULID(), condemn[:n]); err != nil {
+				return nil, fmt.Errorf("prune: write condemned list: %w", err)
+			}
+			condemn = condemn[n:]
 		}
 	}
 	return p.report, nil
 }
+
+// maxListIDs is the most chunk ids one condemned list holds: 256 MiB of them.
+// A variable for tests.
+var maxListIDs = 8 << 20
 
 // pruneRun is the state of one Prune.
 type pruneRun struct {
