@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 
 	"github.com/nats-io/nats.go"
 	"go.uber.org/zap"
@@ -30,20 +31,21 @@ type maxDeliveriesAdvisory struct {
 func (w *Worker) watchExhausted(ctx context.Context, nc *nats.Conn) (func(), error) {
 	t := w.cfg.topo
 	subject := "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES." + t.JobsStream + "." + t.Consumer
-	checks := &advisoryChecks{running: map[uint64]bool{}}
+	q := newAdvisoryQueue()
+	for range advisoryCheckers {
+		go q.serve(ctx, func(seq uint64) { w.failExhausted(ctx, seq) })
+	}
 	sub, err := nc.Subscribe(subject, func(m *nats.Msg) {
 		var adv maxDeliveriesAdvisory
 		if err := json.Unmarshal(m.Data, &adv); err != nil || adv.StreamSeq == 0 {
 			return
 		}
-		switch checks.start(adv.StreamSeq) {
-		case errAdvisoryBusy:
-			w.cfg.log.Warn("max deliveries advisory dropped: too many being checked", zap.Uint64("stream_seq", adv.StreamSeq), zap.Int("checks", maxAdvisoryChecks))
-		case nil:
-			go func() {
-				defer checks.done(adv.StreamSeq)
-				w.failExhausted(ctx, adv.StreamSeq)
-			}()
+		if !q.add(adv.StreamSeq) {
+			// Logged at the 1st, 2nd, 4th, 8th... drop: a flood must not flood the log.
+			if n := q.drops.Add(1); n&(n-1) == 0 {
+				w.cfg.log.Warn("max deliveries advisories dropped: too many waiting to be checked",
+					zap.Uint64("stream_seq", adv.StreamSeq), zap.Int("waiting", maxAdvisoriesQueued), zap.Uint64("dropped", n))
+			}
 		}
 	})
 	if err != nil {
@@ -52,41 +54,59 @@ func (w *Worker) watchExhausted(ctx context.Context, nc *nats.Conn) (func(), err
 	return func() { _ = sub.Unsubscribe() }, nil
 }
 
-// maxAdvisoryChecks bounds the advisories checked at once. Each check waits
-// stillFor; JetStream sends one advisory per exhausted message, but anyone who may
-// publish on the advisory subject could send thousands a second.
-const maxAdvisoryChecks = 64
-
-var (
-	errAdvisoryBusy      = errors.New("too many advisories being checked")
-	errAdvisoryDuplicate = errors.New("advisory already being checked")
+// Advisories are checked by advisoryCheckers goroutines from a queue of at most
+// maxAdvisoriesQueued job messages, each queued once however many advisories name
+// it. JetStream sends one advisory per exhausted message, and a check waits
+// stillFor; but anyone who may publish on the advisory subject could send
+// thousands a second, which must cost neither a goroutine each nor the genuine
+// advisories among them: those wait their turn, and only a queue of thousands of
+// distinct messages drops one.
+const (
+	advisoryCheckers    = 16
+	maxAdvisoriesQueued = 4096
 )
 
-// advisoryChecks is the set of job messages whose advisory is being checked.
-type advisoryChecks struct {
+// advisoryQueue holds the job messages whose advisory awaits its check.
+type advisoryQueue struct {
 	mu      sync.Mutex
-	running map[uint64]bool
+	pending map[uint64]bool // queued or being checked
+	work    chan uint64
+	drops   atomic.Uint64
 }
 
-// start claims seq for one check: errAdvisoryDuplicate when one runs already,
-// errAdvisoryBusy when maxAdvisoryChecks do.
-func (c *advisoryChecks) start(seq uint64) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
+func newAdvisoryQueue() *advisoryQueue {
+	return &advisoryQueue{pending: map[uint64]bool{}, work: make(chan uint64, maxAdvisoriesQueued)}
+}
+
+// add queues seq unless it is pending already; it reports false when the queue
+// is full. It never blocks: pending bounds what the channel holds.
+func (q *advisoryQueue) add(seq uint64) bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
 	switch {
-	case c.running[seq]:
-		return errAdvisoryDuplicate
-	case len(c.running) >= maxAdvisoryChecks:
-		return errAdvisoryBusy
+	case q.pending[seq]:
+		return true
+	case len(q.pending) >= maxAdvisoriesQueued:
+		return false
 	}
-	c.running[seq] = true
-	return nil
+	q.pending[seq] = true
+	q.work <- seq
+	return true
 }
 
-func (c *advisoryChecks) done(seq uint64) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	delete(c.running, seq)
+// serve checks queued messages with check until ctx ends.
+func (q *advisoryQueue) serve(ctx context.Context, check func(seq uint64)) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case seq := <-q.work:
+			check(seq)
+			q.mu.Lock()
+			delete(q.pending, seq)
+			q.mu.Unlock()
+		}
+	}
 }
 
 // stillFor is how long the status of a job said to be exhausted must stay
