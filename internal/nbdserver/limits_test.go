@@ -1,6 +1,7 @@
 package nbdserver
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -348,5 +349,32 @@ func TestClientReadingNoRepliesLosesItsSlot(t *testing.T) {
 			t.Fatalf("no slot for a new client 5 s after the only client stopped reading replies: %v", err)
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// TestSlowClientKeepsItsConnection: the reply timeout bounds how long a client
+// may take nothing, not how long a large reply may take. A client that reads a
+// 4 MiB reply steadily but slowly (64 KiB every 20 ms, 1.3 s in all, against a
+// reply timeout of 500 ms) gets it whole; one deadline for the whole reply cut it.
+func TestSlowClientKeepsItsConnection(t *testing.T) {
+	disk := testDisk()
+	conn := rawClient(t, serveDevice(t, &memDevice{data: disk, blockSize: 1 << 20}, WithReplyTimeout(500*time.Millisecond)))
+	if _, err := conn.Write(requestHeader(cmdRead, 0, 4<<20, 9)); err != nil {
+		t.Fatal(err)
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	var got []byte
+	buf := make([]byte, 64<<10)
+	want := structuredHeaderLen + 8 + 4<<20 // header, offset, data
+	for len(got) < want {
+		n, err := conn.Read(buf[:min(len(buf), want-len(got))])
+		got = append(got, buf[:n]...)
+		if err != nil {
+			t.Fatalf("after %d of %d bytes: %v", len(got), want, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if !bytes.Equal(got[structuredHeaderLen+8:], disk[:4<<20]) {
+		t.Error("the slowly read reply differs from the disk")
 	}
 }

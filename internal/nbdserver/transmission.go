@@ -325,26 +325,56 @@ func structuredHeader(cookie uint64, typ uint16, length int) []byte {
 	return binary.BigEndian.AppendUint32(b, uint32(length))
 }
 
-// send writes one reply whole (in one writev where the connection allows), so
-// replies of concurrent requests never interleave. The client has the reply
-// timeout to take it, from the moment it is its turn.
+// send writes one reply whole, so replies of concurrent requests never
+// interleave, in writes of at most replySlice bytes (one writev where the
+// connection allows). The client has the reply timeout to take each slice: a
+// client that takes a large reply slowly keeps its connection, one that takes
+// nothing for that long loses it. A deadline renewed per slice rather than
+// after a timed-out write, because a TLS connection is broken by one.
 func (c *connection) send(hdr []byte, data ...[]byte) error {
 	bufs := append(make(net.Buffers, 0, 1+len(data)), hdr)
 	bufs = append(bufs, data...)
 	c.writeMu.Lock()
 	defer c.writeMu.Unlock()
-	var deadline time.Time
-	if t := c.srv.cfg.replyTimeout; t > 0 {
-		deadline = time.Now().Add(t)
+	for len(bufs) > 0 {
+		var deadline time.Time
+		if t := c.srv.cfg.replyTimeout; t > 0 {
+			deadline = time.Now().Add(t)
+		}
+		if err := c.conn.SetWriteDeadline(deadline); err != nil {
+			return err
+		}
+		slice := takeSlice(&bufs, replySlice)
+		_, err := slice.WriteTo(c.conn)
+		if ne, ok := errors.AsType[net.Error](err); ok && ne.Timeout() {
+			return fmt.Errorf("the client took no reply for %v: %w", c.srv.cfg.replyTimeout, err)
+		}
+		if err != nil {
+			return err
+		}
 	}
-	if err := c.conn.SetWriteDeadline(deadline); err != nil {
-		return err
+	return nil
+}
+
+// replySlice is the most send writes under one deadline.
+const replySlice = 1 << 20
+
+// takeSlice removes the first n bytes (fewer if there are not as many) from bufs
+// and returns them.
+func takeSlice(bufs *net.Buffers, n int) net.Buffers {
+	var out net.Buffers
+	for n > 0 && len(*bufs) > 0 {
+		b := (*bufs)[0]
+		if len(b) > n {
+			out = append(out, b[:n])
+			(*bufs)[0] = b[n:]
+			return out
+		}
+		out = append(out, b)
+		n -= len(b)
+		*bufs = (*bufs)[1:]
 	}
-	_, err := bufs.WriteTo(c.conn)
-	if ne, ok := errors.AsType[net.Error](err); ok && ne.Timeout() {
-		return fmt.Errorf("the client took no reply for %v: %w", c.srv.cfg.replyTimeout, err)
-	}
-	return err
+	return out
 }
 
 // Request buffers are recycled by power-of-two size class: fresh buffers cost

@@ -274,8 +274,9 @@ func (s *Store) GetInto(ctx context.Context, name string, buf []byte, limit int6
 // written in place (put renames a complete file over the name), so the size
 // fstat reports is the object's. What put never makes is refused before a byte
 // is read: a file larger than limit, and anything but a regular file. The open
-// neither follows a symbolic link (one planted in the directory could point
-// anywhere) nor waits for a named pipe's writer.
+// neither follows a symbolic link in the object's own place (one planted there
+// could point anywhere) nor waits for a named pipe's writer. The directories
+// above it are followed: an operator may link chunks/ to another disk.
 func readFileInto(p string, buf []byte, limit int64) ([]byte, error) {
 	f, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
 	if errors.Is(err, syscall.ELOOP) {
