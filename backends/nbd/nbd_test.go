@@ -670,20 +670,8 @@ func TestReadEndsWithItsContext(t *testing.T) {
 func TestStoppedServerReleasesAbandonedRequests(t *testing.T) {
 	defer func(g time.Duration) { abandonGrace = g }(abandonGrace)
 	abandonGrace = 300 * time.Millisecond
-	dir := t.TempDir()
-	img := filepath.Join(dir, "disk.qcow2")
-	testutil.MakeQcow2(t, img, 64*mib)
-	testutil.QemuIO(t, img, "write -P 7 0 32M")
-	uri, _ := testutil.ServeQemuNBD(t, img, "")
-	s, err := backends.OpenSource(context.Background(), uri, backends.WithConnections(2))
-	if err != nil {
-		t.Fatal(err)
-	}
-	server := processServing(t, strings.TrimPrefix(uri, "nbd+unix:///?socket="))
-	if err := server.Signal(syscall.SIGSTOP); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = server.Signal(syscall.SIGCONT) }()
+	s, pause := pausableExport(t, 2)
+	pause()
 
 	within := func(what string, limit time.Duration, f func() error, want error) {
 		t.Helper()
@@ -713,6 +701,29 @@ func TestStoppedServerReleasesAbandonedRequests(t *testing.T) {
 		return err
 	}, errNoAnswer)
 	within("Close", 2*time.Second, s.Close, nil)
+}
+
+// pausableExport serves a 64 MiB qcow2 image (its first 32 MiB written) with
+// qemu-nbd and opens it with conns connections; pause stops the server process
+// (SIGSTOP) until the test ends.
+func pausableExport(t *testing.T, conns int) (s backends.Source, pause func()) {
+	t.Helper()
+	img := filepath.Join(t.TempDir(), "disk.qcow2")
+	testutil.MakeQcow2(t, img, 64*mib)
+	testutil.QemuIO(t, img, "write -P 7 0 32M")
+	uri, _ := testutil.ServeQemuNBD(t, img, "")
+	s, err := backends.OpenSource(context.Background(), uri, backends.WithConnections(conns))
+	if err != nil {
+		t.Fatal(err)
+	}
+	server := processServing(t, strings.TrimPrefix(uri, "nbd+unix:///?socket="))
+	return s, func() {
+		t.Helper()
+		if err := server.Signal(syscall.SIGSTOP); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = server.Signal(syscall.SIGCONT) })
+	}
 }
 
 // processServing is the process that listens on the Unix socket sock.
@@ -745,27 +756,16 @@ func processServing(t *testing.T, sock string) *os.Process {
 func TestStalledServerIsCut(t *testing.T) {
 	defer func(d time.Duration) { stallTimeout = d }(stallTimeout)
 	stallTimeout = 500 * time.Millisecond
-	dir := t.TempDir()
-	img := filepath.Join(dir, "disk.qcow2")
-	testutil.MakeQcow2(t, img, 64*mib)
-	uri, _ := testutil.ServeQemuNBD(t, img, "")
-	s, err := backends.OpenSource(context.Background(), uri, backends.WithConnections(1))
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, pause := pausableExport(t, 1)
 	defer s.Close()
 	buf := make([]byte, 16*mib)
 	if _, err := s.ReadAt(context.Background(), buf, 0); err != nil {
 		t.Fatalf("read from the running server: %v", err)
 	}
 	time.Sleep(2 * stallTimeout) // idle is not stalled: nothing is in flight
-	server := processServing(t, strings.TrimPrefix(uri, "nbd+unix:///?socket="))
-	if err := server.Signal(syscall.SIGSTOP); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = server.Signal(syscall.SIGCONT) }()
+	pause()
 	start := time.Now()
-	_, err = s.ReadAt(context.Background(), buf, 0)
+	_, err := s.ReadAt(context.Background(), buf, 0)
 	if !errors.Is(err, os.ErrDeadlineExceeded) || !errors.Is(err, errStalled) {
 		t.Errorf("read from the stopped server: %v, want a stall (os.ErrDeadlineExceeded)", err)
 	}
