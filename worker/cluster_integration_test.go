@@ -99,6 +99,30 @@ func TestClusterWorkerKilledAndCancel(t *testing.T) {
 	e.waitDrained()
 }
 
+// TestWorkerWaitsForItsCluster: a worker started while its 3-node cluster has
+// lost its quorum (two nodes down) gets no JetStream answers it can provision
+// with; it waits for the cluster (logging why) instead of exiting, and takes jobs
+// once the nodes are back.
+func TestWorkerWaitsForItsCluster(t *testing.T) {
+	e := newClusterEnv(t)
+	down := e.cluster.Servers[1:]
+	for _, s := range down {
+		s.Stop()
+	}
+	p := e.launchWorkerProc("wa")
+	p.waitLogged("provisioning: the NATS cluster cannot place the streams yet; retrying", 30*time.Second)
+	for _, s := range down {
+		s.Start()
+	}
+	p.waitStarted()
+	e.waitProvisioned()
+	uri, want := randomDisk(t, filepath.Join(e.dir, "disk.raw"), 8*mib, 32)
+	const id = "cluster-late"
+	e.submit("backup", id, backupJob(id, "vm-32/vda", uri, `{"chunk_size":1048576}`))
+	done := terminalOnly(t, e.waitEnd(id, 60*time.Second), typeCompleted)
+	e.restoreAndCheck(id+"-restore", done.Data.Backup, want)
+}
+
 // streamLeader names the server leading a stream.
 func (e *env) streamLeader(name string) string {
 	e.t.Helper()

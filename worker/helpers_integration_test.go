@@ -679,6 +679,14 @@ type proc struct {
 // the test ends is killed.
 func (e *env) startWorkerProc(name string, args ...string) *proc {
 	e.t.Helper()
+	p := e.launchWorkerProc(name, args...)
+	p.waitStarted()
+	return p
+}
+
+// launchWorkerProc is startWorkerProc without the wait.
+func (e *env) launchWorkerProc(name string, args ...string) *proc {
+	e.t.Helper()
 	bin := workerBinary(e.t)
 	p := &proc{t: e.t, name: name, logPath: filepath.Join(e.dir, "worker-"+name+".log"), exited: make(chan struct{})}
 	logFile, err := os.Create(p.logPath)
@@ -712,19 +720,31 @@ func (e *env) startWorkerProc(name string, args ...string) *proc {
 			e.t.Logf("log of worker %s:\n%s", name, log)
 		}
 	})
-	deadline := time.Now().Add(30 * time.Second)
-	for !p.logged("worker started") {
+	return p
+}
+
+// waitStarted waits until the worker logged that it takes jobs.
+func (p *proc) waitStarted() {
+	p.t.Helper()
+	p.waitLogged("worker started", 30*time.Second)
+}
+
+// waitLogged waits until the worker logged msg, failing the test if it exits
+// or the timeout passes first.
+func (p *proc) waitLogged(msg string, timeout time.Duration) {
+	p.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !p.logged(msg) {
 		select {
 		case <-p.exited:
 			log, _ := os.ReadFile(p.logPath)
-			e.t.Fatalf("worker %s exited at start (%v):\n%s", name, p.cmd.ProcessState, log)
+			p.t.Fatalf("worker %s exited before it logged %q (%v):\n%s", p.name, msg, p.cmd.ProcessState, log)
 		case <-time.After(50 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			e.t.Fatalf("worker %s did not start in 30s", name)
+			p.t.Fatalf("worker %s did not log %q in %v", p.name, msg, timeout)
 		}
 	}
-	return p
 }
 
 // logged reports whether the process logged a line with message msg.

@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
 
 	"github.com/blockferry/blockferry/jobs"
 )
@@ -100,4 +102,47 @@ func ensureStream(ctx context.Context, js jetstream.JetStream, cfg jetstream.Str
 		}
 	}
 	return nil
+}
+
+// provision runs Provision until it succeeds, fails for good, or ctx ends. A
+// worker started with its cluster, or while one of its nodes is down, finds
+// JetStream unable to place replicated streams for a while: it waits for the
+// cluster (not ready meanwhile) rather than exit, as a fleet's workers restarted
+// together with their NATS nodes must.
+func (w *Worker) provision(ctx context.Context) error {
+	delay := 250 * time.Millisecond
+	for {
+		err := Provision(ctx, w.js, w.cfg.topo)
+		if err == nil || !clusterNotReady(err) {
+			return err
+		}
+		w.cfg.log.Warn("provisioning: the NATS cluster cannot place the streams yet; retrying",
+			zap.Error(err), zap.Duration("in", delay))
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w (waiting for the cluster: %w)", ctx.Err(), err)
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, 5*time.Second)
+	}
+}
+
+// JetStream API error codes of a cluster that is forming or missing a node.
+const (
+	jsErrClusterNoPeers   jetstream.ErrorCode = 10005 // no suitable peers for placement
+	jsErrClusterNotAvail  jetstream.ErrorCode = 10008 // JetStream system temporarily unavailable
+	jsErrClusterNotLeader jetstream.ErrorCode = 10009 // the cluster can not handle the request (an election)
+)
+
+// clusterNotReady reports whether a provisioning error is one the cluster
+// outgrows: no peers to place replicas on, no meta leader yet, or no answer.
+func clusterNotReady(err error) bool {
+	if apiErr, ok := errors.AsType[*jetstream.APIError](err); ok {
+		switch apiErr.ErrorCode {
+		case jsErrClusterNoPeers, jsErrClusterNotAvail, jsErrClusterNotLeader:
+			return true
+		}
+		return false
+	}
+	return errors.Is(err, nats.ErrTimeout) || errors.Is(err, nats.ErrNoResponders) || errors.Is(err, context.DeadlineExceeded)
 }

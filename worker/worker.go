@@ -114,7 +114,7 @@ func (w *Worker) Run(ctx context.Context) error {
 // and takes the consumer's settings.
 func (w *Worker) open(ctx context.Context) (jetstream.Consumer, error) {
 	t := w.cfg.topo
-	if err := Provision(ctx, w.js, t); err != nil {
+	if err := w.provision(ctx); err != nil {
 		return nil, fmt.Errorf("provision: %w", err)
 	}
 	kv, err := w.js.KeyValue(ctx, t.StatusBucket)
