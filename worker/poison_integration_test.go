@@ -35,8 +35,9 @@ func peakRSS(t *testing.T, pid int) int64 {
 }
 
 // TestPoisonPills: jobs that once killed workers, a source of an absurd size
-// (an NBD export of 2^63-1 bytes, a directory as file://) and a restore of a
-// manifest of 60 KiB that inflates to 1 GiB, each fail at their first attempt
+// (an NBD export of 2^63-1 bytes, a directory as file://), a restore of a
+// manifest of 60 KiB that inflates to 1 GiB and one of a backup whose chunk file
+// was made 1 TiB long (sparse), each fail at their first attempt
 // with a permanent code; the worker process stays alive, the job running beside
 // them completes, and the worker's peak RSS stays within the bound the README
 // states: --memory-limit plus 192 MiB.
@@ -54,6 +55,8 @@ func TestPoisonPills(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	planted := plantHugeChunk(t, e)
+
 	uri, want := randomDisk(t, filepath.Join(e.dir, "disk.raw"), 24*mib, 22)
 	e.submit("backup", "beside", backupJob("beside", "vm-21/vdb", uri, slowJob))
 	e.waitEvents("beside", 30*time.Second, func(evs []cloudEvent) bool { return len(evs) > 0 })
@@ -66,10 +69,11 @@ func TestPoisonPills(t *testing.T) {
 	// The worker's source policy sees the directory first: a file source must
 	// be a regular file or a block device (jobs.Runner without a policy calls it
 	// source_invalid).
-	pills := map[string]string{"huge-export": "source_invalid", "directory": "forbidden", "bomb": "corrupt_data"}
+	pills := map[string]string{"huge-export": "source_invalid", "directory": "forbidden", "bomb": "corrupt_data", "huge-chunk": "corrupt_data"}
 	e.submit("backup", "huge-export", backupJob("huge-export", "vm-21/vdc", huge, ""))
 	e.submit("backup", "directory", backupJob("directory", "vm-21/vdd", "file://"+dir, ""))
 	e.submit("restore", "bomb", restoreJob("bomb", seed, filepath.Join(e.dir, "bomb.raw")))
+	e.submit("restore", "huge-chunk", restoreJob("huge-chunk", planted, filepath.Join(e.dir, "huge-chunk.raw")))
 
 	var lastFailed time.Time
 	for id, code := range pills {
@@ -98,4 +102,36 @@ func TestPoisonPills(t *testing.T) {
 		t.Errorf("peak RSS of the worker %d MiB, above --memory-limit + 192 MiB = %d MiB", rss>>20, (memoryLimit+192*mib)>>20)
 	}
 	e.waitDrained()
+}
+
+// plantHugeChunk backs up a small disk and makes one of the chunk files it added
+// 1 TiB long (sparse: it costs nothing on disk), as a hostile writer of the
+// repository could; reading it whole once took the worker down with "out of
+// memory". It returns the backup's id.
+func plantHugeChunk(t *testing.T, e *env) string {
+	t.Helper()
+	chunks := func() map[string]bool {
+		found := map[string]bool{}
+		_ = filepath.WalkDir(filepath.Join(e.dir, "repository", "chunks"), func(p string, d os.DirEntry, err error) error {
+			if err == nil && !d.IsDir() {
+				found[p] = true
+			}
+			return nil
+		})
+		return found
+	}
+	before := chunks()
+	uri, _ := randomDisk(t, filepath.Join(e.dir, "planted.raw"), 4*mib, 23)
+	e.submit("backup", "planted", backupJob("planted", "vm-21/vde", uri, `{"chunk_size":1048576}`))
+	backup := terminalOnly(t, e.waitEnd("planted", 60*time.Second), typeCompleted).Data.Backup
+	for p := range chunks() {
+		if !before[p] {
+			if err := os.Truncate(p, 1<<40); err != nil {
+				t.Fatal(err)
+			}
+			return backup
+		}
+	}
+	t.Fatal("the backup added no chunk file")
+	return ""
 }
