@@ -516,8 +516,12 @@ func TestInvalidJobs(t *testing.T) {
 // long grace period the job finishes and the worker exits 0 without taking another;
 // with a short one the worker exits 0 and hands the job back, and another worker
 // completes it.
-func TestSIGTERM(t *testing.T) {
-	e := newProcessEnv(t)
+func TestSIGTERM(t *testing.T) { sigterm(t, newProcessEnv(t)) }
+
+// TestClusterSIGTERM is TestSIGTERM on the 3-node cluster with R3 streams.
+func TestClusterSIGTERM(t *testing.T) { sigterm(t, newClusterEnv(t)) }
+
+func sigterm(t *testing.T, e *env) {
 	uri1, _ := randomDisk(t, filepath.Join(e.dir, "disk1.raw"), 16*mib, 71)
 	uri2, want2 := randomDisk(t, filepath.Join(e.dir, "disk2.raw"), 32*mib, 72)
 	first, second := "term-finish", "term-handback"
