@@ -106,12 +106,20 @@ func newClient(ctx context.Context, c uriConfig) (*s3.Client, error) {
 	}), nil
 }
 
+// exchangeTimeout bounds one HTTP exchange, from the dial to the last byte of the
+// answer's body: a server that stalls in the middle of a body (or never reads a
+// PUT's) would otherwise hold the job, and its worker's slot, until somebody
+// cancels it. Objects are at most 64 MiB, which takes a minute at 1 MiB/s. The
+// error is a timeout: the SDK retries an attempt that timed out before its
+// answer, and a job one that timed out in a body. A variable for tests.
+var exchangeTimeout = 10 * time.Minute
+
 // newHTTPClient is the SDK's default client with a larger idle pool: Go keeps only
 // 2 idle connections per host by default (the SDK raises it to 10), so with dozens
 // of uploads in flight most connections would be closed after one request and
 // re-dialed.
 func newHTTPClient() *awshttp.BuildableClient {
-	return awshttp.NewBuildableClient().WithTransportOptions(func(tr *http.Transport) {
+	return awshttp.NewBuildableClient().WithTimeout(exchangeTimeout).WithTransportOptions(func(tr *http.Transport) {
 		tr.MaxIdleConns = 256
 		tr.MaxIdleConnsPerHost = 128
 		tr.IdleConnTimeout = 90 * time.Second

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/blockferry/blockferry/internal/testutil"
 	"github.com/blockferry/blockferry/sinks"
@@ -202,4 +203,29 @@ func TestGetBoundsWhatTheServerSends(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestStalledBodyTimesOut: a server that sends an answer's headers and part of
+// its body, then nothing, fails the Get with a timeout once the exchange has
+// taken exchangeTimeout, instead of holding it until its context ends.
+func TestStalledBodyTimesOut(t *testing.T) {
+	defer func(d time.Duration) { exchangeTimeout = d }(exchangeTimeout)
+	exchangeTimeout = 500 * time.Millisecond
+	stalled := make(chan struct{})
+	defer close(stalled)
+	s := startFakeServer(t, &fakeS3{}, httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Length", "1048576")
+		_, _ = w.Write(make([]byte, 1024))
+		w.(http.Flusher).Flush()
+		<-stalled
+	})))
+	start := time.Now()
+	_, err := s.Get(context.Background(), "chunks/x", 4<<20)
+	if !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Errorf("Get from a server that stalled mid-body: %v, want a timeout", err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("Get took %v with an exchange timeout of %v", d, exchangeTimeout)
+	}
+	t.Logf("%v after %v", err, time.Since(start).Round(time.Millisecond))
 }
