@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -97,8 +98,10 @@ type conn struct {
 	// close after it returned.
 	inflight      map[*request]struct{}
 	inflightBytes int64
-	// progressed is when a command last completed, or was started with none in
-	// flight: the stall clock (see stallTimeout).
+	// stalling counts the commands in flight the stall clock applies to (see
+	// stalls); progressed is when one last completed, or was started with none
+	// in flight.
+	stalling   int
 	progressed time.Time
 	loopDone   chan struct{}
 	// cut is why the connection was cut: a reply broke the protocol. It belongs to
@@ -174,12 +177,9 @@ func (c *conn) loop() {
 		}
 		pending = c.start(pending)
 		if err := c.wait(); err != nil {
-			switch aborted := c.abortCause(); {
-			case c.cut != nil:
-				err = fmt.Errorf("connection cut: %w", c.cut)
-			case aborted != nil:
-				err = fmt.Errorf("connection cut: %w", aborted)
-			default:
+			if cut := c.cutCause(); cut != nil {
+				err = fmt.Errorf("connection cut: %w", cut)
+			} else {
 				err = fmt.Errorf("nbd connection failed: %w", err)
 			}
 			// libnbd has closed its descriptor; ours would keep the socket open.
@@ -219,14 +219,9 @@ func (c *conn) start(pending []*request) []*request {
 			continue
 		}
 		// Recorded before the Aio call, which may already run the callback.
-		if !c.stallable() {
-			c.progressed = time.Now() // the stall clock starts with its first command
-		}
-		c.inflight[r] = struct{}{}
-		c.inflightBytes += r.cost()
+		c.track(r)
 		if err := c.issue(r); err != nil {
-			delete(c.inflight, r)
-			c.inflightBytes -= r.cost()
+			c.untrack(r)
 			c.finish(r, fmt.Errorf("nbd %s of %d bytes at offset %d: %w", r.kind, r.count, r.off, err))
 		}
 	}
@@ -305,22 +300,49 @@ func (c *conn) abortCause() error {
 	return c.aborted
 }
 
+// cutCause is why the connection was cut, by a broken reply (cutFor) or by
+// abort; nil if it was not. For the loop goroutine, which owns c.cut.
+func (c *conn) cutCause() error {
+	if c.cut != nil {
+		return c.cut
+	}
+	return c.abortCause()
+}
+
+// track records r as in flight; untrack forgets it. The stall clock starts
+// when the first command it applies to does.
+func (c *conn) track(r *request) {
+	if stalls(r.kind) {
+		if c.stalling == 0 {
+			c.progressed = time.Now()
+		}
+		c.stalling++
+	}
+	c.inflight[r] = struct{}{}
+	c.inflightBytes += r.cost()
+}
+
+func (c *conn) untrack(r *request) {
+	if stalls(r.kind) {
+		c.stalling--
+	}
+	delete(c.inflight, r)
+	c.inflightBytes -= r.cost()
+}
+
 // complete runs in a completion callback, or when close gives up on a command.
 func (c *conn) complete(r *request, errno int) {
 	if _, ok := c.inflight[r]; !ok {
 		return
 	}
-	delete(c.inflight, r)
-	c.inflightBytes -= r.cost()
+	c.untrack(r)
 	c.progressed = time.Now()
 	var cause error
-	switch {
+	switch cut := c.cutCause(); {
 	case r.broke != nil:
 		cause = r.broke
-	case errno != 0 && c.cut != nil:
-		cause = fmt.Errorf("connection cut: %w", c.cut)
-	case errno != 0 && c.abortCause() != nil:
-		cause = fmt.Errorf("connection cut: %w", c.abortCause())
+	case errno != 0 && cut != nil:
+		cause = fmt.Errorf("connection cut: %w", cut)
 	case errno != 0:
 		cause = syscall.Errno(errno)
 	}
@@ -390,7 +412,7 @@ func (c *conn) wait() error {
 func (c *conn) poll(fds []unix.PollFd) error {
 	for {
 		timeout := -1
-		if c.stallable() && c.abortCause() == nil {
+		if c.stalling > 0 && c.abortCause() == nil {
 			left := stallTimeout - time.Since(c.progressed)
 			if left > 0 {
 				timeout = int(left.Milliseconds()) + 1
@@ -404,24 +426,29 @@ func (c *conn) poll(fds []unix.PollFd) error {
 		case err == unix.EINTR:
 		case err != nil:
 			return fmt.Errorf("poll: %w", err)
-		case n > 0 || !c.stallable():
+		case n > 0 || c.stalling == 0:
 			return nil
 		}
 	}
 }
 
-// stallable reports whether a command the stall clock applies to is in flight:
-// a read, a write or a block status request. A flush may legitimately take
-// minutes to write a server's cache back to slow storage, and a zero of up to 1
-// GiB as long on a device that cannot zero fast.
-func (c *conn) stallable() bool {
-	for r := range c.inflight {
-		if r.kind != opFlush && r.kind != opZero {
-			return true
-		}
-	}
-	return false
-}
+// stallTimeout is how long a server may leave every command in flight
+// unanswered before its connection is cut, whether or not anybody gave up on
+// them: a wedged export, or a dead host behind a live socket, would otherwise
+// hold a job (and its worker's slot) until somebody cancels it. Reads and writes
+// are at most 256 KiB, which a working server answers in milliseconds; flushes
+// and zeroes are left to take their time (see stalls). The error is a timeout,
+// so the attempt ends and the job is retried. A variable for tests.
+var stallTimeout = 2 * time.Minute
+
+// errStalled is why a connection was cut when its server stalled.
+var errStalled = fmt.Errorf("%w: the server answered no command in flight", os.ErrDeadlineExceeded)
+
+// stalls reports whether the stall clock applies to commands of kind k: reads,
+// writes and block status requests. A flush may legitimately take minutes to
+// write a server's cache back to slow storage, and a zero of up to 1 GiB as
+// long on a device that cannot zero fast.
+func stalls(k opKind) bool { return k != opFlush && k != opZero }
 
 // close stops the loop, waits for the commands in flight, disconnects and frees
 // the handle. It must be called once.
@@ -447,8 +474,7 @@ func (c *conn) close() error {
 	c.h.Close()
 	// Commands libnbd dropped without a callback; their buffers are no longer used.
 	for r := range c.inflight {
-		delete(c.inflight, r)
-		c.inflightBytes -= r.cost()
+		c.untrack(r)
 		c.finish(r, errClosed)
 	}
 	_ = unix.Close(c.wake)

@@ -3,8 +3,6 @@ package nbd
 import (
 	"context"
 	"errors"
-	"fmt"
-	"os"
 	"runtime"
 	"slices"
 	"sync"
@@ -134,18 +132,6 @@ var abandonGrace = 5 * time.Second
 
 // errNoAnswer is why a connection was cut when its server stopped answering.
 var errNoAnswer = errors.New("the server stopped answering")
-
-// stallTimeout is how long a server may leave every command in flight
-// unanswered before its connection is cut, whether or not anybody gave up on
-// them: a wedged export, or a dead host behind a live socket, would otherwise
-// hold a job (and its worker's slot) until somebody cancels it. Reads and writes
-// are at most 256 KiB, which a working server answers in milliseconds; flushes
-// and zeroes are left to take their time (see stallable). The error is a
-// timeout, so the attempt ends and the job is retried. A variable for tests.
-var stallTimeout = 2 * time.Minute
-
-// errStalled is why a connection was cut when its server stalled.
-var errStalled = fmt.Errorf("%w: the server answered no command in flight", os.ErrDeadlineExceeded)
 
 // collect waits for every request of a transfer, whose buffer libnbd may use
 // until then, and returns the bytes before the first failure. When ctx ends, the
