@@ -240,12 +240,13 @@ func (s *Store) Get(ctx context.Context, name string, limit int64) ([]byte, erro
 // against limit before anything is allocated for it; net/http then delivers
 // exactly that many bytes, and a connection dropped mid-body shows up as
 // io.ErrUnexpectedEOF, so a truncated object is never returned as whole. A body
-// without a length is read through a limit instead.
+// without a length (rare: S3 servers send one) is read through a limit instead,
+// into memory of its own.
 func (s *Store) readBody(out *s3.GetObjectOutput, name string, buf []byte, limit int64) ([]byte, error) {
 	defer out.Body.Close()
 	n := aws.ToInt64(out.ContentLength)
 	if out.ContentLength == nil || n < 0 {
-		return s.readUnsized(out.Body, name, buf, limit)
+		return s.readUnsized(out.Body, name, limit)
 	}
 	if n > limit {
 		return nil, s.tooLarge(name, n, limit)
@@ -260,30 +261,17 @@ func (s *Store) readBody(out *s3.GetObjectOutput, name string, buf []byte, limit
 	return buf, nil
 }
 
-// readUnsized reads a body of unknown length, growing buf (by doubling, never
-// past limit+1 bytes) until the body ends or is found to exceed limit.
-func (s *Store) readUnsized(body io.Reader, name string, buf []byte, limit int64) ([]byte, error) {
-	buf = buf[:0]
-	for {
-		if len(buf) == cap(buf) {
-			if int64(len(buf)) > limit {
-				return nil, s.tooLarge(name, int64(len(buf)), limit)
-			}
-			grown := make([]byte, len(buf), min(max(2*int64(cap(buf)), 64<<10), limit+1))
-			buf = grown[:copy(grown, buf)]
-		}
-		m, err := body.Read(buf[len(buf):cap(buf)])
-		buf = buf[:len(buf)+m]
-		switch {
-		case errors.Is(err, io.EOF):
-			if int64(len(buf)) > limit {
-				return nil, s.tooLarge(name, int64(len(buf)), limit)
-			}
-			return buf, nil
-		case err != nil:
-			return nil, fmt.Errorf("%s: get %q: reading body: %w", s.name, name, err)
-		}
+// readUnsized reads a body of unknown length, at most limit+1 bytes of it: one
+// more than limit tells an object that exceeds it.
+func (s *Store) readUnsized(body io.Reader, name string, limit int64) ([]byte, error) {
+	data, err := io.ReadAll(io.LimitReader(body, limit+1))
+	switch {
+	case err != nil:
+		return nil, fmt.Errorf("%s: get %q: reading body: %w", s.name, name, err)
+	case int64(len(data)) > limit:
+		return nil, s.tooLarge(name, int64(len(data)), limit)
 	}
+	return data, nil
 }
 
 func (s *Store) tooLarge(name string, n, limit int64) error {
