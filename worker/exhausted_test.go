@@ -4,6 +4,7 @@ import (
 	"context"
 	"sync"
 	"testing"
+	"time"
 )
 
 // TestAdvisoryQueue: an advisory is queued once however often it comes, a full
@@ -41,7 +42,7 @@ func TestAdvisoryQueue(t *testing.T) {
 			t.Fatalf("advisory %d checked %d times", seq+1, checked[seq+1])
 		}
 	}
-	for empty := false; !empty; {
+	for empty := false; !empty; time.Sleep(time.Millisecond) {
 		q.mu.Lock()
 		empty = len(q.pending) == 0
 		q.mu.Unlock()
